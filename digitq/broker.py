@@ -1,0 +1,102 @@
+"""Celery configuration shared by workers and the producer, and the producer's client.
+
+The producer sends tasks *by name* through a bare Celery app: it never imports
+the worker's task code (nor TensorFlow).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from urllib.parse import urlsplit
+
+from digitq.errors import BrokerError
+from digitq.settings import Settings
+
+PREDICT_TASK = "digitq.predict_batch"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _ssl_options(url: str) -> dict | None:
+    if not url.startswith("rediss://") or "ssl_cert_reqs" in url:
+        return None
+    options: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for env, key in (("DIGITQ_REDIS_CA", "ssl_ca_certs"), ("DIGITQ_REDIS_CERT", "ssl_certfile"),
+                     ("DIGITQ_REDIS_KEY", "ssl_keyfile")):
+        if os.environ.get(env):
+            options[key] = os.environ[env]
+    return options
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings: JSON only, late acks, one message prefetched, no result backend."""
+    from kombu import Queue
+
+    config = {
+        "broker_url": settings.redis_url,
+        # Unacked messages come back after this long; far above any batch.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Results go to files under the data dir, not to Redis.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A batch is acked only once its result is committed; a worker killed
+        # mid-batch gets it redelivered (commits are idempotent).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": settings.predict_queue,
+        "task_queues": (Queue(settings.predict_queue), Queue(settings.train_queue)),
+        "task_routes": {PREDICT_TASK: {"queue": settings.predict_queue}},
+        "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+    tls = _ssl_options(settings.redis_url)
+    if tls:
+        config["broker_use_ssl"] = tls
+    return config
+
+
+def client_app(settings: Settings):
+    """A Celery app that only sends tasks by name."""
+    from celery import Celery
+
+    app = Celery("digitq-producer", set_as_current=False)
+    app.config_from_object(celery_config(settings))
+    return app
+
+
+def ping(settings: Settings, timeout: float = 3.0) -> None:
+    """Fail fast, with advice, when Redis is not reachable."""
+    import redis
+
+    kwargs = {}
+    tls = _ssl_options(settings.redis_url)
+    if tls:
+        kwargs = {k: v for k, v in tls.items()}
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                      **kwargs)
+        client.ping()
+        client.close()
+    except redis.exceptions.AuthenticationError as e:
+        raise BrokerError(f"Redis at {redact(settings.redis_url)} refused the password: {e}") from e
+    except redis.exceptions.RedisError as e:
+        raise BrokerError(
+            f"cannot reach Redis at {redact(settings.redis_url)} ({e}). "
+            "Start Redis or set DIGITQ_REDIS_URL / --redis-url."
+        ) from e

@@ -1,0 +1,45 @@
+"""The predictions CSV: RFC 4180 quoting, and no formula injection (OWASP)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+
+COLUMNS = ("path", "prediction", "confidence", "model_version", "error")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize(value: object) -> str:
+    """A CSV cell that spreadsheets will not run: risky leading characters get a ``'``."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def format_row(row: Mapping[str, object]) -> list[str]:
+    """One result row as CSV cells, in :data:`COLUMNS` order."""
+    confidence = row.get("confidence")
+    return [
+        neutralize(row.get("path")),
+        "" if row.get("prediction") is None else str(int(row["prediction"])),
+        "" if confidence is None else f"{float(confidence):.6f}",
+        neutralize(row.get("model_version")),
+        neutralize(row.get("error")),
+    ]
+
+
+def render(rows: Iterable[Mapping[str, object]]) -> str:
+    """The whole CSV text, header first."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(format_row(r) for r in rows)
+    return buf.getvalue()
+
+
+def read(path) -> list[dict[str, str]]:
+    """Read a predictions CSV back into dicts (cells as written)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,345 @@
+"""Jobs on disk: the manifest is the source of truth, results are committed per batch.
+
+``DIGITQ_DATA_DIR/jobs/<job_id>/`` holds
+
+- ``files.jsonl``: every image file of the job, in order, one JSON line each;
+- ``job.json``: the header (pinned model version, batch sizes, ``--out`` target),
+  written last, so a job exists once it is complete on disk;
+- ``results/<batch>.jsonl``: one committed result per batch, written atomically
+  by whichever worker ran it (a rerun overwrites, never adds);
+- ``failed/<batch>.json``: a batch that failed for good, until ``resume``;
+- ``predictions.csv`` and ``done.json``: the merge, once every batch is committed.
+
+Completion is decided by which result files exist, never by a counter, so a
+duplicate delivery cannot finish a job early or twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from digitq import csvfile
+from digitq.errors import JobError
+from digitq.storage import atomic_write, atomic_write_json
+
+JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+_RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl$")
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a job: its display path, size, and any error known at scan time."""
+
+    path: str
+    size: int = 0
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps([self.path, self.size, self.error], ensure_ascii=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> FileEntry:
+        path, size, error = json.loads(line)
+        return cls(path, size, error)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One output row: a prediction or an error for one file."""
+
+    path: str
+    prediction: int | None = None
+    confidence: float | None = None
+    error: str | None = None
+
+
+def new_job_id() -> str:
+    """A sortable, unique id: ``YYYYMMDD-HHMMSS-xxxxxx`` (UTC)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is well-formed; keeps task arguments from naming paths outside the data dir."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise JobError(f"{job_id!r} is not a job id (expected YYYYMMDD-HHMMSS-xxxxxx); see `digitq jobs`")
+    return job_id
+
+
+def create_job(
+    jobs_dir: Path,
+    files: Sequence[FileEntry],
+    batch_sizes: Sequence[int],
+    *,
+    model_version: str,
+    sources: Sequence[str],
+    by_path: bool,
+    out: str | None,
+    skipped: int = 0,
+    job_id: str | None = None,
+) -> Job:
+    """Write a new job's manifest and return it."""
+    if sum(batch_sizes) != len(files):
+        raise JobError(f"batch sizes add up to {sum(batch_sizes)}, but the job has {len(files)} files")
+    job_id = check_job_id(job_id or new_job_id())
+    directory = Path(jobs_dir) / job_id
+    (directory / "results").mkdir(parents=True, exist_ok=False)
+    atomic_write(directory / "files.jsonl", "".join(f.to_json() + "\n" for f in files))
+    header = {
+        "format": FORMAT,
+        "job_id": job_id,
+        "created": time.time(),
+        "model_version": model_version,
+        "total": len(files),
+        "skipped": skipped,
+        "batch_sizes": list(batch_sizes),
+        "sources": list(sources),
+        "cwd": os.getcwd(),
+        "by_path": by_path,
+        "out": out,
+    }
+    atomic_write_json(directory / "job.json", header)
+    return Job(directory, header)
+
+
+def list_jobs(jobs_dir: Path) -> list[str]:
+    """Job ids under ``jobs_dir``, newest first."""
+    try:
+        names = os.listdir(jobs_dir)
+    except FileNotFoundError:
+        return []
+    return sorted((n for n in names if JOB_ID_RE.match(n) and (jobs_dir / n / "job.json").is_file()), reverse=True)
+
+
+class Job:
+    """A job's directory: read its manifest, commit batch results, merge the CSV."""
+
+    def __init__(self, directory: Path, header: dict):
+        self.dir = Path(directory)
+        self.header = header
+        self._result_cache: dict[str, tuple[int, dict]] = {}
+
+    @classmethod
+    def load(cls, jobs_dir: Path, job_id: str) -> Job:
+        """Open an existing job; a clear :class:`JobError` when there is none."""
+        directory = Path(jobs_dir) / check_job_id(job_id)
+        try:
+            header = json.loads((directory / "job.json").read_text())
+        except FileNotFoundError:
+            raise JobError(f"no job {job_id} under {jobs_dir}; check DIGITQ_DATA_DIR or `digitq jobs`") from None
+        except (OSError, ValueError) as e:
+            raise JobError(f"job {job_id}: unreadable manifest {directory / 'job.json'}: {e}") from e
+        return cls(directory, header)
+
+    # -- manifest -------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.header["job_id"]
+
+    @property
+    def model_version(self) -> str:
+        return self.header["model_version"]
+
+    @property
+    def total(self) -> int:
+        return self.header["total"]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return self.header["batch_sizes"]
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_sizes)
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / "predictions.csv"
+
+    def files(self) -> list[FileEntry]:
+        """Every file of the job, in output order."""
+        with open(self.dir / "files.jsonl", encoding="utf-8") as f:
+            return [FileEntry.from_json(line) for line in f if line.strip()]
+
+    def batches(self) -> Iterator[tuple[int, list[FileEntry]]]:
+        """``(index, files)`` for every batch, from the manifest."""
+        files = self.files()
+        start = 0
+        for index, size in enumerate(self.batch_sizes):
+            yield index, files[start : start + size]
+            start += size
+
+    # -- results --------------------------------------------------------
+
+    def result_path(self, batch: int) -> Path:
+        return self.dir / "results" / f"{batch:06d}.jsonl"
+
+    def committed(self) -> set[int]:
+        """Indexes of the batches whose result is on disk."""
+        found = set()
+        for name in os.listdir(self.dir / "results"):
+            m = _RESULT_RE.match(name)
+            if m and int(m.group(1)) < self.n_batches:
+                found.add(int(m.group(1)))
+        return found
+
+    def commit(self, batch: int, rows: Sequence[Row], *, model_version: str, started: float) -> None:
+        """Atomically write (or overwrite) the result of one batch."""
+        if not 0 <= batch < self.n_batches:
+            raise JobError(f"job {self.id} has no batch {batch} (it has {self.n_batches})")
+        if len(rows) != self.batch_sizes[batch]:
+            raise JobError(f"job {self.id} batch {batch}: {len(rows)} rows for {self.batch_sizes[batch]} files")
+        head = {
+            "batch": batch,
+            "rows": len(rows),
+            "errors": sum(1 for r in rows if r.error),
+            "model_version": model_version,
+            "started": started,
+            "finished": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        lines = [json.dumps(head)] + [
+            json.dumps([r.path, r.prediction, r.confidence, r.error], ensure_ascii=True) for r in rows
+        ]
+        atomic_write(self.result_path(batch), "\n".join(lines) + "\n")
+        (self.dir / "failed" / f"{batch:06d}.json").unlink(missing_ok=True)
+
+    def result_header(self, batch: int) -> dict | None:
+        """The first line of a committed result (counts and timings), cached by mtime."""
+        path = self.result_path(batch)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        cached = self._result_cache.get(path.name)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        with open(path, encoding="utf-8") as f:
+            head = json.loads(f.readline())
+        self._result_cache[path.name] = (mtime, head)
+        return head
+
+    def result_rows(self, batch: int) -> list[Row]:
+        """The committed rows of one batch."""
+        with open(self.result_path(batch), encoding="utf-8") as f:
+            f.readline()
+            return [Row(*json.loads(line)) for line in f if line.strip()]
+
+    def mark_failed(self, batch: int, error: str) -> None:
+        """Record that a batch failed for good (``resume`` retries it)."""
+        (self.dir / "failed").mkdir(exist_ok=True)
+        record = {"batch": batch, "error": error, "at": time.time()}
+        atomic_write_json(self.dir / "failed" / f"{batch:06d}.json", record)
+
+    def failed(self) -> dict[int, str]:
+        """Failed batches and their errors, except those committed since."""
+        out = {}
+        committed = self.committed()
+        for path in sorted((self.dir / "failed").glob("*.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("batch") not in committed:
+                out[int(rec["batch"])] = str(rec.get("error", "unknown error"))
+        return out
+
+    def clear_failed(self) -> None:
+        for path in (self.dir / "failed").glob("*.json"):
+            path.unlink(missing_ok=True)
+
+    # -- completion -----------------------------------------------------
+
+    def is_complete(self) -> bool:
+        return len(self.committed()) == self.n_batches
+
+    def is_done(self) -> bool:
+        return (self.dir / "done.json").is_file() and self.csv_path.is_file()
+
+    def finalize(self) -> bool:
+        """Merge all batch results into ``predictions.csv`` once every batch is committed.
+
+        Safe to call any number of times, from any process: it does nothing
+        before the last commit, and the merge is deterministic and atomic.
+        Returns True when the job is done.
+        """
+        if self.is_done():
+            return True
+        if not self.is_complete():
+            return False
+        version = self.model_version
+        rows: list[dict] = []
+        errors = 0
+        started = []
+        for batch in range(self.n_batches):
+            head = self.result_header(batch)
+            started.append(head["started"] if head else time.time())
+            for r in self.result_rows(batch):
+                errors += bool(r.error)
+                rows.append({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
+                             "model_version": version, "error": r.error})
+        if len(rows) != self.total:
+            raise JobError(f"job {self.id}: merged {len(rows)} rows for {self.total} files; run `digitq resume`")
+        atomic_write(self.csv_path, csvfile.render(rows))
+        atomic_write_json(self.dir / "done.json", {
+            "finished": time.time(), "rows": len(rows), "errors": errors, "started": min(started, default=None),
+        })
+        return True
+
+    # -- status ---------------------------------------------------------
+
+    def status(self) -> dict:
+        """A truthful summary built from the files on disk."""
+        committed = self.committed()
+        heads = [h for h in (self.result_header(b) for b in sorted(committed)) if h]
+        done_count = sum(h["rows"] for h in heads)
+        errors = sum(h["errors"] for h in heads)
+        failed = self.failed()
+        done_info = None
+        if self.is_done():
+            try:
+                done_info = json.loads((self.dir / "done.json").read_text())
+            except (OSError, ValueError):
+                done_info = None
+        if done_info:
+            state = "done"
+        elif failed:
+            state = "failed"
+        elif committed:
+            state = "running"
+        else:
+            state = "queued"
+        created = self.header["created"]
+        started = min((h["started"] for h in heads), default=None)
+        finished = done_info["finished"] if done_info else None
+        end = finished or time.time()
+        elapsed = end - (started or created)
+        return {
+            "job_id": self.id,
+            "state": state,
+            "total": self.total,
+            "done": done_count,
+            "errors": errors,
+            "skipped": self.header.get("skipped", 0),
+            "batches": self.n_batches,
+            "batches_done": len(committed),
+            "failed_batches": {str(k): v for k, v in failed.items()},
+            "model_version": self.model_version,
+            "output": str(self.csv_path.resolve()),
+            "out": self.header.get("out"),
+            "created": created,
+            "started": started,
+            "finished": finished,
+            "elapsed_s": round(elapsed, 3) if started else None,
+            "rate_per_s": round(done_count / elapsed, 1) if started and elapsed > 0 else None,
+        }

@@ -1,0 +1,72 @@
+"""One settings object, read from the environment (``DIGITQ_*``).
+
+CLI options mirror these variables with ``envvar=``, so a flag and a variable
+always mean the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from digitq.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; unset it or give e.g. {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything digitq reads from its environment."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    data_dir: Path = Path("digitq-data")
+    mnist: str | None = None
+    batch_size: int = 256
+    max_in_flight: int = 50_000
+    max_file_bytes: int = 20 * MiB
+    max_batch_bytes: int = 8 * MiB
+    visibility_timeout: int = 3600
+    predict_queue: str = "predict"
+    train_queue: str = "train"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read ``DIGITQ_*`` variables; keyword arguments that are not None win."""
+        env = os.environ
+        settings = cls(
+            redis_url=env.get("DIGITQ_REDIS_URL") or cls.redis_url,
+            data_dir=Path(env.get("DIGITQ_DATA_DIR") or cls.data_dir).expanduser(),
+            mnist=env.get("DIGITQ_MNIST") or None,
+            batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),
+            max_in_flight=_int("DIGITQ_MAX_IN_FLIGHT", cls.max_in_flight),
+            max_file_bytes=_int("DIGITQ_MAX_FILE_BYTES", cls.max_file_bytes),
+            max_batch_bytes=_int("DIGITQ_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=64 * 1024),
+            visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),
+        )
+        known = {f.name for f in fields(cls)}
+        changes = {k: v for k, v in overrides.items() if v is not None and k in known}
+        if "data_dir" in changes:
+            changes["data_dir"] = Path(changes["data_dir"]).expanduser()
+        return replace(settings, **changes)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,159 @@
+"""MNIST loaders: IDX files, a Keras-style ``mnist.npz``, or a labelled image folder.
+
+All loaders return uint8 arrays of shape (N, 28, 28), white digit on black,
+and uint8 labels; no TensorFlow needed except for the Keras download fallback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitq.errors import DataError
+
+_IDX_NAMES = {
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split; ``source`` says where they came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file (gzipped or not) into an array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtype, ndim = raw[2], raw[3]
+    if dtype not in _IDX_DTYPES:
+        raise DataError(f"{path}: IDX element type 0x{dtype:02x} is not supported (only unsigned bytes)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated (header)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(shape)) if shape else 0
+    if len(raw) - header != count:
+        raise DataError(f"{path} holds {len(raw) - header} data bytes, its header promises {count}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(directory: Path, stem_options: tuple[str, ...]) -> Path | None:
+    for stem in stem_options:
+        for name in (stem + ".gz", stem):
+            if (directory / name).is_file():
+                return directory / name
+    return None
+
+
+def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
+    """Load the four standard MNIST IDX files from a directory."""
+    directory = Path(directory)
+    arrays = {}
+    for key, stems in _IDX_NAMES.items():
+        found = _find_idx(directory, stems)
+        if found is None:
+            raise DataError(f"{directory} has no {stems[0]}[.gz]; expected the four MNIST IDX files there")
+        arrays[key] = read_idx(found)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{directory}: {split} images {x.shape} do not match labels {y.shape}")
+    return Dataset(**arrays, source=str(directory))
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """Load a Keras-style ``mnist.npz`` (x_train, y_train, x_test, y_test)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as e:
+        raise DataError(f"{path} lacks array {e}; an MNIST npz has x_train, y_train, x_test, y_test") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as an npz file: {e}") from e
+    for key in ("x_train", "x_test"):
+        if arrays[key].ndim != 3 or arrays[key].shape[1:] != (28, 28):
+            raise DataError(f"{path}: {key} has shape {arrays[key].shape}, expected (N, 28, 28)")
+    return Dataset(**{k: v.astype(np.uint8) for k, v in arrays.items()}, source=str(path))
+
+
+def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``DIR/<digit>/<image>`` with the same preprocessing as inference.
+
+    Files that are not images, or do not decode, are an error: a training set
+    should not silently shrink.
+    """
+    from model.preprocess import decode_image, is_image_name
+
+    directory = Path(directory)
+    images, labels = [], []
+    for digit in range(10):
+        sub = directory / str(digit)
+        if not sub.is_dir():
+            continue
+        for entry in sorted(sub.rglob("*")):
+            if not entry.is_file() or entry.name.startswith(".") or not is_image_name(entry.name):
+                continue
+            try:
+                images.append(decode_image(entry.read_bytes()))
+            except Exception as e:
+                raise DataError(f"{entry}: {e}") from e
+            labels.append(digit)
+    if not images:
+        raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
+    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+
+
+def load_keras_download() -> Dataset:
+    """Keras' own MNIST download; needs the internet."""
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as e:
+        raise DataError(
+            "no MNIST source given and Keras could not download MNIST "
+            f"({type(e).__name__}: {e}). Point DIGITQ_MNIST or --data at a directory "
+            "with the four MNIST IDX files or at an mnist.npz."
+        ) from e
+    return Dataset(x_train, y_train, x_test, y_test, source="keras.datasets.mnist")
+
+
+def load_dataset(source: str | os.PathLike[str] | None) -> Dataset:
+    """Load MNIST from ``source`` (IDX dir, npz file or digit folder); None downloads."""
+    if source is None or str(source) == "":
+        return load_keras_download()
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_npz(path)
+    if not path.is_dir():
+        raise DataError(f"MNIST source {path} does not exist; give an IDX directory, an mnist.npz or a digit folder")
+    if _find_idx(path, _IDX_NAMES["x_train"]) is not None or _find_idx(path, _IDX_NAMES["x_test"]) is not None:
+        return load_idx_dir(path)
+    if (path / "mnist.npz").is_file():
+        return load_npz(path / "mnist.npz")
+    # A labelled folder is a single split: serve it as both, callers pick.
+    x, y = load_image_folder(path)
+    return Dataset(x, y, x, y, source=str(path))

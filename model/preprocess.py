@@ -1,0 +1,100 @@
+"""Turn any image file into an MNIST-style 28x28 array (white digit on black).
+
+Pure Pillow + NumPy, shared by inference and by the labelled-folder loader so
+that training and serving see digits the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from digitq.errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+#: Pillow's own bomb check fires above this; we make it an error, not a warning.
+MAX_PIXELS = 64_000_000
+_FIT = 20  # MNIST digits fit a 20x20 box centred by mass in 28x28
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name has an image extension (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes to a uint8 (28, 28) array, MNIST polarity and framing.
+
+    Raises :class:`ImageError` with a short reason for anything undecodable.
+    """
+    if not data:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(io.BytesIO(data)) as img:
+                img.seek(0)  # first frame of an animation
+                img.load()
+                gray = _to_gray(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageError(f"image too large to decode safely ({e})") from e
+    except Exception as e:  # Pillow raises many types for corrupt files
+        raise ImageError(f"cannot decode image: {type(e).__name__}: {e}".rstrip(": ")) from e
+    return to_mnist(gray)
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    """Grayscale float array in 0..255; transparent images use alpha as the ink."""
+    if img.width < 1 or img.height < 1:
+        raise ImageError("image has no pixels")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3]
+        if alpha.min() < 128 <= alpha.max():
+            return alpha  # ink drawn on a transparent sheet
+        img = img.convert("RGBA").convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """Frame a grayscale array like MNIST: light ink on dark, 20x20 box, mass-centred."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if float(np.median(border)) > 127.0:
+        gray = 255.0 - gray  # dark ink on light paper
+    if gray.shape == (28, 28):
+        return np.clip(gray, 0, 255).astype(np.uint8)  # already MNIST-sized: keep pixels exact
+    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+    ink = np.clip(gray - background, 0, None)
+    peak = float(ink.max())
+    if peak <= 0:
+        return np.zeros((28, 28), np.uint8)
+    ink *= 255.0 / peak
+    rows = np.flatnonzero(ink.max(axis=1) > 0.2 * 255)
+    cols = np.flatnonzero(ink.max(axis=0) > 0.2 * 255)
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = _FIT / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
+    small = np.clip(small, 0, 255)
+    out = np.zeros((28, 28), np.float32)
+    total = float(small.sum())
+    ys, xs = np.indices(small.shape)
+    cy = float((ys * small).sum() / total) if total else small.shape[0] / 2
+    cx = float((xs * small).sum() / total) if total else small.shape[1] / 2
+    top = int(round(14 - cy))
+    left = int(round(14 - cx))
+    top = min(max(top, 0), 28 - small.shape[0])
+    left = min(max(left, 0), 28 - small.shape[1])
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return out.astype(np.uint8)

@@ -1,0 +1,316 @@
+"""``digitq``: scan folders into prediction jobs, follow them, evaluate models.
+
+Heavy modules (Celery, Pillow, TensorFlow) are imported inside the commands
+that need them, so ``digitq --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from digitq import __version__
+from digitq.errors import DigitqError, JobError
+from digitq.settings import Settings
+
+
+class WaitTimeout(DigitqError):
+    """``--timeout`` ran out before the job finished."""
+
+    exit_code = 3
+
+
+class _Group(click.Group):
+    """Prints :class:`DigitqError` as one line of advice instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DigitqError as e:
+            click.secho(f"Error: {e}", err=True, fg="red")
+            ctx.exit(e.exit_code)
+
+
+def _emit_json(obj: dict | list) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=True))
+
+
+def _settings(ctx: click.Context, **overrides: object) -> Settings:
+    return Settings.from_env(**{**ctx.obj, **overrides})
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--redis-url", envvar="DIGITQ_REDIS_URL", metavar="URL",
+              help="Broker, e.g. redis://:PASSWORD@host:6379/0 or rediss://... for TLS. "
+                   "[env DIGITQ_REDIS_URL; default redis://localhost:6379/0]")
+@click.option("--data-dir", envvar="DIGITQ_DATA_DIR", metavar="DIR",
+              help="Where jobs, models and outputs live; shared storage when workers run on several "
+                   "hosts. [env DIGITQ_DATA_DIR; default ./digitq-data]")
+@click.version_option(__version__, prog_name="digitq")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> None:
+    """Classify handwritten-digit images in bulk on a Redis + Celery task queue.
+
+    \b
+    Typical use:
+      celery -A worker worker          # start workers (any number, any host)
+      digitq scan ./images --wait --out predictions.csv
+      digitq status JOB | digitq wait JOB | digitq resume JOB | digitq jobs
+    """
+    ctx.obj = {"redis_url": redis_url, "data_dir": data_dir}
+    Settings.from_env(**ctx.obj)  # fail early on a bad DIGITQ_* value
+
+
+# -- scan -------------------------------------------------------------------
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "-o", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Copy of the final CSV (placed by --wait or `digitq wait`).")
+@click.option("--batch-size", "-b", type=click.IntRange(1, 100_000), envvar="DIGITQ_BATCH_SIZE",
+              help="Images per task. [env DIGITQ_BATCH_SIZE; default 256]")
+@click.option("--model-version", "-m", metavar="V", help="Pin this model version (default: production).")
+@click.option("--by-path", is_flag=True,
+              help="Send file paths instead of bytes (workers must see the same files at the same paths).")
+@click.option("--max-in-flight", type=click.IntRange(1), envvar="DIGITQ_MAX_IN_FLIGHT",
+              help="Most images sent but not yet committed. [env DIGITQ_MAX_IN_FLIGHT; default 50000]")
+@click.option("--wait", "-w", "wait_", is_flag=True, help="Follow the job to the end and place --out.")
+@click.option("--timeout", type=float, metavar="S", help="With --wait: give up after S seconds (exit 3).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
+@click.pass_context
+def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wait_, timeout, as_json):
+    """Find the images under PATHS and enqueue them as one prediction job.
+
+    Each PATH is a folder (walked recursively; hidden and non-image files are
+    skipped) or an image file. Prints the job id; the CSV appears under the
+    data dir as jobs/JOB/predictions.csv, one row per image, sorted by path.
+    """
+    from digitq.broker import ping
+    from producer.dispatch import enqueue, new_job
+    from producer.progress import Progress
+    from producer.scan import find_images
+
+    settings = _settings(ctx, max_in_flight=max_in_flight)
+    ping(settings)
+    with Progress(0, "scanning", unit="files") as bar:
+        found = find_images(paths, on_file=bar.update)
+    for warning in found.warnings:
+        click.secho(f"warning: {warning}", err=True, fg="yellow")
+    job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, batch_size=batch_size,
+                  model_version=model_version, by_path=by_path, out=out)
+    with Progress(job.total, "enqueue") as bar:
+        enqueue(settings, job, progress=bar.update)
+    if job.n_batches == 0:
+        job.finalize()
+    summary = {"job_id": job.id, "total": job.total, "skipped": found.skipped, "batches": job.n_batches,
+               "model_version": job.model_version, "output": str(job.csv_path.resolve()), "out": job.header["out"]}
+    if not as_json:
+        click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
+                   f"({found.skipped} skipped), model {job.model_version}", err=wait_)
+    if wait_:
+        status = _follow(settings, job, timeout, quiet=as_json)
+        summary.update(state=status["state"], done=status["done"], errors=status["errors"])
+    elif not as_json:
+        click.echo(job.id)
+        if out:
+            click.echo(f"run `digitq wait {job.id}` to place the CSV at {out}", err=True)
+    if as_json:
+        _emit_json(summary)
+
+
+def _follow(settings: Settings, job, timeout: float | None, quiet: bool = False) -> dict:
+    """Wait for ``job`` with a progress bar, place its ``--out`` copy, print where the CSV is."""
+    from producer.progress import Progress
+
+    with Progress(job.total, "predict") as bar:
+        status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
+    target = place_output(job)
+    if not quiet:
+        click.echo(f"done: {status['done']} rows, {status['errors']} errors -> {target or status['output']}")
+    return status
+
+
+def wait_for(job, timeout: float | None, on_status=None, poll: float = 0.2) -> dict:
+    """Poll the job's files until it is done; raise on failure or timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_change, last_done, hinted = time.monotonic(), -1, False
+    while True:
+        if job.is_complete():
+            job.finalize()  # idempotent; covers a worker that died between commit and merge
+        status = job.status()
+        if on_status:
+            on_status(status)
+        if status["state"] == "done":
+            return status
+        if status["state"] == "failed":
+            first = next(iter(status["failed_batches"].items()))
+            raise JobError(f"job {job.id} failed: batch {first[0]}: {first[1]}. "
+                           f"Fix the cause, then run `digitq resume {job.id}`")
+        if status["done"] != last_done:
+            last_done, last_change = status["done"], time.monotonic()
+        elif not hinted and time.monotonic() - last_change > 120:
+            hinted = True
+            click.secho(f"\nno progress for 2 minutes: are workers running (`celery -A worker worker`)? "
+                        f"If Redis lost its queue, `digitq resume {job.id}` re-sends what is missing.",
+                        err=True, fg="yellow")
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"job {job.id} not done after {timeout:g}s ({status['done']}/{status['total']}); "
+                              f"keep waiting with `digitq wait {job.id}`")
+        time.sleep(poll)
+
+
+def place_output(job, out: str | None = None) -> str | None:
+    """Copy the finished CSV to ``out`` (default: the job's ``--out``), atomically."""
+    from digitq.storage import atomic_write
+
+    target = out or job.header.get("out")
+    if not target:
+        return None
+    try:
+        atomic_write(target, job.csv_path.read_bytes())
+    except OSError as e:
+        raise JobError(f"job {job.id} is done, but writing {target} failed ({e.strerror or e}); "
+                       f"the CSV is at {job.csv_path}") from e
+    return target
+
+
+def _load_job(settings: Settings, job_id: str):
+    from digitq.jobs import Job
+
+    return Job.load(settings.jobs_dir, job_id)
+
+
+# -- job commands -------------------------------------------------------------
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx, job_id, as_json):
+    """Show a job's state (queued, running, done, failed), counts and timings."""
+    st = _load_job(_settings(ctx), job_id).status()
+    if as_json:
+        _emit_json(st)
+        return
+    click.echo(f"job       {st['job_id']}\nstate     {st['state']}\n"
+               f"progress  {st['done']}/{st['total']} images, {st['errors']} errors, "
+               f"{st['batches_done']}/{st['batches']} batches\nmodel     {st['model_version']}")
+    if st["elapsed_s"] is not None:
+        click.echo(f"elapsed   {st['elapsed_s']:.1f}s ({st['rate_per_s'] or 0:,.0f} images/s)")
+    for batch, error in st["failed_batches"].items():
+        click.echo(f"failed    batch {batch}: {error}")
+    click.echo(f"output    {st['output']}" + ("" if st["state"] == "done" else " (when done)"))
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--timeout", type=float, metavar="S", help="Give up after S seconds (exit 3).")
+@click.option("--out", "-o", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Copy the CSV here (default: the scan's --out).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+@click.pass_context
+def wait(ctx, job_id, timeout, out, as_json):
+    """Follow a job until it is done; exit 0 when its CSV is complete."""
+    from producer.progress import Progress
+
+    job = _load_job(_settings(ctx), job_id)
+    with Progress(job.total, "predict") as bar:
+        st = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
+    target = place_output(job, out)
+    if as_json:
+        _emit_json({**st, "out": target})
+    else:
+        click.echo(f"done: {st['done']} rows, {st['errors']} errors -> {target or st['output']}")
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def resume(ctx, job_id, as_json):
+    """Re-send every batch of JOB that has no committed result.
+
+    Uses the manifest on disk, so a job finishes even after Redis lost its
+    queue or every worker died. Safe to run when nothing is missing.
+    """
+    from digitq.broker import ping
+    from producer.dispatch import resume as resume_job
+
+    settings = _settings(ctx)
+    job = _load_job(settings, job_id)
+    missing = sorted(set(range(job.n_batches)) - job.committed())
+    if missing:
+        ping(settings)
+    resent = resume_job(settings, job)
+    images = sum(job.batch_sizes[i] for i in resent)
+    if as_json:
+        _emit_json({"job_id": job.id, "resent_batches": len(resent), "resent_images": images,
+                    "state": job.status()["state"]})
+    elif resent:
+        click.echo(f"job {job.id}: re-sent {len(resent)} batches ({images} images); follow with `digitq wait {job.id}`")
+    else:
+        click.echo(f"job {job.id}: nothing missing ({job.status()['state']})")
+
+
+@main.command()
+@click.option("--limit", "-n", default=20, show_default=True, help="How many recent jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list.")
+@click.pass_context
+def jobs(ctx, limit, as_json):
+    """List recent jobs, newest first."""
+    from digitq.jobs import Job, list_jobs
+
+    settings = _settings(ctx)
+    rows = [Job.load(settings.jobs_dir, j).status() for j in list_jobs(settings.jobs_dir)[:limit]]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no jobs under {settings.jobs_dir}")
+        return
+    click.echo(f"{'JOB':<24} {'STATE':<8} {'DONE':>15} {'ERRORS':>7}  MODEL")
+    for r in rows:
+        click.echo(f"{r['job_id']:<24} {r['state']:<8} {str(r['done']) + '/' + str(r['total']):>15} "
+                   f"{r['errors']:>7}  {r['model_version']}")
+
+
+# -- models -------------------------------------------------------------------
+
+@main.command()
+@click.option("--data", envvar="DIGITQ_MNIST", metavar="PATH",
+              help="MNIST IDX dir, mnist.npz or DIR/<digit>/ folder. [env DIGITQ_MNIST; default: Keras download]")
+@click.option("--model-version", "-m", metavar="V", help="Model to evaluate (default: production).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
+@click.pass_context
+def evaluate(ctx, data, model_version, as_json):
+    """Accuracy and loss of a model on the MNIST test split."""
+    from model.evaluation import evaluate_model
+
+    result = evaluate_model(_settings(ctx), data, model_version)
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"model {result['model_version']}: accuracy {result['accuracy']:.4%}, loss {result['loss']:.4f} "
+                   f"on {result['examples']} test images ({result['data_source']}), {result['params']:,} params")
+
+
+@main.command()
+@click.option("--samples", type=click.Path(exists=True, file_okay=False),
+              help="Folder to scan (default: the repository's samples/digits).")
+@click.option("--demo-dir", default="digitq-demo-data", show_default=True, type=click.Path(file_okay=False),
+              help="Data dir for the demo's job (kept, so the CSV stays).")
+def demo(samples, demo_dir):
+    """Run the whole pipeline once: a private Redis, one worker, a scan of sample digits.
+
+    Stops the Redis server and the worker it started when it is done.
+    """
+    from producer.demo import run_demo
+
+    sys.exit(run_demo(samples, demo_dir))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

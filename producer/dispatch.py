@@ -1,0 +1,136 @@
+"""Create jobs from a scan and feed their batches to Redis, with backpressure.
+
+Plain functions over :class:`digitq.jobs.Job`; the CLI is a thin layer on top.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from digitq.broker import PREDICT_TASK, client_app, redact
+from digitq.errors import BrokerError, ConfigError
+from digitq.jobs import FileEntry, Job, create_job
+from digitq.paths import escape_path, unescape_path
+from digitq.settings import Settings
+from model.registry import Registry
+from producer.scan import Found
+
+#: Room kept in a message for JSON framing and the path of each file.
+_ENTRY_OVERHEAD = 512
+Progress = Callable[[int], None]
+
+
+def plan_batches(files: Sequence[Found], settings: Settings, *, batch_size: int,
+                 by_path: bool) -> tuple[list[FileEntry], list[int]]:
+    """Manifest entries and batch sizes: at most ``batch_size`` files and, when
+    bytes travel inline, about ``max_batch_bytes`` per message; a bigger file goes alone."""
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    budget = settings.max_batch_bytes * 3 // 4  # base64 grows data by 4/3
+    entries: list[FileEntry] = []
+    sizes: list[int] = []
+    count = weight = 0
+    for f in files:
+        error = None
+        cost = _ENTRY_OVERHEAD
+        if f.size > settings.max_file_bytes:
+            error = f"file is {f.size} bytes, over the {settings.max_file_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)"
+        elif not by_path:
+            cost += f.size
+        if count and (count >= batch_size or weight + cost > budget):
+            sizes.append(count)
+            count = weight = 0
+        entries.append(FileEntry(f.path, f.size, error))
+        count += 1
+        weight += cost
+    if count:
+        sizes.append(count)
+    return entries, sizes
+
+
+def new_job(settings: Settings, files: Sequence[Found], *, sources: Sequence[str], skipped: int = 0,
+            batch_size: int | None = None, model_version: str | None = None, by_path: bool = False,
+            out: str | None = None) -> Job:
+    """Pin the model version and write the job's manifest (nothing is sent yet)."""
+    ref = Registry(settings.models_dir).resolve(model_version)
+    entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    return create_job(settings.jobs_dir, entries, sizes, model_version=ref.version, sources=sources,
+                      by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped)
+
+
+def _source_bytes(job: Job, entry: FileEntry) -> bytes:
+    raw = unescape_path(entry.path)
+    return raw if os.path.isabs(raw) else os.path.join(os.fsencode(job.header["cwd"]), raw)
+
+
+def message_entries(job: Job, files: Sequence[FileEntry], settings: Settings) -> list[dict]:
+    """The task payload for one batch: inline base64 bytes, or absolute paths with ``by_path``."""
+    out = []
+    for entry in files:
+        item: dict = {"path": entry.path}
+        if entry.error:
+            item["error"] = entry.error
+        elif job.header.get("by_path"):
+            item["ref"] = escape_path(_source_bytes(job, entry))
+        else:
+            try:
+                with open(_source_bytes(job, entry), "rb") as f:
+                    data = f.read(settings.max_file_bytes + 1)
+            except OSError as e:
+                item["error"] = f"cannot read file: {e.strerror or e}"
+            else:
+                if len(data) > settings.max_file_bytes:
+                    item["error"] = f"file is over the {settings.max_file_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)"
+                else:
+                    item["data"] = base64.b64encode(data).decode("ascii")
+        out.append(item)
+    return out
+
+
+def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
+            progress: Progress | None = None, poll: float = 0.25) -> int:
+    """Send the given batches (default: all) in order, keeping at most
+    ``max_in_flight`` images sent but not committed. Returns images sent."""
+    wanted = set(range(job.n_batches)) if batches is None else set(batches)
+    sizes = job.batch_sizes
+    app = client_app(settings)
+    in_flight: dict[int, int] = {}
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for index, files in job.batches():
+                if index not in wanted:
+                    continue
+                while in_flight and sum(in_flight.values()) + sizes[index] > settings.max_in_flight:
+                    time.sleep(poll)
+                    for done in job.committed() & in_flight.keys():
+                        del in_flight[done]
+                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(job, files, settings)],
+                              queue=settings.predict_queue, producer=producer)
+                in_flight[index] = sizes[index]
+                sent += sizes[index]
+                if progress:
+                    progress(sent)
+    except OSError as e:  # kombu's OperationalError is an OSError too
+        raise BrokerError(
+            f"sending job {job.id} to Redis at {redact(settings.redis_url)} failed ({e}); "
+            f"the manifest is saved: run `digitq resume {job.id}` once Redis is back"
+        ) from e
+    finally:
+        app.close()
+    return sent
+
+
+def resume(settings: Settings, job: Job, progress: Progress | None = None) -> list[int]:
+    """Re-send every batch without a committed result; merge if nothing is missing."""
+    missing = sorted(set(range(job.n_batches)) - job.committed())
+    job.clear_failed()
+    if missing:
+        enqueue(settings, job, missing, progress)
+    else:
+        job.finalize()
+    return missing

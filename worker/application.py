@@ -1,0 +1,36 @@
+"""The Celery app the workers run, configured from ``DIGITQ_*`` settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery, signals
+
+from digitq.broker import celery_config, redact
+from digitq.settings import Settings
+
+log = logging.getLogger("digitq.worker")
+
+app = Celery("digitq", include=["worker.tasks"])
+app.config_from_object(celery_config(Settings.from_env()))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (honours CPU affinity / cgroups pinning)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@signals.worker_init.connect
+def _size_thread_pools(sender=None, **_: object) -> None:
+    # Runs in the parent before the pool forks: children inherit the variable
+    # and size TensorFlow's pools from it when they load the model.
+    concurrency = int(getattr(sender, "concurrency", 0) or 1)
+    threads = max(1, available_cores() // concurrency)
+    os.environ.setdefault("DIGITQ_TF_THREADS", str(threads))
+    settings = Settings.from_env()
+    log.info("digitq worker: broker %s, data dir %s, %d process(es) x %s TF thread(s)",
+             redact(settings.redis_url), settings.data_dir.resolve(), concurrency, os.environ["DIGITQ_TF_THREADS"])

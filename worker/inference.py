@@ -1,0 +1,83 @@
+"""Batch inference as plain functions: decode each file on its own, predict, commit.
+
+No Celery here, so it can be tested and reused directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from digitq.errors import ImageError
+from digitq.jobs import Job, Row
+from digitq.paths import unescape_path
+from digitq.settings import Settings
+from model.preprocess import decode_image
+from model.registry import Registry
+from model.runtime import ModelCache, Predictor
+
+#: One cache per process, filled after the fork, on the first batch.
+CACHE = ModelCache()
+
+
+def read_entry(entry: Mapping[str, object], max_bytes: int) -> bytes:
+    """The image bytes of one message entry: inline base64 data, or a path on shared storage."""
+    if "data" in entry:
+        try:
+            return base64.b64decode(str(entry["data"]), validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ImageError(f"corrupt message data: {e}") from e
+    ref = entry.get("ref")
+    if not isinstance(ref, str):
+        raise ImageError("message entry has neither data nor a path")
+    try:
+        with open(unescape_path(ref), "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}") from e
+    if len(data) > max_bytes:
+        raise ImageError(f"file is over the {max_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)")
+    return data
+
+
+def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]], max_bytes: int) -> list[Row]:
+    """One row per entry, in order; an entry that fails to decode becomes an error row."""
+    rows: list[Row | None] = []
+    images, slots = [], []
+    for entry in entries:
+        path = str(entry.get("path", ""))
+        if entry.get("error"):
+            rows.append(Row(path, error=str(entry["error"])))
+            continue
+        try:
+            images.append(decode_image(read_entry(entry, max_bytes)))
+        except ImageError as e:
+            rows.append(Row(path, error=str(e)))
+            continue
+        slots.append(len(rows))
+        rows.append(None)
+    if images:
+        probs = predictor.predict(np.stack(images))
+        for slot, p in zip(slots, probs, strict=True):
+            digit = int(np.argmax(p))
+            rows[slot] = Row(str(entries[slot].get("path", "")), digit, round(float(p[digit]), 6))
+    return [r for r in rows if r is not None]
+
+
+def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
+              cache: ModelCache = CACHE) -> dict:
+    """Predict one batch of a job with its pinned model, commit the result, merge if it was the last."""
+    started = time.time()
+    job = Job.load(settings.jobs_dir, job_id)
+    ref = Registry(settings.models_dir).resolve(job.model_version)
+    predictor = cache.get(ref)
+    rows = predict_entries(predictor, entries, settings.max_file_bytes)
+    job.commit(batch, rows, model_version=ref.version, started=started)
+    done = job.finalize()
+    return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
+            "done": done, "pid": os.getpid()}
