@@ -157,3 +157,18 @@ def load_dataset(source: str | os.PathLike[str] | None) -> Dataset:
     # A labelled folder is a single split: serve it as both, callers pick.
     x, y = load_image_folder(path)
     return Dataset(x, y, x, y, source=str(path))
+
+
+def write_image_folder(directory: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray) -> list[Path]:
+    """Write arrays as ``DIR/<label>/<n>.png`` (the layout :func:`load_image_folder` reads)."""
+    from PIL import Image
+
+    directory = Path(directory)
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        sub = directory / str(int(label))
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"{i:05d}.png"
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

@@ -7,6 +7,7 @@ that training and serving see digits the same way.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -17,6 +18,7 @@ from digitq.errors import ImageError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 #: Pillow's own bomb check fires above this; we make it an error, not a warning.
 MAX_PIXELS = 64_000_000
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-f]+>")  # keep messages stable and short
 _FIT = 20  # MNIST digits fit a 20x20 box centred by mass in 28x28
 
 
@@ -45,8 +47,11 @@ def decode_image(data: bytes) -> np.ndarray:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ImageError(f"image too large to decode safely ({e})") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError("cannot decode image: not a known image format, or corrupt") from e
     except Exception as e:  # Pillow raises many types for corrupt files
-        raise ImageError(f"cannot decode image: {type(e).__name__}: {e}".rstrip(": ")) from e
+        detail = _OBJECT_REPR.sub("", str(e)).strip()
+        raise ImageError(f"cannot decode image: {type(e).__name__}" + (f": {detail}" if detail else "")) from e
     return to_mnist(gray)
 
 

@@ -170,12 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--learning-rate", default=Recipe.learning_rate, show_default=True)
     @click.option("--holdout", default=0, show_default=True, help="Last N training images kept for validation.")
     @click.option("--no-augment", is_flag=True)
+    @click.option("--rotation", default=Recipe.rotation_deg, show_default=True, help="Max rotation, degrees.")
+    @click.option("--zoom", default=Recipe.zoom, show_default=True, help="Max zoom fraction.")
+    @click.option("--shift", default=Recipe.shift, show_default=True, help="Max shift, fraction of 28 px.")
     @click.option("--no-ema", is_flag=True)
     @click.option("--limit", default=0, help="Use only the first N training images.")
     @click.option("--seed", default=0, show_default=True)
-    def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, no_ema, limit, seed):
+    def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, rotation, zoom, shift, no_ema,
+            limit, seed):
         recipe = Recipe(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, holdout=holdout,
-                        augment=not no_augment, ema=not no_ema, limit=limit, seed=seed)
+                        augment=not no_augment, rotation_deg=rotation, zoom=zoom, shift=shift, ema=not no_ema,
+                        limit=limit, seed=seed)
         meta = train(load_dataset(data), recipe, out, command="python -m model.train " + " ".join(sys.argv[1:]))
         keys = ("params", "holdout_accuracy", "test_accuracy", "test_loss", "training_seconds", "sha256")
         click.echo(json.dumps({k: meta[k] for k in keys if k in meta}))

@@ -109,7 +109,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
                "model_version": job.model_version, "output": str(job.csv_path.resolve()), "out": job.header["out"]}
     if not as_json:
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
-                   f"({found.skipped} skipped), model {job.model_version}", err=wait_)
+                   f"({found.skipped} skipped), model {job.model_version}", err=True)
     if wait_:
         status = _follow(settings, job, timeout, quiet=as_json)
         summary.update(state=status["state"], done=status["done"], errors=status["errors"])

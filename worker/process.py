@@ -16,8 +16,10 @@ class WorkerProcess:
     """A real Celery worker in its own process group, logging to ``logfile``."""
 
     def __init__(self, env: Mapping[str, str], logfile: str | Path, *, concurrency: int = 1,
-                 queues: str = "predict", name: str = "digitq"):
+                 queues: str = "predict", name: str = "digitq", cwd: str | Path | None = None):
         self.logfile = Path(logfile)
+        # Not the checkout: the installed package must be found from anywhere.
+        self.cwd = Path(cwd) if cwd else self.logfile.parent
         self.env = {**os.environ, **env}
         self.args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
                      "-c", str(concurrency), "-P", "prefork", "-l", "info", "-n", f"{name}-{os.getpid()}@%h",
@@ -27,8 +29,9 @@ class WorkerProcess:
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
-        self.proc = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.logfile.with_suffix(".stderr"), "ab"), start_new_session=True)
+        with open(self.logfile.with_suffix(".stderr"), "ab") as stderr:
+            self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -49,8 +52,18 @@ class WorkerProcess:
         """Pids of the pool's child processes (the ones that run tasks)."""
         if not self.proc:
             return []
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(entry))
+        return pids
 
     def stop(self, timeout: float = 20.0) -> None:
         """Warm shutdown (SIGTERM); SIGKILL the whole group if it lingers."""

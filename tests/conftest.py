@@ -1,0 +1,71 @@
+"""Shared fixtures: a private redis-server on a free port, a real Celery worker, real MNIST."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from digitq.redisserver import RedisServer
+from digitq.settings import Settings
+from worker.process import WorkerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mnist_source() -> str | None:
+    """``DIGITQ_MNIST``, else ``../shared/mnist`` beside the checkout, else None (Keras download)."""
+    env = os.environ.get("DIGITQ_MNIST")
+    if env:
+        return env
+    shared = ROOT.parent / "shared" / "mnist"
+    return str(shared) if shared.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from model.dataset import load_dataset
+
+    return load_dataset(mnist_source())
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("digitq-data")
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server, data_dir) -> Settings:
+    return Settings.from_env(redis_url=redis_server.url, data_dir=str(data_dir))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_redis(request):
+    # Nothing in the tests may fall back to the machine's own Redis on 6379.
+    saved = {k: os.environ.get(k) for k in ("DIGITQ_REDIS_URL", "DIGITQ_DATA_DIR")}
+    os.environ["DIGITQ_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {"DIGITQ_REDIS_URL": settings.redis_url, "DIGITQ_DATA_DIR": str(settings.data_dir)}
+
+
+@pytest.fixture(scope="session")
+def worker(settings, data_dir):
+    proc = WorkerProcess(worker_env(settings), data_dir / "worker.log").start()
+    yield proc
+    proc.stop()

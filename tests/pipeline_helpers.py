@@ -1,0 +1,29 @@
+"""Helpers for end-to-end tests: sample files and job submission."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from digitq.settings import Settings
+from producer.dispatch import enqueue, new_job
+from producer.scan import find_images
+
+
+def make_job(settings: Settings, folder: Path, batch_size: int, send: bool = True, **kw):
+    """Scan ``folder`` into a job; send all its batches unless ``send`` is False."""
+    found = find_images([str(folder)])
+    job = new_job(settings, found.files, sources=[str(folder)], skipped=found.skipped, batch_size=batch_size, **kw)
+    if send:
+        enqueue(settings, job)
+    return job
+
+
+def wait_until(predicate, timeout: float = 60.0, poll: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

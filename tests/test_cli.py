@@ -1,0 +1,84 @@
+"""The command line: fast help, no TensorFlow in the producer, clear errors instead of tracebacks."""
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from digitq.redisserver import free_port
+from producer.cli import main
+
+from .conftest import ROOT
+
+
+def test_scan_help_is_light():
+    code = ("import sys, time; t = time.perf_counter(); from producer.cli import main\n"
+            "try:\n    main(['scan', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(time.perf_counter() - t, sorted(m for m in ('tensorflow', 'keras', 'celery', 'PIL') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "--batch-size" in out.stdout and "--by-path" in out.stdout
+    assert out.stdout.strip().splitlines()[-1].endswith("[]")  # none of the heavy modules imported
+
+
+def test_producer_never_imports_tensorflow(tmp_path):
+    """A whole scan path up to the broker: the producer modules pull in no TensorFlow."""
+    code = ("import sys; import producer.cli, producer.dispatch, producer.scan, producer.demo, digitq.jobs\n"
+            "print('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_unreachable_redis_is_a_clear_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(tmp_path / "d"), "scan", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "cannot reach Redis" in result.stderr and "DIGITQ_REDIS_URL" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "d" / "jobs").exists()  # nothing half-created
+
+
+def test_bad_setting_and_bad_model_version(tmp_path):
+    result = CliRunner().invoke(main, ["jobs"], env={"DIGITQ_BATCH_SIZE": "lots"})
+    assert result.exit_code == 2 and "DIGITQ_BATCH_SIZE" in result.stderr
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "evaluate", "-m", "99"])
+    assert result.exit_code == 1 and "not published" in result.stderr
+
+
+def test_jobs_on_empty_data_dir(tmp_path):
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "jobs", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_redis_password_is_used_and_checked(tmp_path):
+    from digitq.broker import ping
+    from digitq.errors import BrokerError
+    from digitq.redisserver import RedisServer
+    from digitq.settings import Settings
+
+    with RedisServer(password="s3cret") as server:
+        ping(Settings(redis_url=server.url))
+        wrong = server.url.replace("s3cret", "wrong")
+        try:
+            ping(Settings(redis_url=wrong))
+        except BrokerError as e:
+            assert "wrong" not in str(e) and "***" in str(e)
+        else:
+            raise AssertionError("a wrong password was accepted")
+        result = CliRunner().invoke(main, ["--redis-url", wrong, "--data-dir", str(tmp_path), "scan", str(tmp_path)])
+        assert result.exit_code == 1 and "Redis" in result.stderr and "wrong" not in result.stderr
+
+
+def test_empty_folder_is_a_finished_empty_job(tmp_path):
+    from digitq.redisserver import RedisServer
+
+    (tmp_path / "empty").mkdir()
+    with RedisServer() as server:
+        result = CliRunner().invoke(main, ["--redis-url", server.url, "--data-dir", str(tmp_path / "d"), "scan",
+                                           str(tmp_path / "empty"), "--wait", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["total"], summary["batches"], summary["state"]) == (0, 0, "done")
+    assert open(summary["output"], "rb").read().decode() == "path,prediction,confidence,model_version,error\r\n"
