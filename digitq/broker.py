@@ -62,7 +62,6 @@ def celery_config(settings: Settings) -> dict:
         "task_queues": (Queue(settings.predict_queue), Queue(settings.train_queue)),
         "task_routes": {PREDICT_TASK: {"queue": settings.predict_queue}},
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-        "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     }
     tls = _ssl_options(settings.redis_url)

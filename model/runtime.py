@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from digitq.errors import ModelError
 from model.registry import ModelRef
 
+log = logging.getLogger("digitq.model")
 _tf_configured = False
 
 
@@ -109,8 +112,11 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+            started = time.monotonic()
             predictor = load_predictor(ref)
             self.loads += 1
+            log.info("loaded model %s (sha256 %s...) in %.1fs, pid %d", ref.version, ref.sha256[:12],
+                     time.monotonic() - started, os.getpid())
             self._items[key] = predictor
             while len(self._items) > self.size:
                 self._items.popitem(last=False)

@@ -32,6 +32,8 @@ class Recipe:
     rotation_deg: float = 10.0
     zoom: float = 0.1
     shift: float = 0.1
+    elastic_alpha: float = 34.0  # 0 turns elastic distortion off
+    elastic_sigma: float = 4.0
     ema: bool = True
     holdout: int = 0
     seed: int = 0
@@ -115,6 +117,11 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     if recipe.augment:
         aug = _augmenter(recipe)
         ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        if recipe.elastic_alpha > 0:
+            from model.augment import elastic
+
+            ds = ds.map(lambda x, y: (elastic(x, recipe.elastic_alpha, recipe.elastic_sigma), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     val = None
     if x_val is not None:
@@ -137,6 +144,7 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     meta: dict = {
         "architecture": "seed-cnn: Conv32-Pool-Conv64-Pool-Dense128-Dropout0.2-Dense10",
         "params": int(final.count_params()),
+        "epochs": recipe.epochs,
         "recipe": asdict(recipe),
         "data_source": data.source,
         "train_examples": int(len(x_train)),
@@ -173,13 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--rotation", default=Recipe.rotation_deg, show_default=True, help="Max rotation, degrees.")
     @click.option("--zoom", default=Recipe.zoom, show_default=True, help="Max zoom fraction.")
     @click.option("--shift", default=Recipe.shift, show_default=True, help="Max shift, fraction of 28 px.")
+    @click.option("--elastic-alpha", default=Recipe.elastic_alpha, show_default=True,
+                  help="Elastic distortion strength (0: off).")
+    @click.option("--elastic-sigma", default=Recipe.elastic_sigma, show_default=True,
+                  help="Elastic distortion smoothness, px.")
     @click.option("--no-ema", is_flag=True)
     @click.option("--limit", default=0, help="Use only the first N training images.")
     @click.option("--seed", default=0, show_default=True)
-    def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, rotation, zoom, shift, no_ema,
-            limit, seed):
+    def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, rotation, zoom, shift,
+            elastic_alpha, elastic_sigma, no_ema, limit, seed):
         recipe = Recipe(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, holdout=holdout,
-                        augment=not no_augment, rotation_deg=rotation, zoom=zoom, shift=shift, ema=not no_ema,
+                        augment=not no_augment, rotation_deg=rotation, zoom=zoom, shift=shift,
+                        elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma, ema=not no_ema,
                         limit=limit, seed=seed)
         meta = train(load_dataset(data), recipe, out, command="python -m model.train " + " ".join(sys.argv[1:]))
         keys = ("params", "holdout_accuracy", "test_accuracy", "test_loss", "training_seconds", "sha256")

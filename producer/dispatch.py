@@ -10,6 +10,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
 from digitq.broker import PREDICT_TASK, client_app, redact
 from digitq.errors import BrokerError, ConfigError
 from digitq.jobs import FileEntry, Job, create_job
@@ -57,7 +60,11 @@ def new_job(settings: Settings, files: Sequence[Found], *, sources: Sequence[str
     """Pin the model version and write the job's manifest (nothing is sent yet)."""
     ref = Registry(settings.models_dir).resolve(model_version)
     entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
-    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {settings.jobs_dir} ({e.strerror or e}); set DIGITQ_DATA_DIR / --data-dir "
+                          "to a writable directory") from e
     return create_job(settings.jobs_dir, entries, sizes, model_version=ref.version, sources=sources,
                       by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped)
 
@@ -115,7 +122,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                 sent += sizes[index]
                 if progress:
                     progress(sent)
-    except OSError as e:  # kombu's OperationalError is an OSError too
+    except (OSError, KombuError, RedisError) as e:
         raise BrokerError(
             f"sending job {job.id} to Redis at {redact(settings.redis_url)} failed ({e}); "
             f"the manifest is saved: run `digitq resume {job.id}` once Redis is back"

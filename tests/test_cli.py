@@ -82,3 +82,26 @@ def test_empty_folder_is_a_finished_empty_job(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["total"], summary["batches"], summary["state"]) == (0, 0, "done")
     assert open(summary["output"], "rb").read().decode() == "path,prediction,confidence,model_version,error\r\n"
+
+
+def test_redis_lost_while_sending_keeps_the_manifest(tmp_path, mnist):
+    from digitq.errors import BrokerError
+    from digitq.redisserver import RedisServer
+    from digitq.settings import Settings
+    from model.dataset import write_image_folder
+    from producer.dispatch import enqueue
+
+    from .pipeline_helpers import make_job
+
+    write_image_folder(tmp_path / "in", mnist.x_test[:6], mnist.y_test[:6])
+    server = RedisServer().start()
+    settings = Settings.from_env(redis_url=server.url, data_dir=str(tmp_path / "data"))
+    job = make_job(settings, tmp_path / "in", batch_size=2, send=False)
+    server.stop()
+    try:
+        enqueue(settings, job)
+    except BrokerError as e:
+        assert f"digitq resume {job.id}" in str(e)
+    else:
+        raise AssertionError("enqueue to a dead Redis did not fail")
+    assert (job.dir / "job.json").is_file() and job.total == 6

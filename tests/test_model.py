@@ -48,7 +48,7 @@ def test_tiny_training_run_writes_model_and_metadata(tiny_model):
     assert meta["params"] == 225_034 and meta["train_examples"] == 300
     assert meta["sha256"] == sha256_file(out / "model.keras")
     assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["test_loss"] > 0
-    assert {"training_seconds", "data_source", "recipe", "holdout_accuracy"} <= meta.keys()
+    assert {"training_seconds", "data_source", "recipe", "holdout_accuracy", "epochs"} <= meta.keys()
 
 
 def test_trained_model_loads_verified_and_predicts(tiny_model, tmp_path, mnist):

@@ -167,6 +167,11 @@ def test_scan_of_10000_mnist_pngs_matches_evaluate(worker, settings, mnist, tmp_
     assert evaluated["model_version"] == rows[0]["model_version"]
     assert accuracy == pytest.approx(evaluated["accuracy"], abs=1e-9)
     assert accuracy >= 0.994
+    # the worker process loaded the model once, for all 40 batches and every earlier test
+    log = worker.log()
+    assert log.count("loaded model") == 1, log[-2000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"1 process(es) x {cores} TF thread(s)" in log
 
 
 def test_by_path_and_per_file_limit(worker, settings, digits, tmp_path):
