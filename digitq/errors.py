@@ -37,3 +37,9 @@ class BrokerError(DigitqError):
 
 class ImageError(DigitqError):
     """One image cannot be decoded; it becomes an error row, never a failed batch."""
+
+
+class WaitTimeout(DigitqError):
+    """A ``--timeout`` ran out before the job finished."""
+
+    exit_code = 3

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
 from digitq import __version__
-from digitq.errors import DigitqError, JobError
+from digitq.errors import DigitqError
 from digitq.settings import Settings
-
-
-class WaitTimeout(DigitqError):
-    """``--timeout`` ran out before the job finished."""
-
-    exit_code = 3
 
 
 class _Group(click.Group):
@@ -111,7 +104,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
                    f"({found.skipped} skipped), model {job.model_version}", err=True)
     if wait_:
-        status = _follow(settings, job, timeout, quiet=as_json)
+        status, _ = _follow(job, timeout, quiet=as_json)
         summary.update(state=status["state"], done=status["done"], errors=status["errors"])
     elif not as_json:
         click.echo(job.id)
@@ -121,60 +114,17 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         _emit_json(summary)
 
 
-def _follow(settings: Settings, job, timeout: float | None, quiet: bool = False) -> dict:
-    """Wait for ``job`` with a progress bar, place its ``--out`` copy, print where the CSV is."""
+def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = False) -> tuple[dict, str | None]:
+    """Wait for ``job`` with a progress bar, place its CSV copy, say where the CSV is."""
+    from producer.follow import place_output, wait_for
     from producer.progress import Progress
 
     with Progress(job.total, "predict") as bar:
         status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
-    target = place_output(job)
+    target = place_output(job, out)
     if not quiet:
         click.echo(f"done: {status['done']} rows, {status['errors']} errors -> {target or status['output']}")
-    return status
-
-
-def wait_for(job, timeout: float | None, on_status=None, poll: float = 0.2) -> dict:
-    """Poll the job's files until it is done; raise on failure or timeout."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last_change, last_done, hinted = time.monotonic(), -1, False
-    while True:
-        if job.is_complete():
-            job.finalize()  # idempotent; covers a worker that died between commit and merge
-        status = job.status()
-        if on_status:
-            on_status(status)
-        if status["state"] == "done":
-            return status
-        if status["state"] == "failed":
-            first = next(iter(status["failed_batches"].items()))
-            raise JobError(f"job {job.id} failed: batch {first[0]}: {first[1]}. "
-                           f"Fix the cause, then run `digitq resume {job.id}`")
-        if status["done"] != last_done:
-            last_done, last_change = status["done"], time.monotonic()
-        elif not hinted and time.monotonic() - last_change > 120:
-            hinted = True
-            click.secho(f"\nno progress for 2 minutes: are workers running (`celery -A worker worker`)? "
-                        f"If Redis lost its queue, `digitq resume {job.id}` re-sends what is missing.",
-                        err=True, fg="yellow")
-        if deadline is not None and time.monotonic() > deadline:
-            raise WaitTimeout(f"job {job.id} not done after {timeout:g}s ({status['done']}/{status['total']}); "
-                              f"keep waiting with `digitq wait {job.id}`")
-        time.sleep(poll)
-
-
-def place_output(job, out: str | None = None) -> str | None:
-    """Copy the finished CSV to ``out`` (default: the job's ``--out``), atomically."""
-    from digitq.storage import atomic_write
-
-    target = out or job.header.get("out")
-    if not target:
-        return None
-    try:
-        atomic_write(target, job.csv_path.read_bytes())
-    except OSError as e:
-        raise JobError(f"job {job.id} is done, but writing {target} failed ({e.strerror or e}); "
-                       f"the CSV is at {job.csv_path}") from e
-    return target
+    return status, target
 
 
 def _load_job(settings: Settings, job_id: str):
@@ -214,16 +164,9 @@ def status(ctx, job_id, as_json):
 @click.pass_context
 def wait(ctx, job_id, timeout, out, as_json):
     """Follow a job until it is done; exit 0 when its CSV is complete."""
-    from producer.progress import Progress
-
-    job = _load_job(_settings(ctx), job_id)
-    with Progress(job.total, "predict") as bar:
-        st = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
-    target = place_output(job, out)
+    st, target = _follow(_load_job(_settings(ctx), job_id), timeout, out, quiet=as_json)
     if as_json:
         _emit_json({**st, "out": target})
-    else:
-        click.echo(f"done: {st['done']} rows, {st['errors']} errors -> {target or st['output']}")
 
 
 @main.command()

@@ -16,8 +16,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "digits"
 def run_demo(samples: str | None = None, data_dir: str = "digitq-demo-data", timeout: float = 300) -> int:
     """Private Redis + one worker + a scan of the sample digits; prints a table and the CSV path."""
     from digitq.redisserver import RedisServer
-    from producer.cli import wait_for
     from producer.dispatch import enqueue, new_job
+    from producer.follow import wait_for
     from producer.progress import Progress
     from producer.scan import find_images
     from worker.process import WorkerProcess

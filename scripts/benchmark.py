@@ -47,8 +47,8 @@ def main(images: int, concurrency: int, batch_size: int, data: str) -> None:
     from digitq.redisserver import RedisServer
     from digitq.settings import Settings
     from model.dataset import load_dataset, write_image_folder
-    from producer.cli import wait_for
     from producer.dispatch import enqueue, new_job
+    from producer.follow import wait_for
     from producer.scan import find_images
     from worker.process import WorkerProcess
 

@@ -105,3 +105,35 @@ def test_redis_lost_while_sending_keeps_the_manifest(tmp_path, mnist):
     else:
         raise AssertionError("enqueue to a dead Redis did not fail")
     assert (job.dir / "job.json").is_file() and job.total == 6
+
+
+def test_demo_runs_and_stops_what_it_started(tmp_path):
+    before = _processes()
+    proc = subprocess.run([sys.executable, "-m", "producer.cli", "demo", "--demo-dir", str(tmp_path / "demo")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    csv_line = [line for line in proc.stdout.splitlines() if line.startswith("CSV: ")]
+    assert csv_line, proc.stdout
+    from digitq import csvfile
+
+    rows = csvfile.read(csv_line[0][5:])
+    assert len(rows) == 36 and not any(r["error"] for r in rows)
+    # file names start with the true digit: the demo's table should be right on nearly all of them
+    right = sum(r["prediction"] == r["path"].rsplit("/", 1)[1][0] for r in rows)
+    assert right >= 34
+    assert "36 images, 0 errors" in proc.stdout
+    leftover = {cmd for pid, cmd in _processes().items() if pid not in before}
+    assert not [c for c in leftover if "redis-server" in c or "celery" in c], leftover
+
+
+def _processes() -> dict[int, str]:
+    import os
+
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[int(pid)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return out

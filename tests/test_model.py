@@ -35,7 +35,8 @@ def tiny_model(tmp_path_factory, mnist):
     from model.train import Recipe, train
 
     out = tmp_path_factory.mktemp("tiny")
-    meta = train(mnist, Recipe(epochs=1, limit=400, holdout=100, batch_size=50), out, verbose=0)
+    # one augmented epoch, then one clean epoch: both phases of the recipe
+    meta = train(mnist, Recipe(epochs=2, clean_epochs=1, limit=400, holdout=100, batch_size=50), out, verbose=0)
     return out, meta
 
 
@@ -46,6 +47,7 @@ def test_tiny_training_run_writes_model_and_metadata(tiny_model):
     on_disk = json.loads((out / "model.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
     assert meta["params"] == 225_034 and meta["train_examples"] == 300
+    assert len(meta["history"]["loss"]) == 2 and len(meta["history"]["val_accuracy"]) == 2
     assert meta["sha256"] == sha256_file(out / "model.keras")
     assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["test_loss"] > 0
     assert {"training_seconds", "data_source", "recipe", "holdout_accuracy", "epochs"} <= meta.keys()

@@ -14,8 +14,9 @@ from digitq.broker import PREDICT_TASK, client_app
 from digitq.redisserver import RedisServer
 from digitq.settings import Settings
 from model.dataset import write_image_folder
-from producer.cli import main, wait_for
+from producer.cli import main
 from producer.dispatch import enqueue, message_entries
+from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env

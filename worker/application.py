@@ -13,6 +13,7 @@ from digitq.settings import Settings
 log = logging.getLogger("digitq.worker")
 
 app = Celery("digitq", include=["worker.tasks"])
+_pool: dict[str, int] = {}
 app.config_from_object(celery_config(Settings.from_env()))
 
 
@@ -31,6 +32,13 @@ def _size_thread_pools(sender=None, **_: object) -> None:
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     threads = max(1, available_cores() // concurrency)
     os.environ.setdefault("DIGITQ_TF_THREADS", str(threads))
+    _pool["concurrency"] = concurrency
+
+
+@signals.worker_ready.connect
+def _announce(**_: object) -> None:
+    # Logging is configured by now (it is not yet at worker_init).
     settings = Settings.from_env()
     log.info("digitq worker: broker %s, data dir %s, %d process(es) x %s TF thread(s)",
-             redact(settings.redis_url), settings.data_dir.resolve(), concurrency, os.environ["DIGITQ_TF_THREADS"])
+             redact(settings.redis_url), settings.data_dir.resolve(), _pool.get("concurrency", 1),
+             os.environ.get("DIGITQ_TF_THREADS", "?"))

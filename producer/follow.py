@@ -1,0 +1,55 @@
+"""Follow a job to its end from the files on disk, and place its CSV where the user asked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import click
+
+from digitq.errors import JobError, WaitTimeout
+from digitq.jobs import Job
+from digitq.storage import atomic_write
+
+
+def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] | None = None,
+             poll: float = 0.2) -> dict:
+    """Poll the job's files until it is done; raise on failure or timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_change, last_done, hinted = time.monotonic(), -1, False
+    while True:
+        if job.is_complete():
+            job.finalize()  # idempotent; covers a worker that died between commit and merge
+        status = job.status()
+        if on_status:
+            on_status(status)
+        if status["state"] == "done":
+            return status
+        if status["state"] == "failed":
+            first = next(iter(status["failed_batches"].items()))
+            raise JobError(f"job {job.id} failed: batch {first[0]}: {first[1]}. "
+                           f"Fix the cause, then run `digitq resume {job.id}`")
+        if status["done"] != last_done:
+            last_done, last_change = status["done"], time.monotonic()
+        elif not hinted and time.monotonic() - last_change > 120:
+            hinted = True
+            click.secho(f"\nno progress for 2 minutes: are workers running (`celery -A worker worker`)? "
+                        f"If Redis lost its queue, `digitq resume {job.id}` re-sends what is missing.",
+                        err=True, fg="yellow")
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"job {job.id} not done after {timeout:g}s ({status['done']}/{status['total']}); "
+                              f"keep waiting with `digitq wait {job.id}`")
+        time.sleep(poll)
+
+
+def place_output(job: Job, out: str | None = None) -> str | None:
+    """Copy the finished CSV to ``out`` (default: the job's ``--out``), atomically."""
+    target = out or job.header.get("out")
+    if not target:
+        return None
+    try:
+        atomic_write(target, job.csv_path.read_bytes())
+    except OSError as e:
+        raise JobError(f"job {job.id} is done, but writing {target} failed ({e.strerror or e}); "
+                       f"the CSV is at {job.csv_path}") from e
+    return target
