@@ -21,12 +21,13 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.count = 0
+        self._base: int | None = None  # first count seen: work done before we started watching
         self.started = time.monotonic()
         self._drawn = 0.0
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        rate = self.count / elapsed if elapsed > 0 else 0.0
+        rate = (self.count - (self._base or 0)) / elapsed if elapsed > 0 else 0.0
         if self.total:
             frac = min(1.0, self.count / self.total)
             bar = "#" * int(frac * 24)
@@ -36,6 +37,8 @@ class Progress:
         return f"{self.label} {self.count} {self.unit} {rate:,.0f} {self.unit}/s"
 
     def update(self, count: int) -> None:
+        if self._base is None:
+            self._base, self.started = count, time.monotonic()
         self.count = count
         now = time.monotonic()
         if self.enabled and (now - self._drawn > 0.1 or count >= self.total):

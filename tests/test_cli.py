@@ -137,3 +137,15 @@ def _processes() -> dict[int, str]:
         except OSError:
             pass
     return out
+
+
+def test_progress_rate_counts_only_what_it_watched():
+    import io
+
+    from producer.progress import Progress
+
+    bar = Progress(1000, "predict", enabled=True, stream=io.StringIO())
+    bar.update(900)  # already done when we started watching
+    bar.started -= 10.0
+    bar.update(950)
+    assert " 5 img/s" in bar.line() and "950/1000" in bar.line() and "ETA 0:00:10" in bar.line()

@@ -238,3 +238,30 @@ def test_sigkilled_worker_process_loses_no_batch(tmp_path, mnist):
     assert "signal 9" in log or "WorkerLostError" in log
     rows = csvfile.read(job.csv_path)
     assert len(rows) == 1500 and len({r["path"] for r in rows}) == 1500
+
+
+def test_awkward_file_names_end_to_end(worker, settings, mnist, tmp_path, monkeypatch):
+    """Non-UTF-8 bytes, RFC 4180 specials and formula-like names survive the whole trip, one row each."""
+    from PIL import Image
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    names = [b"caf\xe9.png", b'comma, "quote"\nnewline.png', b"=HYPERLINK(1).png", b"back\\slash.png",
+             "\u00fcnicode-\u65e5\u672c.png".encode()]
+    for i, name in enumerate(names):
+        Image.fromarray(mnist.x_test[i]).save(os.path.join(os.fsencode(folder), name), format="PNG")
+    result = cli(settings, "scan", str(folder), "--wait", "--json")
+    assert result.exit_code == 0, result.output
+    raw = open(json.loads(result.stdout.strip().splitlines()[-1])["output"], "rb").read()
+    raw.decode("utf-8")  # the CSV is valid UTF-8 whatever the names
+    rows = csvfile.read(json.loads(result.stdout.strip().splitlines()[-1])["output"])
+    shown = sorted(r["path"][len(str(folder)) + 1 :] for r in rows)
+    assert shown == sorted(["caf\\xe9.png", 'comma, "quote"\nnewline.png', "=HYPERLINK(1).png",
+                            "back\\\\slash.png", "\u00fcnicode-\u65e5\u672c.png"])
+    assert all(r["prediction"] and not r["error"] for r in rows)
+    # scanned by a bare relative name, the path cell itself would start with "=": it gets a quote
+    monkeypatch.chdir(folder)
+    result = cli(settings, "scan", "=HYPERLINK(1).png", "--wait", "--json")
+    assert result.exit_code == 0, result.output
+    text = open(json.loads(result.stdout.strip().splitlines()[-1])["output"], encoding="utf-8").read()
+    assert text.splitlines()[1].startswith("'=HYPERLINK(1).png,")
