@@ -44,6 +44,7 @@ def run_demo(samples: str | None = None, data_dir: str = "digitq-demo-data", tim
     for r in rows:
         shown = r["prediction"] if not r["error"] else "error: " + r["error"]
         click.echo(f"{r['path']:<{width}}  {shown:>5}  {r['confidence']}")
-    click.echo(f"\n{status['done']} images, {status['errors']} errors, {status['rate_per_s'] or 0:,.0f} images/s")
+    click.echo(f"\n{status['done']} images, {status['errors']} errors in {status['elapsed_s'] or 0:.1f}s "
+               "(including the worker's one-time model load)")
     click.echo(f"CSV: {job.csv_path}")
     return 0
