@@ -94,8 +94,12 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         click.secho(f"warning: {warning}", err=True, fg="yellow")
     job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, batch_size=batch_size,
                   model_version=model_version, by_path=by_path, out=out)
-    with Progress(job.total, "enqueue") as bar:
-        enqueue(settings, job, progress=bar.update)
+    try:
+        with Progress(job.total, "enqueue") as bar:
+            enqueue(settings, job, progress=bar.update)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest", err=True)
+        ctx.exit(130)
     if job.n_batches == 0:
         job.finalize()
     summary = {"job_id": job.id, "total": job.total, "skipped": found.skipped, "batches": job.n_batches,
@@ -119,8 +123,12 @@ def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = Fa
     from producer.follow import place_output, wait_for
     from producer.progress import Progress
 
-    with Progress(job.total, "predict") as bar:
-        status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
+    try:
+        with Progress(job.total, "predict") as bar:
+            status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; job {job.id} goes on: `digitq wait {job.id}` to follow it again", err=True)
+        sys.exit(130)
     target = place_output(job, out)
     if not quiet:
         click.echo(f"done: {status['done']} rows, {status['errors']} errors -> {target or status['output']}")
