@@ -67,3 +67,39 @@ def test_blank_image_is_all_black():
 def test_extensions_case_insensitive():
     assert all(is_image_name(n) for n in ["a.PNG", "b.jpeg", "c.JpG", "d.tiff", "e.webp", "f.gif", "g.bmp"])
     assert not any(is_image_name(n) for n in ["a.txt", "png", ".png", "a.png.bak"])
+
+
+def test_odd_but_valid_images_decode():
+    for shape in [(1, 1), (1, 300), (300, 1), (3, 7)]:
+        arr = np.zeros(shape, np.uint8)
+        arr[0, 0] = 255
+        out = decode_image(_png(arr))
+        assert out.shape == (28, 28) and out.dtype == np.uint8
+    gif = io.BytesIO()
+    frames = [Image.fromarray(_stroke(40)), Image.fromarray(255 - _stroke(40))]
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(gif.getvalue()).max() > 200
+    i16 = io.BytesIO()
+    Image.fromarray(_stroke(40).astype(np.uint16) * 200).save(i16, format="PNG")
+    assert decode_image(i16.getvalue()).max() > 200
+
+
+def test_predict_entries_isolates_every_failure():
+    """One row per entry, in order, whatever goes wrong with each one."""
+    import base64
+
+    from worker.inference import predict_entries
+
+    class Fixed:
+        def predict(self, images):
+            out = np.zeros((len(images), 10), np.float32)
+            out[:, 4] = 1.0
+            return out
+
+    good = base64.b64encode(_png(_stroke())).decode()
+    entries = [{"path": "a", "data": good}, {"path": "b", "data": "%%%not base64"}, {"path": "c", "error": "too big"},
+               {"path": "d"}, {"path": "e", "ref": "/nonexistent/x.png"}, {"path": "f", "data": good}]
+    rows = predict_entries(Fixed(), entries, max_bytes=1 << 20)
+    assert [r.path for r in rows] == list("abcdef")
+    assert [r.prediction for r in rows] == [4, None, None, None, None, 4]
+    assert all(r.error for r in rows[1:5]) and rows[2].error == "too big"

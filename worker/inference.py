@@ -59,6 +59,9 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
         except ImageError as e:
             rows.append(Row(path, error=str(e)))
             continue
+        except Exception as e:  # a bug or an exotic file must cost one row, not the batch
+            rows.append(Row(path, error=f"cannot process image: {type(e).__name__}: {e}"))
+            continue
         slots.append(len(rows))
         rows.append(None)
     if images:
