@@ -277,13 +277,14 @@ class Job:
             return True
         if not self.is_complete():
             return False
-        version = self.model_version
         rows: list[dict] = []
         errors = 0
         started = []
         for batch in range(self.n_batches):
-            head = self.result_header(batch)
-            started.append(head["started"] if head else time.time())
+            head = self.result_header(batch) or {}
+            started.append(head.get("started", time.time()))
+            # The version that actually served the batch (the pinned one, unless a worker lied).
+            version = head.get("model_version", self.model_version)
             for r in self.result_rows(batch):
                 errors += bool(r.error)
                 rows.append({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
