@@ -283,7 +283,7 @@ class Job:
         for batch in range(self.n_batches):
             head = self.result_header(batch) or {}
             started.append(head.get("started", time.time()))
-            # The version that actually served the batch (the pinned one, unless a worker lied).
+            # Each result records the version that served it; the CSV reports that, not an assumption.
             version = head.get("model_version", self.model_version)
             for r in self.result_rows(batch):
                 errors += bool(r.error)
