@@ -83,13 +83,10 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
     """Fail fast, with advice, when Redis is not reachable."""
     import redis
 
-    kwargs = {}
-    tls = _ssl_options(settings.redis_url)
-    if tls:
-        kwargs = {k: v for k, v in tls.items()}
+    tls = _ssl_options(settings.redis_url) or {}
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                      **kwargs)
+                                      **tls)
         client.ping()
         client.close()
     except redis.exceptions.AuthenticationError as e:

@@ -111,11 +111,11 @@ class RedisServer:
     def restart(self) -> None:
         """Stop and start again on the same port, with nothing in memory (like a crash without persistence)."""
         self._kill()
-        if not self._wait_ready_port_free():
+        if not self._wait_port_free():
             raise BrokerError(f"port {self.port} stayed busy after stopping Redis")
         self.start()
 
-    def _wait_ready_port_free(self, timeout: float = 5.0) -> bool:
+    def _wait_port_free(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as s:

@@ -103,7 +103,6 @@ class ModelCache:
         self.size = size
         self._items: OrderedDict[tuple[str, str], Predictor] = OrderedDict()
         self._lock = threading.Lock()
-        self.loads = 0
 
     def get(self, ref: ModelRef) -> Predictor:
         """The predictor for ``ref``, loading it on first use."""
@@ -114,7 +113,6 @@ class ModelCache:
                 return self._items[key]
             started = time.monotonic()
             predictor = load_predictor(ref)
-            self.loads += 1
             log.info("loaded model %s (sha256 %s...) in %.1fs, pid %d", ref.version, ref.sha256[:12],
                      time.monotonic() - started, os.getpid())
             self._items[key] = predictor

@@ -187,14 +187,10 @@ def resume(ctx, job_id, as_json):
     Uses the manifest on disk, so a job finishes even after Redis lost its
     queue or every worker died. Safe to run when nothing is missing.
     """
-    from digitq.broker import ping
     from producer.dispatch import resume as resume_job
 
     settings = _settings(ctx)
     job = _load_job(settings, job_id)
-    missing = sorted(set(range(job.n_batches)) - job.committed())
-    if missing:
-        ping(settings)
     resent = resume_job(settings, job)
     images = sum(job.batch_sizes[i] for i in resent)
     if as_json:

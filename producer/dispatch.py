@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq.broker import PREDICT_TASK, client_app, redact
+from digitq.broker import PREDICT_TASK, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError
 from digitq.jobs import FileEntry, Job, create_job
 from digitq.paths import escape_path, unescape_path
@@ -137,6 +137,7 @@ def resume(settings: Settings, job: Job, progress: Progress | None = None) -> li
     missing = sorted(set(range(job.n_batches)) - job.committed())
     job.clear_failed()
     if missing:
+        ping(settings)  # fail fast, before anything is half-sent
         enqueue(settings, job, missing, progress)
     else:
         job.finalize()

@@ -19,6 +19,13 @@ def make_job(settings: Settings, folder: Path, batch_size: int, send: bool = Tru
     return job
 
 
+def last_json(result) -> dict:
+    """The JSON object a ``--json`` command printed on its last stdout line."""
+    import json
+
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def wait_until(predicate, timeout: float = 60.0, poll: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

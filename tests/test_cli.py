@@ -10,6 +10,7 @@ from digitq.redisserver import free_port
 from producer.cli import main
 
 from .conftest import ROOT
+from .pipeline_helpers import last_json
 
 
 def test_scan_help_is_light():
@@ -79,7 +80,7 @@ def test_empty_folder_is_a_finished_empty_job(tmp_path):
         result = CliRunner().invoke(main, ["--redis-url", server.url, "--data-dir", str(tmp_path / "d"), "scan",
                                            str(tmp_path / "empty"), "--wait", "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json(result)
     assert (summary["total"], summary["batches"], summary["state"]) == (0, 0, "done")
     assert open(summary["output"], "rb").read().decode() == "path,prediction,confidence,model_version,error\r\n"
 

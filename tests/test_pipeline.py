@@ -20,7 +20,7 @@ from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import make_job, wait_until
+from .pipeline_helpers import last_json, make_job, wait_until
 
 
 def cli(settings: Settings, *args: str):
@@ -43,7 +43,7 @@ def test_scan_end_to_end_with_corrupt_images(worker, settings, digits, tmp_path)
     out = tmp_path / "result.csv"
     result = cli(settings, "scan", str(digits), "--batch-size", "8", "--wait", "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json(result)
     assert summary["total"] == 32 and summary["skipped"] == 1 and summary["batches"] == 4
     assert summary["state"] == "done" and summary["errors"] == 2
     rows = csvfile.read(out)
@@ -157,7 +157,7 @@ def test_scan_of_10000_mnist_pngs_matches_evaluate(worker, settings, mnist, tmp_
     write_image_folder(folder, mnist.x_test, mnist.y_test)
     result = cli(settings, "scan", str(folder), "--wait", "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json(result)
     rows = csvfile.read(summary["output"])
     assert len(rows) == 10_000 and len({r["path"] for r in rows}) == 10_000
     assert all(r["model_version"] and not r["error"] for r in rows)
@@ -186,7 +186,7 @@ def test_by_path_and_per_file_limit(worker, settings, digits, tmp_path):
     for mode in ([], ["--by-path"]):
         result = CliRunner().invoke(main, ["scan", str(digits), "--wait", "--json", *mode], env=env)
         assert result.exit_code == 0, result.output
-        rows = csvfile.read(json.loads(result.stdout.strip().splitlines()[-1])["output"])
+        rows = csvfile.read(last_json(result)["output"])
         results[bool(mode)] = {r["path"]: (r["prediction"], r["error"]) for r in rows}
     assert results[True] == results[False] and len(results[True]) == 33
     prediction, error = results[True][str(digits / "noise-big.png")]
@@ -214,7 +214,7 @@ def test_backpressure_bounds_images_in_flight(worker, settings, digits):
         stop.set()
         watcher.join()
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.strip().splitlines()[-1])["batches"] == 16
+    assert last_json(result)["batches"] == 16
     assert 1 <= peak[0] <= 2  # never more than 4 images (two batches) sent but not committed
 
 
@@ -252,9 +252,9 @@ def test_awkward_file_names_end_to_end(worker, settings, mnist, tmp_path, monkey
         Image.fromarray(mnist.x_test[i]).save(os.path.join(os.fsencode(folder), name), format="PNG")
     result = cli(settings, "scan", str(folder), "--wait", "--json")
     assert result.exit_code == 0, result.output
-    raw = open(json.loads(result.stdout.strip().splitlines()[-1])["output"], "rb").read()
+    raw = open(last_json(result)["output"], "rb").read()
     raw.decode("utf-8")  # the CSV is valid UTF-8 whatever the names
-    rows = csvfile.read(json.loads(result.stdout.strip().splitlines()[-1])["output"])
+    rows = csvfile.read(last_json(result)["output"])
     shown = sorted(r["path"][len(str(folder)) + 1 :] for r in rows)
     assert shown == sorted(["caf\\xe9.png", 'comma, "quote"\nnewline.png', "=HYPERLINK(1).png",
                             "back\\\\slash.png", "\u00fcnicode-\u65e5\u672c.png"])
@@ -263,5 +263,5 @@ def test_awkward_file_names_end_to_end(worker, settings, mnist, tmp_path, monkey
     monkeypatch.chdir(folder)
     result = cli(settings, "scan", "=HYPERLINK(1).png", "--wait", "--json")
     assert result.exit_code == 0, result.output
-    text = open(json.loads(result.stdout.strip().splitlines()[-1])["output"], encoding="utf-8").read()
+    text = open(last_json(result)["output"], encoding="utf-8").read()
     assert text.splitlines()[1].startswith("'=HYPERLINK(1).png,")

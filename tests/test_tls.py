@@ -1,6 +1,5 @@
 """Redis over TLS, end to end: the producer and a real worker verify the server's certificate."""
 
-import json
 import shutil
 import subprocess
 
@@ -13,7 +12,7 @@ from model.dataset import write_image_folder
 from producer.cli import main
 from worker.process import WorkerProcess
 
-from .pipeline_helpers import wait_until
+from .pipeline_helpers import last_json, wait_until
 
 
 def _openssl(*args, cwd):
@@ -66,5 +65,5 @@ def test_scan_over_tls(tls_redis, tmp_path, mnist):
     with WorkerProcess(env, tmp_path / "w.log"):
         result = CliRunner().invoke(main, ["scan", str(folder), "--wait", "--json", "--timeout", "60"], env=env)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = last_json(result)
     assert summary["state"] == "done" and len(csvfile.read(summary["output"])) == 20
