@@ -241,10 +241,10 @@ class Job:
         record = {"batch": batch, "error": error, "at": time.time()}
         atomic_write_json(self.dir / "failed" / f"{batch:06d}.json", record)
 
-    def failed(self) -> dict[int, str]:
+    def failed(self, committed: set[int] | None = None) -> dict[int, str]:
         """Failed batches and their errors, except those committed since."""
         out = {}
-        committed = self.committed()
+        committed = self.committed() if committed is None else committed
         for path in sorted((self.dir / "failed").glob("*.json")):
             try:
                 rec = json.loads(path.read_text())
@@ -305,7 +305,7 @@ class Job:
         heads = [h for h in (self.result_header(b) for b in sorted(committed)) if h]
         done_count = sum(h["rows"] for h in heads)
         errors = sum(h["errors"] for h in heads)
-        failed = self.failed()
+        failed = self.failed(committed)
         done_info = None
         if self.is_done():
             try:

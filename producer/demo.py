@@ -16,10 +16,9 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "digits"
 def run_demo(samples: str | None = None, data_dir: str = "digitq-demo-data", timeout: float = 300) -> int:
     """Private Redis + one worker + a scan of the sample digits; prints a table and the CSV path."""
     from digitq.redisserver import RedisServer
-    from producer.dispatch import enqueue, new_job
+    from producer.dispatch import submit
     from producer.follow import wait_for
     from producer.progress import Progress
-    from producer.scan import find_images
     from worker.process import WorkerProcess
 
     folder = Path(samples) if samples else SAMPLES
@@ -32,9 +31,7 @@ def run_demo(samples: str | None = None, data_dir: str = "digitq-demo-data", tim
         click.echo(f"redis-server {redis.binary} on 127.0.0.1:{redis.port}; starting one worker...", err=True)
         with WorkerProcess(env, data / "demo-worker.log"):
             shown = os.path.relpath(folder) if folder.resolve().is_relative_to(Path.cwd()) else str(folder.resolve())
-            found = find_images([shown])
-            job = new_job(settings, found.files, sources=[str(folder)], skipped=found.skipped)
-            enqueue(settings, job)
+            job = submit(settings, [shown])
             click.echo(f"job {job.id}: {job.total} images, model {job.model_version}", err=True)
             with Progress(job.total, "predict") as bar:
                 status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))

@@ -69,6 +69,21 @@ def new_job(settings: Settings, files: Sequence[Found], *, sources: Sequence[str
                       by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped)
 
 
+def submit(settings: Settings, paths: Sequence[str], *, send: bool = True, **options: object) -> Job:
+    """Scan ``paths`` into a new job and (unless ``send`` is False) send all its batches.
+
+    ``options`` are those of :func:`new_job`. The CLI's ``scan`` does the same
+    steps itself, to show progress and warnings between them.
+    """
+    from producer.scan import find_images
+
+    found = find_images(paths)
+    job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, **options)
+    if send:
+        enqueue(settings, job)
+    return job
+
+
 def _source_bytes(job: Job, entry: FileEntry) -> bytes:
     raw = unescape_path(entry.path)
     return raw if os.path.isabs(raw) else os.path.join(os.fsencode(job.header["cwd"]), raw)

@@ -47,9 +47,8 @@ def main(images: int, concurrency: int, batch_size: int, data: str) -> None:
     from digitq.redisserver import RedisServer
     from digitq.settings import Settings
     from model.dataset import load_dataset, write_image_folder
-    from producer.dispatch import enqueue, new_job
+    from producer.dispatch import submit
     from producer.follow import wait_for
-    from producer.scan import find_images
     from worker.process import WorkerProcess
 
     mnist = load_dataset(data)
@@ -64,9 +63,7 @@ def main(images: int, concurrency: int, batch_size: int, data: str) -> None:
             with WorkerProcess(env, tmp / "worker.log", concurrency=concurrency):
                 def run(folder: Path) -> float:
                     started = time.perf_counter()
-                    found = find_images([str(folder)])
-                    job = new_job(settings, found.files, sources=[str(folder)], batch_size=batch_size)
-                    enqueue(settings, job)
+                    job = submit(settings, [str(folder)], batch_size=batch_size)
                     wait_for(job, timeout=600, poll=0.02)
                     return time.perf_counter() - started
 

@@ -6,17 +6,12 @@ import time
 from pathlib import Path
 
 from digitq.settings import Settings
-from producer.dispatch import enqueue, new_job
-from producer.scan import find_images
+from producer.dispatch import submit
 
 
 def make_job(settings: Settings, folder: Path, batch_size: int, send: bool = True, **kw):
     """Scan ``folder`` into a job; send all its batches unless ``send`` is False."""
-    found = find_images([str(folder)])
-    job = new_job(settings, found.files, sources=[str(folder)], skipped=found.skipped, batch_size=batch_size, **kw)
-    if send:
-        enqueue(settings, job)
-    return job
+    return submit(settings, [str(folder)], send=send, batch_size=batch_size, **kw)
 
 
 def last_json(result) -> dict:

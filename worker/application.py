@@ -13,7 +13,6 @@ from digitq.settings import Settings
 log = logging.getLogger("digitq.worker")
 
 app = Celery("digitq", include=["worker.tasks"])
-_pool: dict[str, int] = {}
 app.config_from_object(celery_config(Settings.from_env()))
 
 
@@ -23,6 +22,9 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+_pool: dict[str, int] = {}  # what worker_init learned, for the worker_ready log line
 
 
 @signals.worker_init.connect
