@@ -14,6 +14,7 @@ from digitq.errors import BrokerError
 from digitq.settings import Settings
 
 PREDICT_TASK = "digitq.predict_batch"
+TRAIN_TASK = "digitq.train_model"
 
 
 def redact(url: str) -> str:
@@ -59,8 +60,12 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.predict_queue,
-        "task_queues": (Queue(settings.predict_queue), Queue(settings.train_queue)),
-        "task_routes": {PREDICT_TASK: {"queue": settings.predict_queue}},
+        # A plain `celery -A worker worker` consumes only `predict`: training runs on its
+        # own worker (`-Q train -c 1`), so a long training never takes an inference process.
+        "task_queues": (Queue(settings.predict_queue),),
+        "task_create_missing_queues": True,
+        "task_routes": {PREDICT_TASK: {"queue": settings.predict_queue},
+                        TRAIN_TASK: {"queue": settings.train_queue}},
         "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         "worker_send_task_events": False,
     }

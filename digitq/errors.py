@@ -31,6 +31,10 @@ class JobError(DigitqError):
     """A job is unknown, or its files on disk are inconsistent."""
 
 
+class TrainingError(DigitqError):
+    """A training is unknown, cannot run, or cannot be retried."""
+
+
 class BrokerError(DigitqError):
     """Redis (the broker) cannot be reached or refused a command."""
 

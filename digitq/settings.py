@@ -28,6 +28,29 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give e.g. {default}") from None
+    if not value >= minimum:  # also refuses NaN
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+PROMOTE_CHOICES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything digitq reads from its environment."""
@@ -42,6 +65,13 @@ class Settings:
     visibility_timeout: int = 3600
     predict_queue: str = "predict"
     train_queue: str = "train"
+    #: The promotion gate: a candidate may trail production by this many percentage points.
+    promote_tolerance: float = 0.1
+    #: Celery beat's periodic retraining: a five-field crontab (UTC), or None for none.
+    retrain_schedule: str | None = None
+    retrain_data: tuple[str, ...] = ()
+    retrain_epochs: int = 20
+    retrain_promote: str = "auto"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -56,6 +86,11 @@ class Settings:
             max_file_bytes=_int("DIGITQ_MAX_FILE_BYTES", cls.max_file_bytes),
             max_batch_bytes=_int("DIGITQ_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=64 * 1024),
             visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),
+            promote_tolerance=_float("DIGITQ_PROMOTE_TOLERANCE", cls.promote_tolerance),
+            retrain_schedule=(env.get("DIGITQ_RETRAIN_SCHEDULE") or "").strip() or None,
+            retrain_data=tuple(p for p in (env.get("DIGITQ_RETRAIN_DATA") or "").split(os.pathsep) if p),
+            retrain_epochs=_int("DIGITQ_RETRAIN_EPOCHS", cls.retrain_epochs),
+            retrain_promote=_choice("DIGITQ_RETRAIN_PROMOTE", cls.retrain_promote, PROMOTE_CHOICES),
         )
         known = {f.name for f in fields(cls)}
         changes = {k: v for k, v in overrides.items() if v is not None and k in known}
@@ -70,3 +105,7 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def trainings_dir(self) -> Path:
+        return self.data_dir / "trainings"

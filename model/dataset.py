@@ -99,16 +99,43 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     return Dataset(**{k: v.astype(np.uint8) for k, v in arrays.items()}, source=str(path))
 
 
-def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Load ``DIR/<digit>/<image>`` with the same preprocessing as inference.
+#: A labelled folder's sub-folder for images a reviewer rejected; never trained on.
+DISCARD = "discard"
 
-    Files that are not images, or do not decode, are an error: a training set
-    should not silently shrink.
+
+@dataclass
+class LabelledFolder:
+    """The images of ``DIR/<digit>/...``, and what was passed over and why."""
+
+    x: np.ndarray
+    y: np.ndarray
+    files: list[Path]
+    undecodable: list[str]
+    unlabelled: int
+    discarded: int
+
+
+def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
+    """Read ``DIR/<digit>/<image>`` with the same preprocessing as inference.
+
+    Files that do not decode are listed in ``undecodable`` (the caller decides);
+    a sub-folder that is not a digit 0-9 (or ``discard``) is an error, since a
+    label cannot be guessed from it.
     """
     from model.preprocess import decode_image, is_image_name
 
     directory = Path(directory)
-    images, labels = [], []
+    if not directory.is_dir():
+        raise DataError(f"{directory} does not exist or is not a folder; expected DIR/<digit>/<image>")
+    bad = sorted(e.name for e in directory.iterdir()
+                 if e.is_dir() and not e.name.startswith(".") and e.name != DISCARD
+                 and not (len(e.name) == 1 and e.name.isdigit()))
+    if bad:
+        raise DataError(f"{directory}: sub-folder(s) {', '.join(repr(b) for b in bad[:5])} are not digits 0-9; "
+                        "a labelled folder is DIR/<0-9>/<image> (rename or move them)")
+    images, labels, files, undecodable = [], [], [], []
+    unlabelled = sum(1 for e in directory.iterdir() if e.is_file() and is_image_name(e.name))
+    discarded = sum(1 for e in (directory / DISCARD).rglob("*") if e.is_file()) if (directory / DISCARD).is_dir() else 0
     for digit in range(10):
         sub = directory / str(digit)
         if not sub.is_dir():
@@ -118,12 +145,35 @@ def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np
                 continue
             try:
                 images.append(decode_image(entry.read_bytes()))
-            except Exception as e:
-                raise DataError(f"{entry}: {e}") from e
+            except Exception as e:  # any decoder failure costs the file, never the training
+                undecodable.append(f"{entry}: {e}")
+                continue
             labels.append(digit)
+            files.append(entry)
     if not images:
+        if undecodable:
+            raise DataError(f"{directory}: none of its {len(undecodable)} image file(s) could be decoded "
+                            f"(first: {undecodable[0]})")
         raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
-    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+    return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), files, undecodable, unlabelled,
+                          discarded)
+
+
+def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``DIR/<digit>/<image>``; a file that does not decode is an error here
+    (an evaluation set should not silently shrink)."""
+    folder = read_labelled_folder(directory)
+    if folder.undecodable:
+        raise DataError(folder.undecodable[0])
+    return folder.x, folder.y
+
+
+def is_mnist_source(path: Path) -> bool:
+    """Whether ``path`` holds MNIST itself (IDX files or an npz), not a labelled folder."""
+    if path.is_file():
+        return True
+    return (_find_idx(path, _IDX_NAMES["x_train"]) is not None or _find_idx(path, _IDX_NAMES["x_test"]) is not None
+            or (path / "mnist.npz").is_file())
 
 
 def load_keras_download() -> Dataset:
@@ -150,10 +200,9 @@ def load_dataset(source: str | os.PathLike[str] | None) -> Dataset:
         return load_npz(path)
     if not path.is_dir():
         raise DataError(f"MNIST source {path} does not exist; give an IDX directory, an mnist.npz or a digit folder")
-    if _find_idx(path, _IDX_NAMES["x_train"]) is not None or _find_idx(path, _IDX_NAMES["x_test"]) is not None:
-        return load_idx_dir(path)
-    if (path / "mnist.npz").is_file():
-        return load_npz(path / "mnist.npz")
+    if is_mnist_source(path):
+        has_idx = _find_idx(path, _IDX_NAMES["x_train"]) or _find_idx(path, _IDX_NAMES["x_test"])
+        return load_idx_dir(path) if has_idx else load_npz(path / "mnist.npz")
     # A labelled folder is a single split: serve it as both, callers pick.
     x, y = load_image_folder(path)
     return Dataset(x, y, x, y, source=str(path))

@@ -6,7 +6,6 @@ different versions side by side and load a newly published one without restart.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -43,17 +42,7 @@ def configure_threads(threads: int | None = None) -> None:
 
 def verify(ref: ModelRef) -> bytes:
     """The model file's bytes, after checking them against the recorded sha256."""
-    try:
-        data = ref.path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read model {ref.version} at {ref.path}: {e}") from e
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != ref.sha256:
-        raise ModelError(
-            f"model {ref.version} at {ref.path} fails its checksum (sha256 {actual[:12]}..., "
-            f"expected {ref.sha256[:12]}...); it was modified or corrupted, republish it"
-        )
-    return data
+    return ref.read_verified()
 
 
 class Predictor:

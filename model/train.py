@@ -7,7 +7,6 @@ part of the training split (``--holdout``), never on the test split.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -18,6 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from model.dataset import Dataset
+from model.registry import sha256_file
+
+#: Weight EMA (momentum 0.999) averages over ~1,000 steps; a shorter run would end near its random start.
+EMA_MIN_STEPS = 2000
+
+
+ARCHITECTURE = "seed-cnn: Conv32-Pool-Conv64-Pool-Dense128-Dropout0.2-Dense10"
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,6 @@ class Recipe:
     holdout: int = 0
     seed: int = 0
     limit: int = 0  # train on the first N examples only (tests, smoke runs)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate_arrays(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
@@ -82,24 +79,20 @@ def _augmenter(recipe: Recipe):
     )
 
 
-def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 2, command: str = "") -> dict:
-    """Train the seed CNN on ``data`` with ``recipe``; write model.keras + model.json into ``out_dir``."""
+def fit(x_train: np.ndarray, y_train: np.ndarray, recipe: Recipe, *, validation=None, callbacks=(),
+        initial_weights: list | None = None, verbose: int = 0):
+    """Fit the seed CNN with ``recipe``: augmented epochs, then the clean tail.
+
+    ``validation`` is ``(x, y)`` uint8 images and labels (monitoring only);
+    ``initial_weights`` fine-tunes from an existing model instead of a random start.
+    Returns ``(model, history, seconds, ema_used)``; the model is uncompiled and ready to save.
+    """
     import keras
     import tensorflow as tf
 
     from model.architecture import build_model
 
     keras.utils.set_random_seed(recipe.seed)
-    x_train, y_train = data.x_train, data.y_train
-    if recipe.limit:
-        x_train, y_train = x_train[: recipe.limit], y_train[: recipe.limit]
-    x_val = y_val = None
-    if recipe.holdout:
-        if recipe.holdout >= len(x_train):
-            raise ValueError(f"holdout {recipe.holdout} leaves no training data (have {len(x_train)})")
-        x_train, x_val = x_train[: -recipe.holdout], x_train[-recipe.holdout :]
-        y_train, y_val = y_train[: -recipe.holdout], y_train[-recipe.holdout :]
-
     steps = math.ceil(len(x_train) / recipe.batch_size)
     warmup = min(recipe.warmup_epochs * steps, steps * recipe.epochs - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -108,7 +101,10 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
         warmup_target=recipe.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    model = build_model(schedule, use_ema=recipe.ema)
+    ema = recipe.ema and steps * recipe.epochs >= EMA_MIN_STEPS
+    model = build_model(schedule, use_ema=ema)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
 
     ds = tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train.astype(np.int32)))
     ds = ds.shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True).batch(recipe.batch_size)
@@ -119,9 +115,11 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
         augmented = clean.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     clean_epochs = recipe.epochs if augmented is None else min(recipe.clean_epochs, recipe.epochs)
     val = None
-    if x_val is not None:
-        val = (x_val[..., None].astype(np.float32) / 255.0, y_val.astype(np.int32))
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema and val is not None else []
+    if validation is not None and len(validation[0]):
+        val = (validation[0][..., None].astype(np.float32) / 255.0, validation[1].astype(np.int32))
+    callbacks = list(callbacks)
+    if ema and val is not None:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
 
     started = time.monotonic()
     history: dict[str, list] = {}
@@ -137,19 +135,40 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
         first = last
     seconds = time.monotonic() - started
 
-    # Save a fresh, uncompiled copy: no optimizer state, a quarter of the size.
+    # A fresh, uncompiled copy: no optimizer state, a quarter of the size when saved.
     final = build_model(compile=False)
     final.set_weights(model.get_weights())
+    return final, history, seconds, ema
+
+
+def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 2, command: str = "") -> dict:
+    """Train the seed CNN on ``data`` with ``recipe``; write model.keras + model.json into ``out_dir``."""
+    import keras
+    import tensorflow as tf
+
+    x_train, y_train = data.x_train, data.y_train
+    if recipe.limit:
+        x_train, y_train = x_train[: recipe.limit], y_train[: recipe.limit]
+    x_val = y_val = None
+    if recipe.holdout:
+        if recipe.holdout >= len(x_train):
+            raise ValueError(f"holdout {recipe.holdout} leaves no training data (have {len(x_train)})")
+        x_train, x_val = x_train[: -recipe.holdout], x_train[-recipe.holdout :]
+        y_train, y_val = y_train[: -recipe.holdout], y_train[-recipe.holdout :]
+    final, history, seconds, ema = fit(x_train, y_train, recipe, verbose=verbose,
+                                       validation=None if x_val is None else (x_val, y_val))
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     final.save(model_path)
 
     meta: dict = {
-        "architecture": "seed-cnn: Conv32-Pool-Conv64-Pool-Dense128-Dropout0.2-Dense10",
+        "architecture": ARCHITECTURE,
         "params": int(final.count_params()),
         "epochs": recipe.epochs,
         "recipe": asdict(recipe),
+        "ema_used": ema,
         "data_source": data.source,
         "train_examples": int(len(x_train)),
         "training_seconds": round(seconds, 1),
@@ -157,7 +176,7 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
         "tensorflow_version": tf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": command,
-        "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.items()},
+        "history": rounded_history(history),
     }
     if x_val is not None:
         meta["holdout_accuracy"], meta["holdout_loss"] = evaluate_arrays(final, x_val, y_val)
@@ -166,6 +185,11 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     meta["sha256"] = sha256_file(model_path)
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def rounded_history(history: dict[str, list]) -> dict[str, list[float]]:
+    """Keras' per-epoch history as plain, rounded floats (JSON)."""
+    return {k: [round(float(v), 5) for v in vals] for k, vals in history.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

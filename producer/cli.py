@@ -6,36 +6,18 @@ that need them, so ``digitq --help`` answers at once.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from digitq import __version__
-from digitq.errors import DigitqError
 from digitq.settings import Settings
+from producer.catalog import models
+from producer.console import Group, emit_json, settings_for
+from producer.training import train, training, trainings
 
 
-class _Group(click.Group):
-    """Prints :class:`DigitqError` as one line of advice instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except DigitqError as e:
-            click.secho(f"Error: {e}", err=True, fg="red")
-            ctx.exit(e.exit_code)
-
-
-def _emit_json(obj: dict | list) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=True))
-
-
-def _settings(ctx: click.Context, **overrides: object) -> Settings:
-    return Settings.from_env(**{**ctx.obj, **overrides})
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--redis-url", envvar="DIGITQ_REDIS_URL", metavar="URL",
               help="Broker, e.g. redis://:PASSWORD@host:6379/0 or rediss://... for TLS. "
                    "[env DIGITQ_REDIS_URL; default redis://localhost:6379/0]")
@@ -52,6 +34,9 @@ def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> Non
       celery -A worker worker          # start workers (any number, any host)
       digitq scan ./images --wait --out predictions.csv
       digitq status JOB | digitq wait JOB | digitq resume JOB | digitq jobs
+      celery -A worker worker -Q train -c 1   # a training worker
+      digitq train --data ../shared/mnist --wait
+      digitq models list | digitq models promote V | digitq models rollback
     """
     ctx.obj = {"redis_url": redis_url, "data_dir": data_dir}
     Settings.from_env(**ctx.obj)  # fail early on a bad DIGITQ_* value
@@ -86,7 +71,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
     from producer.progress import Progress
     from producer.scan import find_images
 
-    settings = _settings(ctx, max_in_flight=max_in_flight)
+    settings = settings_for(ctx, max_in_flight=max_in_flight)
     ping(settings)
     with Progress(0, "scanning", unit="files") as bar:
         found = find_images(paths, on_file=bar.update)
@@ -115,7 +100,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         if out:
             click.echo(f"run `digitq wait {job.id}` to place the CSV at {out}", err=True)
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
 
 
 def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = False) -> tuple[dict, str | None]:
@@ -149,9 +134,9 @@ def _load_job(settings: Settings, job_id: str):
 @click.pass_context
 def status(ctx, job_id, as_json):
     """Show a job's state (queued, running, done, failed), counts and timings."""
-    st = _load_job(_settings(ctx), job_id).status()
+    st = _load_job(settings_for(ctx), job_id).status()
     if as_json:
-        _emit_json(st)
+        emit_json(st)
         return
     click.echo(f"job       {st['job_id']}\nstate     {st['state']}\n"
                f"progress  {st['done']}/{st['total']} images, {st['errors']} errors, "
@@ -172,9 +157,9 @@ def status(ctx, job_id, as_json):
 @click.pass_context
 def wait(ctx, job_id, timeout, out, as_json):
     """Follow a job until it is done; exit 0 when its CSV is complete."""
-    st, target = _follow(_load_job(_settings(ctx), job_id), timeout, out, quiet=as_json)
+    st, target = _follow(_load_job(settings_for(ctx), job_id), timeout, out, quiet=as_json)
     if as_json:
-        _emit_json({**st, "out": target})
+        emit_json({**st, "out": target})
 
 
 @main.command()
@@ -189,12 +174,12 @@ def resume(ctx, job_id, as_json):
     """
     from producer.dispatch import resume as resume_job
 
-    settings = _settings(ctx)
+    settings = settings_for(ctx)
     job = _load_job(settings, job_id)
     resent = resume_job(settings, job)
     images = sum(job.batch_sizes[i] for i in resent)
     if as_json:
-        _emit_json({"job_id": job.id, "resent_batches": len(resent), "resent_images": images,
+        emit_json({"job_id": job.id, "resent_batches": len(resent), "resent_images": images,
                     "state": job.status()["state"]})
     elif resent:
         click.echo(f"job {job.id}: re-sent {len(resent)} batches ({images} images); follow with `digitq wait {job.id}`")
@@ -210,10 +195,10 @@ def jobs(ctx, limit, as_json):
     """List recent jobs, newest first."""
     from digitq.jobs import Job, list_jobs
 
-    settings = _settings(ctx)
+    settings = settings_for(ctx)
     rows = [Job.load(settings.jobs_dir, j).status() for j in list_jobs(settings.jobs_dir)[:limit]]
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     if not rows:
         click.echo(f"no jobs under {settings.jobs_dir}")
@@ -236,9 +221,9 @@ def evaluate(ctx, data, model_version, as_json):
     """Accuracy and loss of a model on the MNIST test split."""
     from model.evaluation import evaluate_model
 
-    result = evaluate_model(_settings(ctx), data, model_version)
+    result = evaluate_model(settings_for(ctx), data, model_version)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         click.echo(f"model {result['model_version']}: accuracy {result['accuracy']:.4%}, loss {result['loss']:.4f} "
                    f"on {result['examples']} test images ({result['data_source']}), {result['params']:,} params")
@@ -257,6 +242,12 @@ def demo(samples, demo_dir):
     from producer.demo import run_demo
 
     sys.exit(run_demo(samples, demo_dir))
+
+
+main.add_command(train)
+main.add_command(trainings)
+main.add_command(training)
+main.add_command(models)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,8 +14,11 @@ def _clock(seconds: float) -> str:
 class Progress:
     """``with Progress(total, "scanning") as bar: bar.update(n)``; ``n`` is the absolute count."""
 
-    def __init__(self, total: int, label: str, unit: str = "img", enabled: bool | None = None, stream=None):
+    def __init__(self, total: int, label: str, unit: str = "img", enabled: bool | None = None, stream=None,
+                 show_rate: bool = True):
         self.total = total
+        self.show_rate = show_rate
+        self.detail = ""  # free text after the bar, e.g. the latest loss
         self.label = label
         self.unit = unit
         self.stream = stream or sys.stderr
@@ -32,9 +35,11 @@ class Progress:
             frac = min(1.0, self.count / self.total)
             bar = "#" * int(frac * 24)
             eta = _clock((self.total - self.count) / rate) if rate > 0 else "?"
-            return (f"{self.label} [{bar:<24}] {self.count}/{self.total} {frac:4.0%} "
-                    f"{rate:,.0f} {self.unit}/s ETA {eta}")
-        return f"{self.label} {self.count} {self.unit} {rate:,.0f} {self.unit}/s"
+            speed = f"{rate:,.0f} {self.unit}/s " if self.show_rate else ""
+            line = f"{self.label} [{bar:<24}] {self.count}/{self.total} {frac:4.0%} {speed}ETA {eta}"
+        else:
+            line = f"{self.label} {self.count} {self.unit} {rate:,.0f} {self.unit}/s"
+        return f"{line} {self.detail}" if self.detail else line
 
     def update(self, count: int) -> None:
         if self._base is None:

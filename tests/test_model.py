@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory, mnist):
 
 def test_tiny_training_run_writes_model_and_metadata(tiny_model):
     out, meta = tiny_model
-    from model.train import sha256_file
+    from model.registry import sha256_file
 
     on_disk = json.loads((out / "model.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
@@ -81,8 +81,8 @@ def test_unsafe_model_is_refused(tmp_path):
     """safe_mode=True: a Lambda layer (arbitrary Python) does not load."""
     import keras
 
+    from model.registry import sha256_file
     from model.runtime import load_predictor
-    from model.train import sha256_file
 
     model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda x: x * 2),
                               keras.layers.Flatten(), keras.layers.Dense(10)])

@@ -14,6 +14,8 @@ log = logging.getLogger("digitq.worker")
 
 app = Celery("digitq", include=["worker.tasks"])
 app.config_from_object(celery_config(Settings.from_env()))
+# `celery -A worker beat` runs the periodic retraining (worker/beat.py); no schedule file to keep.
+app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
 
 
 def available_cores() -> int:

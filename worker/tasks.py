@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from digitq.broker import PREDICT_TASK
-from digitq.errors import DigitqError, JobError
+from digitq.broker import PREDICT_TASK, TRAIN_TASK
+from digitq.errors import DigitqError, JobError, TrainingError
 from digitq.jobs import Job
 from digitq.settings import Settings
 from worker import inference
@@ -38,4 +38,21 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | No
             raise self.retry(exc=e, countdown=2**self.request.retries) from e
         log.error("job %s batch %s failed for good: %s", job_id, batch, e)
         _record_failure(settings, job_id, batch, f"{type(e).__name__}: {e}")
+        return None
+
+
+@app.task(name=TRAIN_TASK)
+def train_model(training_id: str) -> dict | None:
+    """Run one training request; see :func:`model.training.run_training`.
+
+    Acked late like every task: a worker killed mid-training gets it redelivered,
+    and the registry publishes at most one version per training id.
+    """
+    from model.training import run_training  # TensorFlow stays out of processes that never train
+
+    try:
+        return run_training(Settings.from_env(), training_id)
+    except TrainingError as e:
+        # An unknown id (another data dir?) cannot be trained by retrying here.
+        log.error("training %s rejected: %s", training_id, e)
         return None

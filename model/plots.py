@@ -1,0 +1,106 @@
+"""The plots every published version carries, as PNG files (matplotlib, Agg backend).
+
+What the seed notebook showed: training curves, a confusion matrix on the
+evaluation set, and sample images with true vs predicted labels, mistakes first.
+Imported only where a version is assembled, never on the serving path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CURVES = "curves.png"
+CONFUSION = "confusion.png"
+SAMPLES = "samples.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            values = history.get(key) or []
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=4)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """10x10 counts: rows are true digits, columns predicted ones."""
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
+    return matrix
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str = "") -> Path:
+    """The confusion matrix on the evaluation set, counts in every cell."""
+    plt = _pyplot()
+    matrix = confusion_matrix(y_true, y_pred)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=100)
+    image = ax.imshow(np.log1p(matrix), cmap="Blues")
+    for i in range(10):
+        for j in range(10):
+            if matrix[i, j]:
+                dark = np.log1p(matrix[i, j]) > np.log1p(matrix.max()) / 2
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(matrix) / max(1, matrix.sum())
+    ax.set_title(title or f"confusion matrix ({matrix.sum()} images, accuracy {accuracy:.2%})")
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def samples(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: Path, count: int = 40) -> Path:
+    """A grid of evaluation images labelled ``true -> predicted (confidence)``, mistakes first."""
+    plt = _pyplot()
+    y_pred = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]  # confident mistakes first
+    right = np.flatnonzero(y_pred == y_true)
+    chosen = np.concatenate([wrong, right])[:count]
+    cols = 10
+    rows = max(1, int(np.ceil(len(chosen) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.45), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), chosen, strict=False):
+        ax.imshow(x[i], cmap="gray_r", vmin=0, vmax=255)
+        mistake = y_pred[i] != y_true[i]
+        ax.set_title(f"{y_true[i]}\u2192{y_pred[i]} {confidence[i]:.0%}", fontsize=8,
+                     color="crimson" if mistake else "black")
+    fig.suptitle(f"evaluation samples: true\u2192predicted, {len(wrong)} mistakes first", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,98 @@
+"""Training data from several sources: MNIST plus labelled folders, and the evaluation set they imply.
+
+The evaluation set is recorded, so the candidate and production are scored on
+exactly the same images: MNIST's test split when MNIST is a source, plus a
+seeded hold-out share of every labelled folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from digitq.errors import DataError
+from model.dataset import is_mnist_source, load_dataset, read_labelled_folder
+
+
+def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of images and labels: the same data gives the same fingerprint, wherever it lives."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(y, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def holdout_count(n: int, holdout: float) -> int:
+    """How many of ``n`` images to hold out: a share (< 1) or a count (>= 1), leaving one to train on."""
+    if n < 2 or holdout <= 0:
+        return 0
+    wanted = round(n * holdout) if holdout < 1 else int(holdout)
+    return min(max(wanted, 1), n - 1)
+
+
+@dataclass
+class TrainingData:
+    """Arrays to train and evaluate on, and a description of each source for the metadata."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    sources: list[dict] = field(default_factory=list)
+    eval_parts: list[str] = field(default_factory=list)
+
+    @property
+    def evaluation(self) -> dict:
+        """What the evaluation set is, for the version's metadata."""
+        return {"description": " + ".join(self.eval_parts), "examples": int(len(self.y_eval)),
+                "fingerprint": fingerprint(self.x_eval, self.y_eval)}
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.get("undecodable", 0) for s in self.sources)
+
+
+def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0) -> TrainingData:
+    """Combine every source; a missing or unusable source is a :class:`DataError` naming it."""
+    if not paths:
+        raise DataError("no training data: give --data (an MNIST folder or a labelled DIR/<digit>/ folder)")
+    xs, ys, xe, ye, sources, parts = [], [], [], [], [], []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DataError(f"training source {path} does not exist")
+        if is_mnist_source(path):
+            data = load_dataset(path)
+            xs.append(data.x_train)
+            ys.append(data.y_train)
+            xe.append(data.x_test)
+            ye.append(data.y_test)
+            parts.append(f"MNIST test split of {path} ({len(data.y_test)})")
+            sources.append({"path": str(path), "kind": "mnist", "train_images": int(len(data.y_train)),
+                            "eval_images": int(len(data.y_test)),
+                            "fingerprint": fingerprint(np.concatenate([data.x_train, data.x_test]),
+                                                       np.concatenate([data.y_train, data.y_test]))})
+            continue
+        folder = read_labelled_folder(path)
+        order = np.random.default_rng(seed).permutation(len(folder.y))
+        held = holdout_count(len(folder.y), holdout)
+        test, train = order[:held], order[held:]
+        xs.append(folder.x[train])
+        ys.append(folder.y[train])
+        xe.append(folder.x[test])
+        ye.append(folder.y[test])
+        if held:
+            parts.append(f"seeded hold-out (seed {seed}) of {path} ({held})")
+        sources.append({"path": str(path), "kind": "folder", "train_images": int(len(train)),
+                        "eval_images": int(held), "undecodable": len(folder.undecodable),
+                        "undecodable_examples": folder.undecodable[:5], "unlabelled": folder.unlabelled,
+                        "discarded": folder.discarded, "fingerprint": fingerprint(folder.x, folder.y)})
+    data = TrainingData(np.concatenate(xs), np.concatenate(ys), np.concatenate(xe), np.concatenate(ye),
+                        sources, parts)
+    if not len(data.y_eval):
+        raise DataError("nothing to evaluate on: add MNIST as a source, or give each labelled folder at least "
+                        "two images (a share is held out with --holdout)")
+    return data

@@ -1,0 +1,379 @@
+"""Retraining on the queue, end to end: a real redis-server, real train and predict workers, real training
+on a few hundred real MNIST digits, the registry, the promotion gate, hot swap, duplicates and kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from digitq import csvfile
+from digitq.errors import ModelError
+from digitq.settings import Settings
+from digitq.trainings import Training, send_training
+from model.dataset import write_image_folder
+from model.registry import Registry, sha256_file
+from producer.cli import main
+from producer.dispatch import enqueue
+from producer.follow import wait_for
+from producer.training import request_training
+from worker.process import WorkerProcess
+
+from .conftest import ROOT, worker_env
+from .pipeline_helpers import last_json, make_job, wait_until
+
+
+@pytest.fixture(scope="module")
+def tsettings(redis_server, tmp_path_factory) -> Settings:
+    # Its own Redis database and data dir: the session's predict worker must not take these batches.
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    return Settings.from_env(redis_url=url, data_dir=str(tmp_path_factory.mktemp("training-data")))
+
+
+@pytest.fixture(scope="module")
+def trainer(tsettings):
+    proc = WorkerProcess(worker_env(tsettings), tsettings.data_dir / "trainer.log", queues="train",
+                         name="trainer").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def predictor(tsettings):
+    proc = WorkerProcess(worker_env(tsettings), tsettings.data_dir / "predict.log", name="predict").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, mnist):
+    """300 real MNIST training digits as DIR/<digit>/*.png, plus two corrupt files to skip."""
+    folder = tmp_path_factory.mktemp("labelled")
+    write_image_folder(folder, mnist.x_train[:300], mnist.y_train[:300])
+    (folder / "4" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "7" / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scan_folder(tmp_path_factory, mnist):
+    folder = tmp_path_factory.mktemp("scan")
+    write_image_folder(folder, mnist.x_test[:40], mnist.y_test[:40])
+    return folder
+
+
+def cli(settings: Settings, *args: str):
+    return CliRunner().invoke(main, ["--redis-url", settings.redis_url, "--data-dir", str(settings.data_dir), *args],
+                              catch_exceptions=False)
+
+
+def train_json(settings: Settings, *args: str) -> dict:
+    result = cli(settings, "train", *args, "--wait", "--timeout", "240", "--json")
+    assert result.exit_code in (0, 1), result.output
+    return last_json(result)
+
+
+def registry(settings: Settings) -> Registry:
+    return Registry(settings.models_dir)
+
+
+def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, tsettings, labelled):
+    out = train_json(tsettings, "--data", str(labelled), "--epochs", "1")
+    assert out["state"] == "done" and out["version"] == "1", out
+    assert set(out) >= {"training_id", "state", "version", "promoted", "accuracy", "baseline_accuracy", "reason"}
+    # one epoch from scratch on 240 digits is far below the bundled model: a candidate, with both figures
+    assert out["promoted"] is False and out["baseline_version"] == "bundled-1"
+    assert f"{out['accuracy']:.2%}" in out["reason"] and f"{out['baseline_accuracy']:.2%}" in out["reason"]
+    ref = registry(tsettings).resolve("1")
+    meta = ref.meta
+    assert meta["version"] == "1" and meta["training_id"] == out["training_id"] and meta["parent"] is None
+    assert meta["params"] == 225_034 and meta["epochs"] == 1 and meta["recipe"]["epochs"] == 1
+    source = meta["data"][0]
+    assert source["path"] == str(labelled) and source["kind"] == "folder" and len(source["fingerprint"]) == 64
+    assert source["train_images"] + source["eval_images"] == 300 and source["eval_images"] == 60
+    assert source["undecodable"] == 2 and out["reason"]  # the corrupt files were skipped and counted
+    assert meta["evaluation"]["examples"] == 60 and "hold-out" in meta["evaluation"]["description"]
+    assert meta["accuracy"] == pytest.approx(out["accuracy"]) and meta["loss"] > 0 and meta["training_seconds"] > 0
+    assert len(meta["history"]["loss"]) == 1 and len(meta["history"]["val_accuracy"]) == 1
+    assert set(ref.artifacts()) == {"model.keras", "curves.png", "confusion.png", "samples.png"}
+    for name, sha in ref.artifacts().items():
+        assert sha256_file(ref.directory / name) == sha
+        if name.endswith(".png"):
+            with Image.open(ref.directory / name) as image:
+                assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+    assert registry(tsettings).current() == "bundled-1"
+    shown = cli(tsettings, "training", out["training_id"], "--json")
+    assert json.loads(shown.stdout)["progress"][0]["epoch"] == 1
+
+
+def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, predictor, tsettings, labelled,
+                                                                      scan_folder):
+    before = make_job(tsettings, scan_folder, batch_size=20)
+    wait_for(before, timeout=120)
+    assert {r["model_version"] for r in csvfile.read(before.csv_path)} == {"bundled-1"}
+    pids = set(predictor.child_pids())
+
+    out = train_json(tsettings, "--data", str(labelled), "--epochs", "1", "--from-version", "production")
+    assert out["state"] == "done" and out["promoted"] is True, out
+    assert "passed the gate" in out["reason"]
+    version = out["version"]
+    assert registry(tsettings).current() == version and registry(tsettings).resolve(version).meta["parent"] == "bundled-1"
+
+    after = make_job(tsettings, scan_folder, batch_size=20)
+    wait_for(after, timeout=120)
+    rows = csvfile.read(after.csv_path)
+    assert len(rows) == 40 and {r["model_version"] for r in rows} == {version}
+    assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 38
+    # the same worker processes, never restarted, loaded the new version themselves
+    assert predictor.proc.poll() is None and set(predictor.child_pids()) == pids
+    loads = [line for line in predictor.log().splitlines() if "loaded model" in line]
+    assert any(f"loaded model {version} " in line for line in loads) and any("bundled-1" in line for line in loads)
+    assert any(f"pid {pid}" in line for pid in pids for line in loads if f"model {version} " in line)
+
+
+def test_a_job_running_during_a_promotion_keeps_its_pinned_version(predictor, tsettings, scan_folder):
+    reg = registry(tsettings)
+    pinned = reg.current()
+    job = make_job(tsettings, scan_folder, batch_size=10, send=False)
+    assert job.model_version == pinned and job.n_batches == 4
+    enqueue(tsettings, job, [0, 1])
+    wait_until(lambda: job.committed() >= {0, 1}, what="first half of the job")
+    other = "bundled-1" if pinned != "bundled-1" else "1"
+    moved = cli(tsettings, "models", "promote", other, "--reason", "mid-job", "--json")
+    assert moved.exit_code == 0 and last_json(moved)["to"] == other
+    enqueue(tsettings, job, [2, 3])
+    wait_for(job, timeout=120)
+    assert {r["model_version"] for r in csvfile.read(job.csv_path)} == {pinned}
+    assert make_job(tsettings, scan_folder, batch_size=40, send=False).model_version == other
+    back = cli(tsettings, "models", "rollback", "--reason", "test done")
+    assert back.exit_code == 0 and reg.current() == pinned
+
+
+def test_models_commands(tsettings, trainer):
+    listed = json.loads(cli(tsettings, "models", "list", "--json").stdout)
+    versions = [v["version"] for v in listed]
+    assert versions[0] == "bundled-1" and versions[1:] == [str(n) for n in registry(tsettings).published()]
+    assert sum(v["production"] for v in listed) == 1
+    assert all({"version", "accuracy", "created", "production", "parent"} <= v.keys() for v in listed)
+    shown = json.loads(cli(tsettings, "models", "show", "1", "--json").stdout)
+    assert all(a["check"] == "ok" for a in shown["artifacts"].values()) and len(shown["plots"]) == 3
+    start = registry(tsettings).current()
+    assert cli(tsettings, "models", "promote", "1", "--reason", "try it").exit_code == 0
+    history = json.loads(cli(tsettings, "models", "history", "--json").stdout)
+    assert history[-1]["to"] == "1" and history[-1]["from"] == start and history[-1]["reason"] == "try it"
+    assert {"at", "from", "to", "reason", "by", "action"} <= history[-1].keys()
+    again = cli(tsettings, "models", "promote", "1")
+    assert again.exit_code == 0 and "already" in again.stdout
+    rolled = cli(tsettings, "models", "rollback", "--json")
+    assert rolled.exit_code == 0 and last_json(rolled) == {**last_json(rolled), "from": "1", "to": start}
+    assert registry(tsettings).current() == start
+    human = cli(tsettings, "models", "list").stdout
+    assert f"* {start}" in human
+    unknown = cli(tsettings, "models", "promote", "99")
+    assert unknown.exit_code == 1 and "not published" in unknown.stderr and "Traceback" not in unknown.output
+
+
+def test_the_gate_refuses_a_deliberately_worse_model(trainer, tsettings, mnist, tmp_path):
+    fifty = tmp_path / "fifty"
+    write_image_folder(fifty, mnist.x_train[1000:1050], mnist.y_train[1000:1050])
+    production = registry(tsettings).current()
+    out = train_json(tsettings, "--data", str(fifty), "--epochs", "1", "--promote", "auto")
+    assert out["state"] == "done" and out["version"] and out["promoted"] is False, out
+    assert "refused by the gate" in out["reason"] and out["accuracy"] < out["baseline_accuracy"]
+    assert registry(tsettings).current() == production
+    listed = {v["version"]: v for v in json.loads(cli(tsettings, "models", "list", "--json").stdout)}
+    assert listed[out["version"]]["production"] is False
+
+
+@pytest.mark.parametrize("case", ["empty", "garbage", "twelve"])
+def test_bad_training_input_publishes_nothing_and_says_why(trainer, tsettings, tmp_path, case, mnist):
+    folder = tmp_path / case
+    folder.mkdir()
+    if case == "garbage":
+        for digit in (1, 2):
+            (folder / str(digit)).mkdir()
+            for i in range(3):
+                (folder / str(digit) / f"{i}.png").write_bytes(os.urandom(200))
+        expected = "none of its 6 image file(s) could be decoded"
+    elif case == "twelve":
+        write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
+        (folder / "12").mkdir()
+        Image.fromarray(mnist.x_train[0]).save(folder / "12" / "a.png")
+        expected = "'12' are not digits 0-9"
+    else:
+        expected = "has no images in digit folders"
+    before = registry(tsettings).published()
+    production = registry(tsettings).current()
+    result = cli(tsettings, "train", "--data", str(folder), "--epochs", "1", "--wait", "--timeout", "120", "--json")
+    out = last_json(result)
+    assert result.exit_code == 1 and out["state"] == "failed" and out["version"] is None
+    assert expected in out["reason"], out["reason"]
+    assert registry(tsettings).published() == before and registry(tsettings).current() == production
+    human = cli(tsettings, "training", out["training_id"])
+    assert "failed" in human.stdout and expected in human.stdout
+
+
+def test_a_missing_source_is_refused_before_anything_is_sent(tsettings, tmp_path):
+    result = cli(tsettings, "train", "--data", str(tmp_path / "nope"))
+    assert result.exit_code == 1 and "does not exist" in result.stderr and "Traceback" not in result.output
+
+
+def test_failed_training_can_be_retried(trainer, tsettings, tmp_path, mnist):
+    folder = tmp_path / "later"
+    folder.mkdir()
+    failed = train_json(tsettings, "--data", str(folder), "--epochs", "1", "--promote", "never")
+    assert failed["state"] == "failed"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    again = train_json(tsettings, "--retry", failed["training_id"])
+    assert again["training_id"] == failed["training_id"] and again["state"] == "done" and again["attempt"] == 2
+    assert again["promoted"] is False and "--promote never" in again["reason"]
+    refused = cli(tsettings, "train", "--retry", failed["training_id"])
+    assert refused.exit_code == 1 and "already published" in refused.stderr
+
+
+def test_duplicate_delivery_publishes_once(trainer, tsettings, labelled):
+    training = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2,
+                                seed=1, promote="never")
+    send_training(tsettings, training)  # the same training id, delivered twice
+    wait_until(lambda: "already ended" in trainer.log().split(training.id, 1)[-1], timeout=180,
+               what="the duplicate delivery to be handled")
+    published = [ref for ref in registry(tsettings).versions() if ref.meta.get("training_id") == training.id]
+    assert len(published) == 1 and training.status()["attempt"] == 1
+
+
+def test_training_killed_mid_way_runs_again_and_publishes_once(trainer, tsettings, tmp_path, mnist):
+    folder = tmp_path / "bigger"
+    write_image_folder(folder, mnist.x_train[:3000], mnist.y_train[:3000])
+    training = request_training(tsettings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
+                                seed=2, promote="never")
+    wait_until(lambda: training.status()["epoch"] >= 1, timeout=120, what="the first epoch")
+    run = training.run_record()
+    os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
+    status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
+                        what="the redelivered training to finish")
+    assert status["attempt"] == 2 and status["version"]
+    published = [ref for ref in registry(tsettings).versions() if ref.meta.get("training_id") == training.id]
+    assert len(published) == 1 and published[0].meta["epochs"] == 8
+
+
+def test_countdown_schedules_a_training(trainer, tsettings, labelled):
+    result = cli(tsettings, "train", "--data", str(labelled), "--epochs", "1", "--promote", "never",
+                 "--countdown", "3", "--json")
+    out = last_json(result)
+    assert result.exit_code == 0 and out["state"] == "scheduled" and out["eta"] > out["created"]
+    training = Training.load(tsettings.trainings_dir, out["training_id"])
+    status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=180, what="training")
+    assert status["started"] >= out["eta"] - 0.5
+
+
+def _publish_copy(models_dir: str, source: str, training_id: str, barrier_path: str) -> None:
+    # Runs in a separate process: stage a copy of a version, wait for the others, publish at once.
+    import shutil
+    from pathlib import Path
+
+    reg = Registry(models_dir)
+    staging = reg.staging_dir("copy")
+    for item in Path(source).iterdir():
+        shutil.copy(item, staging / item.name)
+    meta = json.loads((staging / "model.json").read_text())
+    meta["training_id"] = training_id
+    (staging / "model.json").write_text(json.dumps(meta))
+    while not os.path.exists(barrier_path):
+        time.sleep(0.001)
+    ref, created = reg.publish(staging, training_id)
+    print(json.dumps([ref.version, created]))
+
+
+def test_concurrent_publishes_get_distinct_versions_and_a_training_publishes_once(tsettings, trainer, tmp_path):
+    reg = registry(tsettings)
+    source = str(reg.resolve("1").directory)
+    barrier = tmp_path / "go"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.test_training import _publish_copy; "
+            "_publish_copy(*sys.argv[2:])")
+    ids = ["20990101-000000-aaaaaa", "20990101-000000-bbbbbb", "20990101-000000-cccccc", "20990101-000000-aaaaaa"]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tsettings.models_dir), source, tid,
+                               str(barrier)], stdout=subprocess.PIPE, text=True) for tid in ids]
+    time.sleep(3)
+    barrier.write_text("go")
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    by_id = {}
+    for tid, (version, created) in zip(ids, results, strict=True):
+        by_id.setdefault(tid, set()).add((version, created))
+    assert len({v for v, _ in results}) == 3  # a, b, c: three numbers; a's duplicate got a's
+    assert len({v for v, _ in by_id["20990101-000000-aaaaaa"]}) == 1
+    assert sorted(created for _, created in by_id["20990101-000000-aaaaaa"]) == [False, True]
+    for version, _ in results:
+        assert all(state == "ok" for state in reg.resolve(version).verify_all().values())
+    assert not list((tsettings.models_dir / ".staging").iterdir())
+
+
+def test_a_tampered_model_file_is_refused(tsettings, trainer):
+    from model.runtime import load_predictor
+
+    reg = registry(tsettings)
+    latest = str(reg.published()[-1])
+    path = reg.resolve(latest).path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    promoted = cli(tsettings, "models", "promote", latest)
+    assert promoted.exit_code == 1 and "fails its checksum" in promoted.stderr
+    shown = cli(tsettings, "models", "show", latest)
+    assert shown.exit_code == 1 and "FAILS ITS CHECKSUM" in shown.stdout
+    with pytest.raises(ModelError, match="fails its checksum"):
+        load_predictor(reg.resolve(latest))
+    assert reg.current() != latest
+
+
+def test_gate_unit():
+    from model.training import gate
+
+    assert gate("auto", 0.990, 0.9909, "3", 0.1, 1000)[0] is True
+    ok, reason = gate("auto", 0.988, 0.990, "3", 0.1, 1000)
+    assert ok is False and "0.20 points below" in reason and "98.80%" in reason and "99.00%" in reason
+    assert gate("never", 1.0, 0.5, "3", 0.1, 10)[0] is False and gate("always", 0.1, 0.9, "3", 0.1, 10)[0] is True
+
+
+def test_crontab_parsing():
+    from digitq.errors import ConfigError
+    from worker.beat import parse_crontab
+
+    assert parse_crontab("0 3 * * 0").hour == {3}
+    for bad in ("0 3 * *", "61 * * * *", "a b c d e"):
+        with pytest.raises(ConfigError, match="DIGITQ_RETRAIN_SCHEDULE"):
+            parse_crontab(bad)
+
+
+def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
+    import redis
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"  # no train worker listens here: the first training stays queued
+    data_dir = tmp_path / "beat-data"
+    env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir),
+           "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_RETRAIN_DATA": str(labelled),
+           "DIGITQ_RETRAIN_EPOCHS": "1"}
+    log = tmp_path / "beat.log"
+    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "info", "-f", str(log)],
+                            env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        settings = Settings.from_env(redis_url=url, data_dir=str(data_dir))
+        from digitq.trainings import list_trainings
+
+        first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.5,
+                           what="beat to request a training")
+        status = Training.load(settings.trainings_dir, first[0]).status()
+        assert status["state"] == "queued" and status["by"] == "schedule" and status["epochs"] == 1
+        assert redis.Redis.from_url(url).llen("train") == 1
+        wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.5,
+                   what="beat to skip the next run")
+        assert len(list_trainings(settings.trainings_dir)) == 1 and redis.Redis.from_url(url).llen("train") == 1
+        assert first[0] in log.read_text().split("periodic retraining skipped", 1)[1]
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(20)
