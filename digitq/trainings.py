@@ -29,6 +29,7 @@ from pathlib import Path
 
 from digitq.errors import TrainingError
 from digitq.jobs import JOB_ID_RE, new_job_id
+from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 
 #: A run whose heartbeat is older than this, on another host, is taken as dead.
@@ -253,7 +254,8 @@ def active_trainings(trainings_dir: Path, by: str | None = None) -> list[dict]:
     return out
 
 
-def send_training(settings, training: Training, *, countdown: float | None = None, eta: float | None = None) -> None:
+def send_training(settings: Settings, training: Training, *, countdown: float | None = None,
+                  eta: float | None = None) -> None:
     """Send the training's task by name to the ``train`` queue."""
     from datetime import datetime
 

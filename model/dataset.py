@@ -109,7 +109,6 @@ class LabelledFolder:
 
     x: np.ndarray
     y: np.ndarray
-    files: list[Path]
     undecodable: list[str]
     unlabelled: int
     discarded: int
@@ -133,7 +132,7 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     if bad:
         raise DataError(f"{directory}: sub-folder(s) {', '.join(repr(b) for b in bad[:5])} are not digits 0-9; "
                         "a labelled folder is DIR/<0-9>/<image> (rename or move them)")
-    images, labels, files, undecodable = [], [], [], []
+    images, labels, undecodable = [], [], []
     unlabelled = sum(1 for e in directory.iterdir() if e.is_file() and is_image_name(e.name))
     discarded = sum(1 for e in (directory / DISCARD).rglob("*") if e.is_file()) if (directory / DISCARD).is_dir() else 0
     for digit in range(10):
@@ -149,14 +148,12 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
                 undecodable.append(f"{entry}: {e}")
                 continue
             labels.append(digit)
-            files.append(entry)
     if not images:
         if undecodable:
             raise DataError(f"{directory}: none of its {len(undecodable)} image file(s) could be decoded "
                             f"(first: {undecodable[0]})")
         raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
-    return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), files, undecodable, unlabelled,
-                          discarded)
+    return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), undecodable, unlabelled, discarded)
 
 
 def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,9 +197,10 @@ def load_dataset(source: str | os.PathLike[str] | None) -> Dataset:
         return load_npz(path)
     if not path.is_dir():
         raise DataError(f"MNIST source {path} does not exist; give an IDX directory, an mnist.npz or a digit folder")
-    if is_mnist_source(path):
-        has_idx = _find_idx(path, _IDX_NAMES["x_train"]) or _find_idx(path, _IDX_NAMES["x_test"])
-        return load_idx_dir(path) if has_idx else load_npz(path / "mnist.npz")
+    if _find_idx(path, _IDX_NAMES["x_train"]) is not None or _find_idx(path, _IDX_NAMES["x_test"]) is not None:
+        return load_idx_dir(path)
+    if (path / "mnist.npz").is_file():
+        return load_npz(path / "mnist.npz")
     # A labelled folder is a single split: serve it as both, callers pick.
     x, y = load_image_folder(path)
     return Dataset(x, y, x, y, source=str(path))

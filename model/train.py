@@ -21,8 +21,6 @@ from model.registry import sha256_file
 
 #: Weight EMA (momentum 0.999) averages over ~1,000 steps; a shorter run would end near its random start.
 EMA_MIN_STEPS = 2000
-
-
 ARCHITECTURE = "seed-cnn: Conv32-Pool-Conv64-Pool-Dense128-Dropout0.2-Dense10"
 
 

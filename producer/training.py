@@ -140,6 +140,9 @@ def train(ctx, sources, epochs, from_version, holdout, seed, promote, countdown,
     settings = settings_for(ctx)
     if countdown is not None and eta:
         raise ConfigError("give --countdown or --eta, not both")
+    if retry and (sources or from_version or countdown is not None or eta):
+        raise ConfigError("--retry re-sends a training as it was requested; it takes no --data, --from-version, "
+                          "--countdown or --eta")
     if retry:
         training = Training.load(settings.trainings_dir, retry)
         training.reopen()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -123,7 +122,8 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     assert out["state"] == "done" and out["promoted"] is True, out
     assert "passed the gate" in out["reason"]
     version = out["version"]
-    assert registry(tsettings).current() == version and registry(tsettings).resolve(version).meta["parent"] == "bundled-1"
+    assert registry(tsettings).current() == version
+    assert registry(tsettings).resolve(version).meta["parent"] == "bundled-1"
 
     after = make_job(tsettings, scan_folder, batch_size=20)
     wait_for(after, timeout=120)
@@ -235,6 +235,22 @@ def test_failed_training_can_be_retried(trainer, tsettings, tmp_path, mnist):
     assert again["promoted"] is False and "--promote never" in again["reason"]
     refused = cli(tsettings, "train", "--retry", failed["training_id"])
     assert refused.exit_code == 1 and "already published" in refused.stderr
+
+
+def test_a_request_redis_lost_stays_queued_and_can_be_resent(trainer, tsettings, labelled):
+    from digitq.trainings import create_training
+
+    # Written but never sent: what a training looks like after Redis restarted empty.
+    lost = create_training(tsettings.trainings_dir, sources=[str(labelled)], epochs=1, from_version=None,
+                           holdout=0.2, seed=3, promote="never", by="test")
+    time.sleep(1)
+    assert json.loads(cli(tsettings, "training", lost.id, "--json").stdout)["state"] == "queued"
+    listed = json.loads(cli(tsettings, "trainings", "--json").stdout)
+    assert next(t for t in listed if t["training_id"] == lost.id)["state"] == "queued"
+    out = train_json(tsettings, "--retry", lost.id)
+    assert out["state"] == "done" and out["version"] and out["attempt"] == 1
+    mixed = cli(tsettings, "train", "--retry", lost.id, "--data", str(labelled))
+    assert mixed.exit_code == 2 and "--retry" in mixed.stderr
 
 
 def test_duplicate_delivery_publishes_once(trainer, tsettings, labelled):
