@@ -393,3 +393,24 @@ def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(re
     finally:
         os.killpg(beat.pid, signal.SIGTERM)
         beat.wait(20)
+
+
+def test_periodic_run_is_skipped_while_a_training_runs(tmp_path, caplog):
+    import logging
+    import socket
+
+    from digitq.storage import atomic_write_json
+    from digitq.trainings import create_training, list_trainings
+    from worker.beat import scheduled_training
+
+    # Redis is unreachable here: a run that tried to send would fail loudly instead of skipping.
+    settings = Settings.from_env(redis_url="redis://127.0.0.1:1/0", data_dir=str(tmp_path))
+    running = create_training(settings.trainings_dir, sources=[str(tmp_path)], epochs=1, from_version=None,
+                              holdout=0.2, seed=0, promote="auto", by="schedule")
+    atomic_write_json(running.dir / "run.json", {"host": socket.gethostname(), "pid": os.getpid(), "attempt": 1,
+                                                 "started": time.time(), "heartbeat": time.time()})
+    assert running.status()["state"] == "running"
+    with caplog.at_level(logging.WARNING, logger="digitq.beat"):
+        assert scheduled_training(settings) is None
+    assert f"training {running.id} is still running" in caplog.text
+    assert list_trainings(settings.trainings_dir) == [running.id]
