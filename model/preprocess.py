@@ -42,7 +42,10 @@ def decode_image(data: bytes) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as img:
                 img.seek(0)  # first frame of an animation
                 img.load()
-                gray = _to_gray(ImageOps.exif_transpose(img))
+                img = ImageOps.exif_transpose(img)
+                if img.mode == "L" and img.size == (28, 28):
+                    return _mnist_sized(np.asarray(img))  # the common case: MNIST-shaped already
+                gray = _to_gray(img)
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
@@ -71,14 +74,27 @@ def _to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32)
 
 
+def _border_median(a: np.ndarray) -> float:
+    """``np.median`` of the outermost pixels, bit for bit, at a fifth of its cost."""
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    border.sort()
+    n = len(border)
+    return float(border[n // 2]) if n % 2 else float(border[n // 2 - 1 : n // 2 + 1].mean())
+
+
+def _mnist_sized(gray: np.ndarray) -> np.ndarray:
+    """A uint8 28x28 image: only the polarity can change; pixels stay exact (what :func:`to_mnist` gives)."""
+    return 255 - gray if _border_median(gray) > 127.0 else np.array(gray, dtype=np.uint8)
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """Frame a grayscale array like MNIST: light ink on dark, 20x20 box, mass-centred."""
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if float(np.median(border)) > 127.0:
+    background = _border_median(gray)
+    if background > 127.0:
         gray = 255.0 - gray  # dark ink on light paper
+        background = _border_median(gray)
     if gray.shape == (28, 28):
         return np.clip(gray, 0, 255).astype(np.uint8)  # already MNIST-sized: keep pixels exact
-    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
     ink = np.clip(gray - background, 0, None)
     peak = float(ink.max())
     if peak <= 0:

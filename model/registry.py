@@ -35,6 +35,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PRODUCTION = "production"
 BUNDLED = "bundled"
 MODEL_FILE = "model.keras"
+ONNX_FILE = "model.onnx"  # the serving artifact (model/export.py)
 _VERSION_RE = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -110,6 +111,12 @@ def _read_meta(directory: Path, version: str) -> ModelRef:
     if not isinstance(sha, str) or len(sha) != 64:
         raise ModelError(f"{meta_path} has no valid sha256; the model cannot be verified")
     return ModelRef(version=str(meta.get("version", version)), path=directory / MODEL_FILE, sha256=sha, meta=meta)
+
+
+def _check_intact(ref: ModelRef) -> None:
+    problems = [problem for problem in ref.verify_all().values() if problem != "ok"]
+    if problems:
+        raise ModelError(problems[0])
 
 
 class Registry:
@@ -243,7 +250,7 @@ class Registry:
         version (compare-and-swap); otherwise the returned entry has ``moved: False``.
         """
         ref = self.resolve(spec)
-        ref.read_verified()  # never promote a file that would be refused at load
+        _check_intact(ref)  # never promote a version whose files would be refused at load
         with self._locked():
             current = self.current()
             if expect is not None and current != expect:
@@ -261,7 +268,7 @@ class Registry:
                 raise ModelError(f"nothing to roll back to: production ({stack[-1]}) has no earlier version in its "
                                  "history (see `digitq models history`); promote one with `digitq models promote V`")
             current, target = stack[-1], stack[-2]
-            self.resolve(target).read_verified()
+            _check_intact(self.resolve(target))
             self._move(current, target, reason=reason, by=by, action="rollback")
         return {"moved": True, "from": current, "to": target, "reason": reason}
 

@@ -22,7 +22,9 @@ from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 from digitq.trainings import Training
 from model import plots
-from model.registry import MODEL_FILE, ModelRef, Registry, sha256_file
+from model.export import check_agreement, to_onnx
+from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
+from model.runtime import OnnxPredictor, load_keras, load_predictor
 from model.sources import TrainingData, load_training_data
 from model.train import ARCHITECTURE, Recipe, fit, rounded_history, score
 
@@ -103,8 +105,6 @@ def _probabilities(predictor, x: np.ndarray) -> np.ndarray:
 
 
 def _train_and_publish(settings: Settings, training: Training, attempt: int) -> dict:
-    from model.runtime import load_predictor
-
     req = training.request
     registry = Registry(settings.models_dir)
     earlier = registry.find_training(training.id)
@@ -122,7 +122,7 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
     parent = initial = None
     if req.get("from_version"):
         parent = registry.resolve(req["from_version"])
-        initial = load_predictor(parent).model.get_weights()
+        initial = load_keras(parent).get_weights()
         recipe = replace(recipe, learning_rate=recipe.learning_rate * FINE_TUNE_LR_FACTOR, warmup_epochs=0)
         log.info("fine-tuning from version %s", parent.version)
 
@@ -132,12 +132,17 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
 
     staging = registry.staging_dir(training.id)
     model.save(staging / MODEL_FILE)
-    # Score what will be published: the saved file, loaded back as workers will load it.
-    candidate = load_predictor(ModelRef("candidate", staging / MODEL_FILE, sha256_file(staging / MODEL_FILE)))
-    probs = _probabilities(candidate, data.x_eval)
+    # Score what will be published: the saved file, loaded back as workers load it, in both runtimes.
+    saved = ModelRef("candidate", staging / MODEL_FILE, sha256_file(staging / MODEL_FILE))
+    keras_model = load_keras(saved)
+    probs = _probabilities(load_predictor(saved, "keras"), data.x_eval)
     accuracy, loss = score(probs, data.y_eval)
+    onnx_bytes = to_onnx(keras_model.get_weights())
+    (staging / ONNX_FILE).write_bytes(onnx_bytes)
+    agreement = check_agreement(probs, _probabilities(OnnxPredictor(saved, onnx_bytes), data.x_eval), data.y_eval)
+    log.info("ONNX export agrees with Keras on %.2f%% of the evaluation set", agreement["agreement"] * 100)
     baseline = registry.resolve("production")
-    base_acc, base_loss = score(_probabilities(load_predictor(baseline), data.x_eval), data.y_eval)
+    base_acc, base_loss = score(_probabilities(load_predictor(baseline, "keras"), data.x_eval), data.y_eval)
     log.info("candidate accuracy %.4f loss %.4f; production %s accuracy %.4f on %d images",
              accuracy, loss, baseline.version, base_acc, len(data.y_eval))
 
@@ -145,7 +150,9 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
                      {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
                       "loss": round(loss, 6), "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
                                                            "loss": round(base_loss, 6)}})
-    meta["artifacts"] = _plots(staging, history, data, probs, training.id)
+    meta["onnx_agreement"] = agreement
+    meta["artifacts"] = {ONNX_FILE: sha256_file(staging / ONNX_FILE), **_plots(staging, history, data, probs,
+                                                                                training.id)}
     meta["sha256"] = sha256_file(staging / MODEL_FILE)
     atomic_write_json(staging / "model.json", meta)
 
@@ -165,8 +172,6 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
 def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str, training: Training,
              data: TrainingData, accuracy: float, baseline_version: str, base_acc: float) -> tuple[bool, str]:
     """Apply the gate; if production moved while we trained, score the new one on the same set and decide again."""
-    from model.runtime import load_predictor
-
     for _ in range(3):
         ok, reason = gate(policy, accuracy, base_acc, baseline_version, settings.promote_tolerance, len(data.y_eval))
         if not ok:
@@ -175,8 +180,8 @@ def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str,
         if moved["moved"]:
             return True, reason
         baseline_version = moved["from"]
-        base_acc, _ = score(_probabilities(load_predictor(registry.resolve(baseline_version)), data.x_eval),
-                            data.y_eval)
+        base_acc, _ = score(_probabilities(load_predictor(registry.resolve(baseline_version), "keras"),
+                                           data.x_eval), data.y_eval)
     return False, "production kept moving while this training was promoted; promote it by hand if still wanted"
 
 

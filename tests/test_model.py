@@ -115,5 +115,58 @@ def test_bundled_model_scores_on_mnist_test_split(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["params"] == 225_034
     assert result["accuracy"] >= 0.994
-    assert result["examples"] == 10_000
+    assert result["examples"] == 10_000 and result["runtime"] == "onnx"
     assert result["model_version"] == Registry(tmp_path).bundled().version
+
+
+def test_onnx_runtime_agrees_with_keras_on_the_mnist_test_split(mnist):
+    """The serving runtime: >= 99.9% identical predictions on 10,000 digits, accuracy within 0.05 points."""
+    from model.export import check_agreement, to_onnx
+    from model.runtime import load_keras, load_predictor
+
+    ref = Registry(ROOT / "nowhere").bundled()
+    served, reference = load_predictor(ref, "onnx"), load_predictor(ref, "keras")
+    assert (served.runtime, reference.runtime) == ("onnx", "keras")
+    onnx_probs = served.predict(mnist.x_test)
+    keras_probs = reference.predict(mnist.x_test)
+    report = check_agreement(keras_probs, onnx_probs, mnist.y_test)
+    assert report["agreement"] >= 0.999 and report["accuracy_gap"] <= 0.0005 and report["examples"] == 10_000
+    assert (onnx_probs.argmax(1) == mnist.y_test).mean() >= 0.994
+    # the committed artifact is exactly the export of the committed Keras weights
+    assert to_onnx(load_keras(ref).get_weights()) == (ref.directory / "model.onnx").read_bytes()
+
+
+def test_disagreeing_export_is_refused():
+    from model.export import check_agreement
+
+    labels = np.arange(1000) % 10
+    reference = np.eye(10, dtype=np.float32)[labels]
+    wrong = reference.copy()
+    wrong[:2] = np.roll(wrong[:2], 1, axis=1)  # two of 1,000 predictions differ: 99.8%
+    with pytest.raises(ModelError, match="disagrees"):
+        check_agreement(reference, wrong, labels)
+    assert check_agreement(reference, reference, labels)["agreement"] == 1.0
+
+
+def test_tampered_onnx_artifact_is_refused(tmp_path):
+    from model.runtime import load_predictor
+
+    bundled = Registry(tmp_path).bundled().directory
+    directory = tmp_path / "models" / "4"
+    shutil.copytree(bundled, directory)
+    data = bytearray((directory / "model.onnx").read_bytes())
+    data[-100] ^= 0x01
+    (directory / "model.onnx").write_bytes(bytes(data))
+    ref = Registry(tmp_path / "models").resolve("4")
+    with pytest.raises(ModelError, match="model.onnx fails its checksum"):
+        load_predictor(ref, "onnx")
+    assert load_predictor(ref, "keras").runtime == "keras"  # the .keras file itself is intact
+
+
+def test_unknown_runtime_is_a_clear_error(monkeypatch):
+    from digitq.errors import ConfigError
+    from model.runtime import runtime_name
+
+    monkeypatch.setenv("DIGITQ_RUNTIME", "tensorrt")
+    with pytest.raises(ConfigError, match="DIGITQ_RUNTIME"):
+        runtime_name()

@@ -103,3 +103,56 @@ def test_predict_entries_isolates_every_failure():
     assert [r.path for r in rows] == list("abcdef")
     assert [r.prediction for r in rows] == [4, None, None, None, None, 4]
     assert all(r.error for r in rows[1:5]) and rows[2].error == "too big"
+
+
+def _reference_decode(data: bytes) -> np.ndarray:
+    """The decoder as it was before its fast paths (np.median, float round trip): the oracle."""
+    from PIL import ImageOps
+
+    from model.preprocess import _FIT, _to_gray
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        img.load()
+        gray = _to_gray(ImageOps.exif_transpose(img))
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if float(np.median(border)) > 127.0:
+        gray = 255.0 - gray
+    if gray.shape == (28, 28):
+        return np.clip(gray, 0, 255).astype(np.uint8)
+    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+    ink = np.clip(gray - background, 0, None)
+    peak = float(ink.max())
+    if peak <= 0:
+        return np.zeros((28, 28), np.uint8)
+    ink *= 255.0 / peak
+    rows = np.flatnonzero(ink.max(axis=1) > 0.2 * 255)
+    cols = np.flatnonzero(ink.max(axis=0) > 0.2 * 255)
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = _FIT / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.clip(np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize(size,
+                                                                                         Image.Resampling.LANCZOS)),
+                    0, 255)
+    out = np.zeros((28, 28), np.float32)
+    total = float(small.sum())
+    ys, xs = np.indices(small.shape)
+    cy = float((ys * small).sum() / total) if total else small.shape[0] / 2
+    cx = float((xs * small).sum() / total) if total else small.shape[1] / 2
+    top = min(max(int(round(14 - cy)), 0), 28 - small.shape[0])
+    left = min(max(int(round(14 - cx)), 0), 28 - small.shape[1])
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return out.astype(np.uint8)
+
+
+def test_fast_paths_give_identical_arrays(mnist):
+    from .conftest import ROOT
+
+    blobs = [_png(a) for a in mnist.x_test[:300]] + [_png(255 - a) for a in mnist.x_test[300:400]]
+    blobs += [p.read_bytes() for p in sorted((ROOT / "samples" / "digits").rglob("*")) if p.is_file()]
+    rgb = np.stack([mnist.x_test[0]] * 3, axis=-1)
+    blobs += [_png(rgb), _png(mnist.x_test[1].astype(np.uint16) * 257)]
+    assert len(blobs) > 430
+    for data in blobs:
+        np.testing.assert_array_equal(decode_image(data), _reference_decode(data))

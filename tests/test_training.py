@@ -100,7 +100,8 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert meta["evaluation"]["examples"] == 60 and "hold-out" in meta["evaluation"]["description"]
     assert meta["accuracy"] == pytest.approx(out["accuracy"]) and meta["loss"] > 0 and meta["training_seconds"] > 0
     assert len(meta["history"]["loss"]) == 1 and len(meta["history"]["val_accuracy"]) == 1
-    assert set(ref.artifacts()) == {"model.keras", "curves.png", "confusion.png", "samples.png"}
+    assert set(ref.artifacts()) == {"model.keras", "model.onnx", "curves.png", "confusion.png", "samples.png"}
+    assert meta["onnx_agreement"]["agreement"] >= 0.999 and meta["onnx_agreement"]["examples"] == 60
     for name, sha in ref.artifacts().items():
         assert sha256_file(ref.directory / name) == sha
         if name.endswith(".png"):
@@ -133,7 +134,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     # the same worker processes, never restarted, loaded the new version themselves
     assert predictor.proc.poll() is None and set(predictor.child_pids()) == pids
     loads = [line for line in predictor.log().splitlines() if "loaded model" in line]
-    assert any(f"loaded model {version} " in line for line in loads) and any("bundled-1" in line for line in loads)
+    assert any(f"loaded model {version} (onnx" in line for line in loads) and any("bundled-1" in line for line in loads)
     assert any(f"pid {pid}" in line for pid in pids for line in loads if f"model {version} " in line)
 
 
@@ -329,11 +330,17 @@ def test_concurrent_publishes_get_distinct_versions_and_a_training_publishes_onc
     assert not list((tsettings.models_dir / ".staging").iterdir())
 
 
-def test_a_tampered_model_file_is_refused(tsettings, trainer):
+def test_a_tampered_model_file_is_refused(tsettings):
+    import shutil
+
     from model.runtime import load_predictor
 
     reg = registry(tsettings)
-    latest = str(reg.published()[-1])
+    staging = reg.staging_dir("tamper")
+    for item in reg.bundled().directory.iterdir():
+        shutil.copy(item, staging / item.name)
+    latest = reg.publish(staging)[0].version
+    assert cli(tsettings, "models", "show", latest).exit_code == 0
     path = reg.resolve(latest).path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -342,8 +349,14 @@ def test_a_tampered_model_file_is_refused(tsettings, trainer):
     assert promoted.exit_code == 1 and "fails its checksum" in promoted.stderr
     shown = cli(tsettings, "models", "show", latest)
     assert shown.exit_code == 1 and "FAILS ITS CHECKSUM" in shown.stdout
-    with pytest.raises(ModelError, match="fails its checksum"):
-        load_predictor(reg.resolve(latest))
+    with pytest.raises(ModelError, match="model.keras fails its checksum"):
+        load_predictor(reg.resolve(latest), "keras")
+    onnx = reg.resolve(latest).directory / "model.onnx"
+    tampered = bytearray(onnx.read_bytes())
+    tampered[-1] ^= 0x01
+    onnx.write_bytes(bytes(tampered))
+    with pytest.raises(ModelError, match="model.onnx fails its checksum"):
+        load_predictor(reg.resolve(latest), "onnx")
     assert reg.current() != latest
 
 

@@ -1,0 +1,109 @@
+"""The serving artifact: the seed CNN written as an ONNX graph, op for op, from the Keras weights.
+
+No converter is involved: the architecture is fixed, so the graph is spelled out
+here (Cast/Scale -> Conv -> Relu -> MaxPool -> Conv -> Relu -> MaxPool -> Flatten
+-> Gemm -> Relu -> Gemm -> Softmax) and only the weights are copied. The graph
+takes the uint8 (N, 28, 28) arrays that preprocessing makes, so serving needs
+neither TensorFlow nor a float copy. An export is used only once it agrees with
+Keras (:func:`check_agreement`).
+
+``python -m model.export DIR`` writes ``DIR/model.onnx`` for the ``model.keras``
+there and records its sha256 in ``DIR/model.json`` (how the bundled model got one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from digitq.errors import ModelError
+from model.registry import ONNX_FILE, ModelRef, _read_meta, sha256_bytes
+
+#: The agreement a serving artifact must reach with Keras on an evaluation set.
+MIN_AGREEMENT = 0.999
+MAX_ACCURACY_GAP = 0.0005
+
+
+def to_onnx(weights: list[np.ndarray]) -> bytes:
+    """Serialized ONNX model for the seed CNN's eight weight arrays (Keras order)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shapes = [w.shape for w in weights]
+    if shapes != [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (1600, 128), (128,), (128, 10), (10,)]:
+        raise ModelError(f"weights {shapes} are not the seed CNN's; cannot export to ONNX")
+    c1k, c1b, c2k, c2b, d1k, d1b, d2k, d2b = (np.asarray(w, np.float32) for w in weights)
+    tensors = {
+        "c1k": c1k.transpose(3, 2, 0, 1),  # Keras HWIO -> ONNX OIHW
+        "c1b": c1b,
+        "c2k": c2k.transpose(3, 2, 0, 1),
+        "c2b": c2b,
+        # Keras flattens (h, w, c), ONNX (c, h, w): permute the rows of the first dense kernel to match.
+        "d1k": d1k.reshape(5, 5, 64, 128).transpose(2, 0, 1, 3).reshape(1600, 128),
+        "d1b": d1b,
+        "d2k": d2k,
+        "d2b": d2b,
+        "shape": np.array([-1, 1, 28, 28], np.int64),
+        "scale": np.array(1 / 255, np.float32),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
+        node("Mul", ["xf", "scale"], ["xs"]),
+        node("Reshape", ["xs", "shape"], ["x0"]),
+        node("Conv", ["x0", "c1k", "c1b"], ["a1"], kernel_shape=[3, 3]),
+        node("Relu", ["a1"], ["r1"]),
+        node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Conv", ["p1", "c2k", "c2b"], ["a2"], kernel_shape=[3, 3]),
+        node("Relu", ["a2"], ["r2"]),
+        node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Flatten", ["p2"], ["f"], axis=1),
+        node("Gemm", ["f", "d1k", "d1b"], ["h"]),
+        node("Relu", ["h"], ["hr"]),
+        node("Gemm", ["hr", "d2k", "d2b"], ["logits"]),
+        node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "digitq_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 28, 28])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="digitq")
+    model.ir_version = 8  # readable by every onnxruntime of the last years
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def check_agreement(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
+    """Compare two runtimes' probabilities; a :class:`ModelError` when they disagree beyond the bound."""
+    agreement = float((reference.argmax(1) == candidate.argmax(1)).mean()) if len(labels) else 1.0
+    gap = abs(float((reference.argmax(1) == labels).mean()) - float((candidate.argmax(1) == labels).mean())) \
+        if len(labels) else 0.0
+    report = {"agreement": round(agreement, 6), "accuracy_gap": round(gap, 6), "examples": int(len(labels)),
+              "max_probability_diff": float(np.abs(reference - candidate).max()) if len(labels) else 0.0}
+    if agreement < MIN_AGREEMENT or gap > MAX_ACCURACY_GAP:
+        raise ModelError(f"the ONNX export disagrees with Keras ({report}); nothing is published with it")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Export ``DIR/model.keras`` (verified) to ``DIR/model.onnx`` and record it in ``DIR/model.json``."""
+    from digitq.storage import atomic_write
+    from model.runtime import load_keras
+
+    directory = Path((argv or sys.argv[1:])[0])
+    ref: ModelRef = _read_meta(directory, directory.name)
+    data = to_onnx(load_keras(ref).get_weights())
+    atomic_write(directory / ONNX_FILE, data)
+    meta = dict(ref.meta)
+    meta["artifacts"] = {**meta.get("artifacts", {}), ONNX_FILE: sha256_bytes(data)}
+    atomic_write(directory / "model.json", json.dumps(meta, indent=2) + "\n")
+    print(json.dumps({"onnx": str(directory / ONNX_FILE), "sha256": meta["artifacts"][ONNX_FILE]}))
+
+
+if __name__ == "__main__":
+    main()
