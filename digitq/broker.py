@@ -84,6 +84,22 @@ def client_app(settings: Settings):
     return app
 
 
+_clients: dict[str, object] = {}
+
+
+def redis_client(settings: Settings, timeout: float = 10.0):
+    """A Redis client for digitq's own keys (not the queue), one per URL and process."""
+    import redis
+
+    client = _clients.get(settings.redis_url)
+    if client is None:
+        tls = _ssl_options(settings.redis_url) or {}
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                      **tls)
+        _clients[settings.redis_url] = client
+    return client
+
+
 def ping(settings: Settings, timeout: float = 3.0) -> None:
     """Fail fast, with advice, when Redis is not reachable."""
     import redis

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping
+from typing import TextIO
 
 COLUMNS = ("path", "prediction", "confidence", "model_version", "error")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -30,12 +31,17 @@ def format_row(row: Mapping[str, object]) -> list[str]:
     ]
 
 
+def write(stream: TextIO, rows: Iterable[Mapping[str, object]]) -> None:
+    """Write the header, then every row, to a text stream opened with ``newline=""``."""
+    writer = csv.writer(stream, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(format_row(r) for r in rows)
+
+
 def render(rows: Iterable[Mapping[str, object]]) -> str:
     """The whole CSV text, header first."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(format_row(r) for r in rows)
+    write(buf, rows)
     return buf.getvalue()
 
 

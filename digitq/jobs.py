@@ -22,13 +22,13 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from digitq import csvfile
 from digitq.errors import JobError
-from digitq.storage import atomic_write, atomic_write_json
+from digitq.storage import atomic_open, atomic_write, atomic_write_json
 
 JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl$")
@@ -76,7 +76,7 @@ def check_job_id(job_id: str) -> str:
 
 def create_job(
     jobs_dir: Path,
-    files: Sequence[FileEntry],
+    files: Iterable[FileEntry],
     batch_sizes: Sequence[int],
     *,
     model_version: str,
@@ -86,19 +86,27 @@ def create_job(
     skipped: int = 0,
     job_id: str | None = None,
 ) -> Job:
-    """Write a new job's manifest and return it."""
-    if sum(batch_sizes) != len(files):
-        raise JobError(f"batch sizes add up to {sum(batch_sizes)}, but the job has {len(files)} files")
+    """Write a new job's manifest and return it.
+
+    ``files`` is streamed to disk (a million entries never sit in memory at once);
+    ``batch_sizes`` is read after it is consumed, so a planner may fill it as it goes.
+    """
     job_id = check_job_id(job_id or new_job_id())
     directory = Path(jobs_dir) / job_id
     (directory / "results").mkdir(parents=True, exist_ok=False)
-    atomic_write(directory / "files.jsonl", "".join(f.to_json() + "\n" for f in files))
+    total = 0
+    with atomic_open(directory / "files.jsonl", "w", encoding="utf-8") as f:
+        for entry in files:
+            f.write(entry.to_json() + "\n")
+            total += 1
+    if sum(batch_sizes) != total:
+        raise JobError(f"batch sizes add up to {sum(batch_sizes)}, but the job has {total} files")
     header = {
         "format": FORMAT,
         "job_id": job_id,
         "created": time.time(),
         "model_version": model_version,
-        "total": len(files),
+        "total": total,
         "skipped": skipped,
         "batch_sizes": list(batch_sizes),
         "sources": list(sources),
@@ -171,12 +179,10 @@ class Job:
             return [FileEntry.from_json(line) for line in f if line.strip()]
 
     def batches(self) -> Iterator[tuple[int, list[FileEntry]]]:
-        """``(index, files)`` for every batch, from the manifest."""
-        files = self.files()
-        start = 0
-        for index, size in enumerate(self.batch_sizes):
-            yield index, files[start : start + size]
-            start += size
+        """``(index, files)`` for every batch, streamed from the manifest."""
+        with open(self.dir / "files.jsonl", encoding="utf-8") as f:
+            for index, size in enumerate(self.batch_sizes):
+                yield index, [FileEntry.from_json(f.readline()) for _ in range(size)]
 
     # -- results --------------------------------------------------------
 
@@ -275,27 +281,29 @@ class Job:
         """
         if self.is_done():
             return True
-        if not self.is_complete():
+        if not self.is_complete():  # the one listing of results/ a merge costs
             return False
-        rows: list[dict] = []
-        errors = 0
-        started = []
-        for batch in range(self.n_batches):
-            head = self.result_header(batch) or {}
-            started.append(head.get("started", time.time()))
+        heads = [self.result_header(batch) or {} for batch in range(self.n_batches)]
+        rows = sum(int(h.get("rows", 0)) for h in heads)
+        if rows != self.total:
+            raise JobError(f"job {self.id}: results hold {rows} rows for {self.total} files; run `digitq resume`")
+        errors = sum(int(h.get("errors", 0)) for h in heads)
+        with atomic_open(self.csv_path, "w", encoding="utf-8", newline="") as f:
+            csvfile.write(f, self._merged_rows(heads))
+        atomic_write_json(self.dir / "done.json", {
+            "finished": time.time(), "rows": rows, "errors": errors,
+            "started": min((h.get("started", time.time()) for h in heads), default=None),
+        })
+        return True
+
+    def _merged_rows(self, heads: list[dict]) -> Iterator[dict]:
+        # One batch in memory at a time: the merge's memory does not grow with the job.
+        for batch, head in enumerate(heads):
             # Each result records the version that served it; the CSV reports that, not an assumption.
             version = head.get("model_version", self.model_version)
             for r in self.result_rows(batch):
-                errors += bool(r.error)
-                rows.append({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
-                             "model_version": version, "error": r.error})
-        if len(rows) != self.total:
-            raise JobError(f"job {self.id}: merged {len(rows)} rows for {self.total} files; run `digitq resume`")
-        atomic_write(self.csv_path, csvfile.render(rows))
-        atomic_write_json(self.dir / "done.json", {
-            "finished": time.time(), "rows": len(rows), "errors": errors, "started": min(started, default=None),
-        })
-        return True
+                yield {"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
+                       "model_version": version, "error": r.error}
 
     # -- status ---------------------------------------------------------
 

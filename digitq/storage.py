@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
+    """A temp file beside ``path`` to write into; on success it is fsynced and renamed over ``path``,
+    on an exception removed. For output too large to build in memory first."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -24,6 +27,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
+    with atomic_open(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def atomic_write_json(path: str | Path, obj: object) -> None:

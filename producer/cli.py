@@ -79,6 +79,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         click.secho(f"warning: {warning}", err=True, fg="yellow")
     job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, batch_size=batch_size,
                   model_version=model_version, by_path=by_path, out=out)
+    found.files.clear()  # the manifest on disk has them now; a million paths need not stay in memory
     try:
         with Progress(job.total, "enqueue") as bar:
             enqueue(settings, job, progress=bar.update)

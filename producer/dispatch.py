@@ -8,11 +8,12 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from digitq import ledger
 from digitq.broker import PREDICT_TASK, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError
 from digitq.jobs import FileEntry, Job, create_job
@@ -26,35 +27,41 @@ _ENTRY_OVERHEAD = 512
 Progress = Callable[[int], None]
 
 
-def plan_batches(files: Sequence[Found], settings: Settings, *, batch_size: int,
-                 by_path: bool) -> tuple[list[FileEntry], list[int]]:
+def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
+                 by_path: bool) -> tuple[Iterator[FileEntry], list[int]]:
     """Manifest entries and batch sizes: at most ``batch_size`` files and, when
-    bytes travel inline, about ``max_batch_bytes`` per message; a bigger file goes alone."""
+    bytes travel inline, about ``max_batch_bytes`` per message; a bigger file goes alone.
+
+    The entries are a stream; the sizes list fills in as it is consumed.
+    """
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     budget = settings.max_batch_bytes * 3 // 4  # base64 grows data by 4/3
-    entries: list[FileEntry] = []
     sizes: list[int] = []
-    count = weight = 0
-    for f in files:
-        error = None
-        cost = _ENTRY_OVERHEAD
-        if f.size > settings.max_file_bytes:
-            error = f"file is {f.size} bytes, over the {settings.max_file_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)"
-        elif not by_path:
-            cost += f.size
-        if count and (count >= batch_size or weight + cost > budget):
+
+    def entries() -> Iterator[FileEntry]:
+        count = weight = 0
+        for f in files:
+            error = None
+            cost = _ENTRY_OVERHEAD
+            if f.size > settings.max_file_bytes:
+                error = (f"file is {f.size} bytes, over the {settings.max_file_bytes} byte limit "
+                         "(DIGITQ_MAX_FILE_BYTES)")
+            elif not by_path:
+                cost += f.size
+            if count and (count >= batch_size or weight + cost > budget):
+                sizes.append(count)
+                count = weight = 0
+            yield FileEntry(f.path, f.size, error)
+            count += 1
+            weight += cost
+        if count:
             sizes.append(count)
-            count = weight = 0
-        entries.append(FileEntry(f.path, f.size, error))
-        count += 1
-        weight += cost
-    if count:
-        sizes.append(count)
-    return entries, sizes
+
+    return entries(), sizes
 
 
-def new_job(settings: Settings, files: Sequence[Found], *, sources: Sequence[str], skipped: int = 0,
+def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str], skipped: int = 0,
             batch_size: int | None = None, model_version: str | None = None, by_path: bool = False,
             out: str | None = None) -> Job:
     """Pin the model version and write the job's manifest (nothing is sent yet)."""
@@ -79,6 +86,7 @@ def submit(settings: Settings, paths: Sequence[str], *, send: bool = True, **opt
 
     found = find_images(paths)
     job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, **options)
+    found.files.clear()
     if send:
         enqueue(settings, job)
     return job
@@ -149,10 +157,12 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
 
 def resume(settings: Settings, job: Job, progress: Progress | None = None) -> list[int]:
     """Re-send every batch without a committed result; merge if nothing is missing."""
-    missing = sorted(set(range(job.n_batches)) - job.committed())
+    committed = job.committed()
+    missing = sorted(set(range(job.n_batches)) - committed)
     job.clear_failed()
     if missing:
         ping(settings)  # fail fast, before anything is half-sent
+        ledger.seed(settings, job.id, committed)  # Redis may have lost the set with the queue
         enqueue(settings, job, missing, progress)
     else:
         job.finalize()

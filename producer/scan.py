@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from digitq.paths import escape_path
 from model.preprocess import is_image_name
 
 
-@dataclass(frozen=True)
-class Found:
-    """An image file: its display path (PATH argument + relative path) and size."""
+class Found(NamedTuple):
+    """An image file: its display path (PATH argument + relative path) and size.
+
+    A tuple, not a dataclass: a scan of a million files holds a million of them."""
 
     path: str
     size: int
@@ -37,12 +39,12 @@ def find_images(paths: Sequence[str | bytes | os.PathLike], on_file: Callable[[i
     """
     result = ScanResult()
     seen_dirs: set[tuple[int, int]] = set()
-    found: dict[str, Found] = {}
+    found: dict[str, int] = {}
 
     def add(path: bytes, size: int) -> None:
         shown = escape_path(path)
         if shown not in found:
-            found[shown] = Found(shown, size)
+            found[shown] = size
             if on_file:
                 on_file(len(found))
 
@@ -57,7 +59,7 @@ def find_images(paths: Sequence[str | bytes | os.PathLike], on_file: Callable[[i
             _walk(root, result, seen_dirs, add)
         else:
             add(root, st.st_size)
-    result.files = sorted(found.values(), key=lambda f: f.path)
+    result.files = [Found(path, found.pop(path)) for path in sorted(found)]
     return result
 
 

@@ -54,11 +54,14 @@ def test_plan_batches_by_count_and_bytes():
     files = [Found(f"f{i:02d}.png", 1000) for i in range(10)] + [Found("g-big.png", 55_000),
                                                                  Found("h-huge.png", 70_000),
                                                                  Found("i.png", 1000)]
-    entries, sizes = plan_batches(files, settings, batch_size=4, by_path=False)
+    stream, sizes = plan_batches(files, settings, batch_size=4, by_path=False)
+    assert sizes == []  # filled in as the entries stream out
+    entries = list(stream)
     assert sum(sizes) == len(files) == len(entries)
     assert sizes == [4, 4, 2, 1, 2]  # g-big is over the budget by itself: it travels alone
     huge = next(e for e in entries if e.path == "h-huge.png")
     assert huge.error and "limit" in huge.error
     # by path: only the count bounds a batch
-    _, sizes = plan_batches(files, settings, batch_size=4, by_path=True)
+    stream, sizes = plan_batches(files, settings, batch_size=4, by_path=True)
+    list(stream)
     assert sizes == [4, 4, 4, 1]

@@ -12,7 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from redis.exceptions import RedisError
 
+from digitq import ledger
 from digitq.errors import ImageError
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
@@ -72,6 +74,14 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
     return [r for r in rows if r is not None]
 
 
+def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:
+    """Whether this commit may have been the job's last (O(1), from the ledger in Redis)."""
+    try:
+        return ledger.record(settings, job.id, batch) >= job.n_batches
+    except RedisError:
+        return True  # without the ledger, let the merge look at the files itself
+
+
 def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
               cache: ModelCache = CACHE) -> dict:
     """Predict one batch of a job with its pinned model, commit the result, merge if it was the last."""
@@ -81,6 +91,6 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     predictor = cache.get(ref)
     rows = predict_entries(predictor, entries, settings.max_file_bytes)
     job.commit(batch, rows, model_version=ref.version, started=started)
-    done = job.finalize()
+    done = job.finalize() if _maybe_last(settings, job, batch) else False
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
             "done": done, "pid": os.getpid()}

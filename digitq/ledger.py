@@ -1,0 +1,39 @@
+"""Which batches of a job are committed, as a Redis set: the O(1) "was that the last one?" check.
+
+The result files stay the source of truth. The set only tells a worker, after
+its commit, whether every batch may now be in; the merge then confirms it by
+listing the results once. Adding a batch twice changes nothing, so a duplicate
+delivery can never finish a job early. If Redis loses the set, no worker merges
+and ``digitq wait`` / ``resume`` do it from the files (``resume`` also re-seeds it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from digitq.broker import redis_client
+from digitq.settings import Settings
+
+#: Long enough for any job to finish; refreshed by every commit.
+TTL_S = 7 * 24 * 3600
+
+
+def _key(job_id: str) -> str:
+    return f"digitq:job:{job_id}:committed"
+
+
+def record(settings: Settings, job_id: str, batch: int) -> int:
+    """Add ``batch`` to the job's committed set; returns how many distinct batches it holds."""
+    pipe = redis_client(settings).pipeline()
+    pipe.sadd(_key(job_id), batch)
+    pipe.scard(_key(job_id))
+    pipe.expire(_key(job_id), TTL_S)
+    return int(pipe.execute()[1])
+
+
+def seed(settings: Settings, job_id: str, batches: Iterable[int]) -> None:
+    """Put batches committed on disk into the set (after Redis lost it)."""
+    batches = list(batches)
+    if batches:
+        redis_client(settings).sadd(_key(job_id), *batches)
+        redis_client(settings).expire(_key(job_id), TTL_S)
