@@ -156,3 +156,30 @@ def test_fast_paths_give_identical_arrays(mnist):
     assert len(blobs) > 430
     for data in blobs:
         np.testing.assert_array_equal(decode_image(data), _reference_decode(data))
+
+
+def test_photos_decode_at_reduced_scale_and_read_better(mnist):
+    """Phone photos: the reduced-scale decode reads the digit; full resolution let paper noise pass as ink."""
+    from model.registry import Registry
+    from model.runtime import load_predictor
+    from model.synthetic import phone_photo
+
+    rng = np.random.default_rng(0)
+    photos = [phone_photo(mnist.x_test[i], rng, width=1512, height=2016) for i in range(12)]
+    predictor = load_predictor(Registry("/nowhere").bundled())
+    reduced = predictor.predict(np.stack([decode_image(p) for p in photos])).argmax(1)
+    full = predictor.predict(np.stack([_reference_decode(p) for p in photos])).argmax(1)
+    truth = mnist.y_test[:12]
+    assert (reduced == truth).sum() >= 11 and (reduced == truth).sum() >= (full == truth).sum()
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "L", "LA", "RGBA", "I;16", "I", "F", "CMYK", "PA", "RGB"])
+def test_large_images_of_every_mode_are_reduced_before_framing(mode):
+    bar = np.zeros((1300, 1100), np.uint8)
+    bar[300:1000, 450:650] = 255
+    img = Image.fromarray(bar.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(bar).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF")
+    out = decode_image(buf.getvalue())
+    np.testing.assert_array_equal(out, _reference_decode(buf.getvalue()))
+    assert out.sum() > 20_000
