@@ -31,18 +31,24 @@ def format_row(row: Mapping[str, object]) -> list[str]:
     ]
 
 
-def write(stream: TextIO, rows: Iterable[Mapping[str, object]]) -> None:
-    """Write the header, then every row, to a text stream opened with ``newline=""``."""
+def write(stream: TextIO, rows: Iterable[Mapping[str, object]], header: bool = True) -> None:
+    """Write the header (unless ``header`` is False), then every row, to a text stream opened with ``newline=""``."""
     writer = csv.writer(stream, lineterminator="\r\n")
-    writer.writerow(COLUMNS)
+    if header:
+        writer.writerow(COLUMNS)
     writer.writerows(format_row(r) for r in rows)
 
 
-def render(rows: Iterable[Mapping[str, object]]) -> str:
-    """The whole CSV text, header first."""
+def render(rows: Iterable[Mapping[str, object]], header: bool = True) -> str:
+    """The CSV text of ``rows``, header first unless ``header`` is False."""
     buf = io.StringIO()
-    write(buf, rows)
+    write(buf, rows, header)
     return buf.getvalue()
+
+
+def header_line() -> bytes:
+    """The header row, as bytes, ready to go in front of rendered rows."""
+    return render([]).encode("utf-8")
 
 
 def read(path) -> list[dict[str, str]]:

@@ -30,6 +30,8 @@ from digitq import csvfile
 from digitq.errors import JobError
 from digitq.storage import atomic_open, atomic_write, atomic_write_json
 
+_json_string = json.encoder.encode_basestring_ascii
+_json_decode = json.JSONDecoder().decode
 JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl$")
 FORMAT = 1
@@ -44,11 +46,13 @@ class FileEntry:
     error: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps([self.path, self.size, self.error], ensure_ascii=True)
+        # What json.dumps([path, size, error]) writes, without its per-call set-up (a million lines a scan).
+        error = "null" if self.error is None else _json_string(self.error)
+        return f"[{_json_string(self.path)}, {int(self.size)}, {error}]"
 
     @classmethod
     def from_json(cls, line: str) -> FileEntry:
-        path, size, error = json.loads(line)
+        path, size, error = _json_decode(line)
         return cls(path, size, error)
 
 
@@ -206,6 +210,7 @@ class Job:
             raise JobError(f"job {self.id} batch {batch}: {len(rows)} rows for {self.batch_sizes[batch]} files")
         head = {
             "batch": batch,
+            "format": "csv",  # the rows follow as finished CSV lines: the merge only concatenates
             "rows": len(rows),
             "errors": sum(1 for r in rows if r.error),
             "model_version": model_version,
@@ -214,10 +219,10 @@ class Job:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        lines = [json.dumps(head)] + [
-            json.dumps([r.path, r.prediction, r.confidence, r.error], ensure_ascii=True) for r in rows
-        ]
-        atomic_write(self.result_path(batch), "\n".join(lines) + "\n")
+        body = csvfile.render(
+            ({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
+              "model_version": model_version, "error": r.error} for r in rows), header=False)
+        atomic_write(self.result_path(batch), json.dumps(head) + "\n" + body)
         (self.dir / "failed" / f"{batch:06d}.json").unlink(missing_ok=True)
 
     def result_header(self, batch: int) -> dict | None:
@@ -235,11 +240,18 @@ class Job:
         self._result_cache[path.name] = (mtime, head)
         return head
 
-    def result_rows(self, batch: int) -> list[Row]:
-        """The committed rows of one batch."""
-        with open(self.result_path(batch), encoding="utf-8") as f:
-            f.readline()
-            return [Row(*json.loads(line)) for line in f if line.strip()]
+    def result_csv(self, batch: int) -> bytes:
+        """The committed rows of one batch as CSV lines (no header)."""
+        with open(self.result_path(batch), "rb") as f:
+            head = json.loads(f.readline())
+            body = f.read()
+        if head.get("format") == "csv":
+            return body
+        # Written by digitq 0.1's first releases: JSON lines, rendered here.
+        version = head.get("model_version", self.model_version)
+        rows = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
+        return csvfile.render(({"path": p, "prediction": d, "confidence": c, "model_version": version, "error": e}
+                               for p, d, c, e in rows), header=False).encode("utf-8")
 
     def mark_failed(self, batch: int, error: str) -> None:
         """Record that a batch failed for good (``resume`` retries it)."""
@@ -288,22 +300,16 @@ class Job:
         if rows != self.total:
             raise JobError(f"job {self.id}: results hold {rows} rows for {self.total} files; run `digitq resume`")
         errors = sum(int(h.get("errors", 0)) for h in heads)
-        with atomic_open(self.csv_path, "w", encoding="utf-8", newline="") as f:
-            csvfile.write(f, self._merged_rows(heads))
+        with atomic_open(self.csv_path) as f:
+            # One batch in memory at a time: the merge's memory does not grow with the job.
+            f.write(csvfile.header_line())
+            for batch in range(self.n_batches):
+                f.write(self.result_csv(batch))
         atomic_write_json(self.dir / "done.json", {
             "finished": time.time(), "rows": rows, "errors": errors,
             "started": min((h.get("started", time.time()) for h in heads), default=None),
         })
         return True
-
-    def _merged_rows(self, heads: list[dict]) -> Iterator[dict]:
-        # One batch in memory at a time: the merge's memory does not grow with the job.
-        for batch, head in enumerate(heads):
-            # Each result records the version that served it; the CSV reports that, not an assumption.
-            version = head.get("model_version", self.model_version)
-            for r in self.result_rows(batch):
-                yield {"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
-                       "model_version": version, "error": r.error}
 
     # -- status ---------------------------------------------------------
 

@@ -11,6 +11,14 @@ import os
 import re
 
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+#: What `scan` and the labelled-folder loader take for an image, by extension (case-insensitive).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name has an image extension (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def escape_path(path: str | bytes | os.PathLike) -> str:
@@ -32,6 +40,8 @@ def escape_path(path: str | bytes | os.PathLike) -> str:
 
 def unescape_path(text: str) -> bytes:
     """The bytes of a path written by :func:`escape_path`."""
+    if "\\" not in text:
+        return text.encode("utf-8")  # nothing escaped: the common case, ten times cheaper
     parts: list[bytes] = []
     pos = 0
     for m in _ESCAPE.finditer(text):

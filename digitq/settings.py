@@ -58,7 +58,7 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     data_dir: Path = Path("digitq-data")
     mnist: str | None = None
-    batch_size: int = 256
+    batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
     max_in_flight: int = 50_000
     max_file_bytes: int = 20 * MiB
     max_batch_bytes: int = 8 * MiB

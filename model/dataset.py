@@ -121,7 +121,8 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     a sub-folder that is not a digit 0-9 (or ``discard``) is an error, since a
     label cannot be guessed from it.
     """
-    from model.preprocess import decode_image, is_image_name
+    from digitq.paths import is_image_name
+    from model.preprocess import decode_image
 
     directory = Path(directory)
     if not directory.is_dir():

@@ -13,8 +13,11 @@ from digitq.storage import atomic_write
 
 
 def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] | None = None,
-             poll: float = 0.2) -> dict:
-    """Poll the job's files until it is done; raise on failure or timeout."""
+             poll: float | None = None) -> dict:
+    """Poll the job's files until it is done; raise on failure or timeout.
+
+    A poll lists the job's results, so big jobs are polled less often (20 ms up to half a second)."""
+    poll = poll or min(0.5, max(0.02, job.n_batches / 4000))
     deadline = None if timeout is None else time.monotonic() + timeout
     last_change, last_done, hinted = time.monotonic(), -1, False
     while True:

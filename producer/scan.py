@@ -7,8 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from digitq.paths import escape_path
-from model.preprocess import is_image_name
+from digitq.paths import escape_path, is_image_name
 
 
 class Found(NamedTuple):

@@ -34,3 +34,22 @@ def test_only_the_last_commit_lists_the_results(settings, tmp_path, mnist, monke
     assert len(listings) == 1  # the merge's single look at results/, after the last commit
     rows = csvfile.read(Job.load(settings.jobs_dir, job.id).csv_path)
     assert len(rows) == 40 and np.mean([r["prediction"] == r["path"].split("/")[-2] for r in rows]) >= 0.95
+
+
+def test_results_written_by_the_first_release_still_merge(settings, tmp_path, mnist):
+    """Result files of digitq's first releases held JSON lines; a job they belong to still merges."""
+    import json
+
+    folder = tmp_path / "old"
+    write_image_folder(folder, mnist.x_test[:6], mnist.y_test[:6])
+    job = make_job(settings, folder, batch_size=3, send=False)
+    for batch, files in job.batches():
+        rows = [[f.path, 7, 0.5, None] for f in files]
+        rows[0] = [files[0].path, None, None, "=cannot decode"]
+        head = {"batch": batch, "rows": 3, "errors": 1, "model_version": "bundled-1", "started": 1.0, "finished": 2.0}
+        job.result_path(batch).write_text("\n".join(json.dumps(x) for x in [head, *rows]) + "\n")
+    assert job.finalize()
+    merged = csvfile.read(job.csv_path)
+    assert [r["path"] for r in merged] == [f.path for _, files in job.batches() for f in files]
+    assert merged[0]["error"] == "'=cannot decode" and merged[1]["prediction"] == "7"
+    assert merged[1]["confidence"] == "0.500000" and {r["model_version"] for r in merged} == {"bundled-1"}

@@ -115,7 +115,7 @@ def test_bundled_model_scores_on_mnist_test_split(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["params"] == 225_034
     assert result["accuracy"] >= 0.994
-    assert result["examples"] == 10_000 and result["runtime"] == "onnx"
+    assert result["examples"] == 10_000 and result["runtime"] == "onnx-int8"
     assert result["model_version"] == Registry(tmp_path).bundled().version
 
 
@@ -125,13 +125,15 @@ def test_onnx_runtime_agrees_with_keras_on_the_mnist_test_split(mnist):
     from model.runtime import load_keras, load_predictor
 
     ref = Registry(ROOT / "nowhere").bundled()
-    served, reference = load_predictor(ref, "onnx"), load_predictor(ref, "keras")
-    assert (served.runtime, reference.runtime) == ("onnx", "keras")
-    onnx_probs = served.predict(mnist.x_test)
+    reference = load_predictor(ref, "keras")
     keras_probs = reference.predict(mnist.x_test)
-    report = check_agreement(keras_probs, onnx_probs, mnist.y_test)
-    assert report["agreement"] >= 0.999 and report["accuracy_gap"] <= 0.0005 and report["examples"] == 10_000
-    assert (onnx_probs.argmax(1) == mnist.y_test).mean() >= 0.994
+    for runtime in ("onnx-int8", "onnx"):  # the default, and the float graph
+        served = load_predictor(ref, runtime)
+        assert (served.runtime, reference.runtime) == (runtime, "keras")
+        probs = served.predict(mnist.x_test)
+        report = check_agreement(keras_probs, probs, mnist.y_test)
+        assert report["agreement"] >= 0.999 and report["accuracy_gap"] <= 0.0005 and report["examples"] == 10_000
+        assert (probs.argmax(1) == mnist.y_test).mean() >= 0.994
     # the committed artifact is exactly the export of the committed Keras weights
     assert to_onnx(load_keras(ref).get_weights()) == (ref.directory / "model.onnx").read_bytes()
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from digitq.errors import ImageError
-from model.preprocess import decode_image, is_image_name
+from digitq.paths import is_image_name
+from model.preprocess import decode_image
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
