@@ -60,8 +60,9 @@ class Settings:
     mnist: str | None = None
     batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
     max_in_flight: int = 50_000
+    max_in_flight_bytes: int = 256 * MiB
     max_file_bytes: int = 20 * MiB
-    max_batch_bytes: int = 8 * MiB
+    max_batch_bytes: int = 16 * MiB
     visibility_timeout: int = 3600
     predict_queue: str = "predict"
     train_queue: str = "train"
@@ -83,6 +84,7 @@ class Settings:
             mnist=env.get("DIGITQ_MNIST") or None,
             batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),
             max_in_flight=_int("DIGITQ_MAX_IN_FLIGHT", cls.max_in_flight),
+            max_in_flight_bytes=_int("DIGITQ_MAX_IN_FLIGHT_BYTES", cls.max_in_flight_bytes, minimum=MiB),
             max_file_bytes=_int("DIGITQ_MAX_FILE_BYTES", cls.max_file_bytes),
             max_batch_bytes=_int("DIGITQ_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=64 * 1024),
             visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import ledger
+from digitq import blobs, ledger
 from digitq.broker import PREDICT_TASK, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError
 from digitq.jobs import FileEntry, Job, create_job
@@ -24,37 +24,41 @@ from producer.scan import Found
 
 #: Room kept in a message for JSON framing and the path of each file.
 _ENTRY_OVERHEAD = 512
+#: Most bytes a message carries inline (base64 and all): Redis and JSON stay quick below it.
+_MESSAGE_BUDGET = 8 * 1024 * 1024
 Progress = Callable[[int], None]
 
 
 def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
                  by_path: bool) -> tuple[Iterator[FileEntry], list[int]]:
-    """Manifest entries and batch sizes: at most ``batch_size`` files and, when
-    bytes travel inline, about ``max_batch_bytes`` per message; a bigger file goes alone.
+    """Manifest entries and batch sizes: at most ``batch_size`` files, about ``max_batch_bytes``
+    of image data, and (bytes inline in the message) about 8 MiB of message; a bigger file goes alone.
 
     The entries are a stream; the sizes list fills in as it is consumed.
     """
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    budget = settings.max_batch_bytes * 3 // 4  # base64 grows data by 4/3
     sizes: list[int] = []
 
     def entries() -> Iterator[FileEntry]:
-        count = weight = 0
+        count = weight = inline = 0
         for f in files:
             error = None
-            cost = _ENTRY_OVERHEAD
+            cost, message = 0, _ENTRY_OVERHEAD
             if f.size > settings.max_file_bytes:
                 error = (f"file is {f.size} bytes, over the {settings.max_file_bytes} byte limit "
                          "(DIGITQ_MAX_FILE_BYTES)")
             elif not by_path:
-                cost += f.size
-            if count and (count >= batch_size or weight + cost > budget):
+                cost = f.size
+                message += f.size * 4 // 3 if f.size <= blobs.INLINE_MAX else 0
+            if count and (count >= batch_size or weight + cost > settings.max_batch_bytes
+                          or inline + message > _MESSAGE_BUDGET):
                 sizes.append(count)
-                count = weight = 0
+                count = weight = inline = 0
             yield FileEntry(f.path, f.size, error)
             count += 1
             weight += cost
+            inline += message
         if count:
             sizes.append(count)
 
@@ -113,10 +117,11 @@ def read_file(path: bytes, limit: int) -> bytes:
         os.close(fd)
 
 
-def message_entries(job: Job, files: Sequence[FileEntry], settings: Settings) -> list[dict]:
-    """The task payload for one batch: inline base64 bytes, or absolute paths with ``by_path``."""
-    out = []
-    for entry in files:
+def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry]) -> list[dict]:
+    """The task payload for one batch: small files inline (base64), large ones stored as blobs
+    in Redis first (see :mod:`digitq.blobs`), or absolute paths with ``--by-path``."""
+    out, large = [], {}
+    for index, entry in enumerate(files):
         item: dict = {"path": entry.path}
         if entry.error:
             item["error"] = entry.error
@@ -130,33 +135,39 @@ def message_entries(job: Job, files: Sequence[FileEntry], settings: Settings) ->
             else:
                 if len(data) > settings.max_file_bytes:
                     item["error"] = f"file is over the {settings.max_file_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)"
+                elif len(data) > blobs.INLINE_MAX:
+                    item["blob"] = blobs.key(job.id, batch, index)
+                    large[item["blob"]] = data
                 else:
                     item["data"] = base64.b64encode(data).decode("ascii")
         out.append(item)
+    blobs.put(settings, large)
     return out
 
 
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
             progress: Progress | None = None, poll: float = 0.25) -> int:
-    """Send the given batches (default: all) in order, keeping at most
-    ``max_in_flight`` images sent but not committed. Returns images sent."""
+    """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
+    and ``max_in_flight_bytes`` of image data sent but not committed. Returns images sent."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
     sizes = job.batch_sizes
     app = client_app(settings)
-    in_flight: dict[int, int] = {}
+    in_flight: dict[int, tuple[int, int]] = {}  # batch -> (images, bytes)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
             for index, files in job.batches():
                 if index not in wanted:
                     continue
-                while in_flight and sum(in_flight.values()) + sizes[index] > settings.max_in_flight:
+                size = sum(f.size for f in files if not f.error)
+                while in_flight and (sum(n for n, _ in in_flight.values()) + sizes[index] > settings.max_in_flight
+                                     or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
                     time.sleep(poll)
                     for done in job.committed() & in_flight.keys():
                         del in_flight[done]
-                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(job, files, settings)],
+                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files)],
                               queue=settings.predict_queue, producer=producer)
-                in_flight[index] = sizes[index]
+                in_flight[index] = (sizes[index], size)
                 sent += sizes[index]
                 if progress:
                     progress(sent)

@@ -29,7 +29,7 @@ def test_only_the_last_commit_lists_the_results(settings, tmp_path, mnist, monke
     order = [3, 0, 7, 7, 1, 2, 4, 6, 5]  # batch 7 delivered twice
     for batch in order:
         files = dict(job.batches())[batch]
-        result = run_batch(settings, job.id, batch, message_entries(job, files, settings))
+        result = run_batch(settings, job.id, batch, message_entries(settings, job, batch, files))
         assert result["done"] == (batch == order[-1])
     assert len(listings) == 1  # the merge's single look at results/, after the last commit
     rows = csvfile.read(Job.load(settings.jobs_dir, job.id).csv_path)
@@ -53,3 +53,43 @@ def test_results_written_by_the_first_release_still_merge(settings, tmp_path, mn
     assert [r["path"] for r in merged] == [f.path for _, files in job.batches() for f in files]
     assert merged[0]["error"] == "'=cannot decode" and merged[1]["prediction"] == "7"
     assert merged[1]["confidence"] == "0.500000" and {r["model_version"] for r in merged} == {"bundled-1"}
+
+
+def test_large_files_travel_as_blobs_and_are_freed_after_the_commit(settings, tmp_path, mnist):
+    """A photo-sized file is stored beside the message, fetched by the worker, deleted after its commit;
+    a late duplicate finds the result and changes nothing; lost blobs fail the batch with advice."""
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from digitq import blobs
+    from digitq.broker import redis_client
+    from digitq.errors import JobError
+
+    folder = tmp_path / "big"
+    (folder / "3").mkdir(parents=True)
+    big = np.kron(255 - mnist.x_test[18], np.ones((40, 40), np.uint8))  # a 1120 x 1120 scan of a 3
+    noise = np.random.default_rng(0).integers(0, 30, big.shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(big.astype(int) - noise, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    assert len(buf.getvalue()) > blobs.INLINE_MAX
+    (folder / "3" / "big.png").write_bytes(buf.getvalue())
+    write_image_folder(folder / "small", mnist.x_test[:3], mnist.y_test[:3])
+    job = make_job(settings, folder, batch_size=10, send=False)
+    files = dict(job.batches())[0]
+    entries = message_entries(settings, job, 0, files)
+    kinds = {e["path"].rsplit("/", 1)[-1]: ("blob" if "blob" in e else "data") for e in entries}
+    assert kinds["big.png"] == "blob" and list(kinds.values()).count("data") == 3
+    key = next(e["blob"] for e in entries if "blob" in e)
+    assert redis_client(settings).get(key) == buf.getvalue() and 0 < redis_client(settings).ttl(key) <= blobs.TTL_S
+    result = run_batch(settings, job.id, 0, entries)
+    assert result["done"] and redis_client(settings).exists(key) == 0
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in csvfile.read(job.csv_path)}
+    assert rows["big.png"]["prediction"] == "3" and not rows["big.png"]["error"]
+    assert run_batch(settings, job.id, 0, entries)["duplicate"] is True  # late duplicate: nothing rewritten
+    lost = make_job(settings, folder, batch_size=10, send=False)
+    entries = message_entries(settings, lost, 0, dict(lost.batches())[0])
+    blobs.delete(settings, [e["blob"] for e in entries if "blob" in e])  # Redis restarted, or 24 h passed
+    with pytest.raises(JobError, match="no longer in Redis.*digitq resume"):
+        run_batch(settings, lost.id, 0, entries)

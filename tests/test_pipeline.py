@@ -115,7 +115,7 @@ def test_status_wait_and_jobs_report_truthfully(worker, settings, digits):
 
 def test_pickle_messages_are_refused(worker, settings, digits):
     job = make_job(settings, digits, batch_size=32, send=False)
-    args = [job.id, 0, message_entries(job, next(job.batches())[1], settings)]
+    args = [job.id, 0, message_entries(settings, job, 0, next(job.batches())[1])]
     app = client_app(settings)
     try:
         app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, serializer="pickle")

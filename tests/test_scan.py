@@ -50,7 +50,7 @@ def test_non_utf8_names_are_escaped(tmp_path):
 
 
 def test_plan_batches_by_count_and_bytes():
-    settings = Settings(max_batch_bytes=64 * 1024, max_file_bytes=60_000)  # 48 KiB of raw bytes a batch
+    settings = Settings(max_batch_bytes=50 * 1024, max_file_bytes=60_000)  # 50 KiB of image data a batch
     files = [Found(f"f{i:02d}.png", 1000) for i in range(10)] + [Found("g-big.png", 55_000),
                                                                  Found("h-huge.png", 70_000),
                                                                  Found("i.png", 1000)]
@@ -65,3 +65,8 @@ def test_plan_batches_by_count_and_bytes():
     stream, sizes = plan_batches(files, settings, batch_size=4, by_path=True)
     list(stream)
     assert sizes == [4, 4, 4, 1]
+    # small files travel inline, base64 in the message: a message stays near 8 MiB
+    stream, sizes = plan_batches([Found(f"{i}.png", 16 * 1024) for i in range(1000)], Settings(), batch_size=1000,
+                                 by_path=False)
+    list(stream)
+    assert sum(sizes) == 1000 and 300 < sizes[0] < 8 * 1024 * 1024 / (16 * 1024 * 4 / 3) + 1

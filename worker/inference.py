@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from redis.exceptions import RedisError
 
-from digitq import ledger
-from digitq.errors import ImageError
+from digitq import blobs, ledger
+from digitq.errors import ImageError, JobError
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
 from digitq.settings import Settings
@@ -27,8 +27,15 @@ from model.runtime import ModelCache, Predictor
 CACHE = ModelCache()
 
 
-def read_entry(entry: Mapping[str, object], max_bytes: int) -> bytes:
-    """The image bytes of one message entry: inline base64 data, or a path on shared storage."""
+def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str, bytes | None] | None = None,
+               ) -> bytes:
+    """The image bytes of one message entry: inline base64 data, a blob fetched from Redis, or a path
+    on shared storage."""
+    if "blob" in entry:
+        data = (fetched or {}).get(str(entry["blob"]))
+        if data is None:
+            raise ImageError("image data missing from the batch's blobs")
+        return data
     if "data" in entry:
         try:
             return base64.b64decode(str(entry["data"]), validate=True)
@@ -47,7 +54,8 @@ def read_entry(entry: Mapping[str, object], max_bytes: int) -> bytes:
     return data
 
 
-def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]], max_bytes: int) -> list[Row]:
+def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]], max_bytes: int,
+                    fetched: Mapping[str, bytes | None] | None = None) -> list[Row]:
     """One row per entry, in order; an entry that fails to decode becomes an error row."""
     rows: list[Row | None] = []
     images, slots = [], []
@@ -57,7 +65,7 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
             rows.append(Row(path, error=str(entry["error"])))
             continue
         try:
-            images.append(decode_image(read_entry(entry, max_bytes)))
+            images.append(decode_image(read_entry(entry, max_bytes, fetched)))
         except ImageError as e:
             rows.append(Row(path, error=str(e)))
             continue
@@ -87,10 +95,19 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     """Predict one batch of a job with its pinned model, commit the result, merge if it was the last."""
     started = time.time()
     job = Job.load(settings.jobs_dir, job_id)
+    keys = [str(e["blob"]) for e in entries if "blob" in e]
+    fetched = dict(zip(keys, blobs.get(settings, keys), strict=True))
+    missing = [k for k, v in fetched.items() if v is None]
+    if missing:
+        if job.result_path(batch).exists():  # a late duplicate: the batch is committed, its blobs freed
+            return {"job_id": job_id, "batch": batch, "duplicate": True, "done": job.is_done(), "pid": os.getpid()}
+        raise JobError(f"the image data of {len(missing)} file(s) in batch {batch} is no longer in Redis (kept "
+                       f"{blobs.TTL_S // 3600} h; or Redis restarted); `digitq resume {job_id}` sends it again")
     ref = Registry(settings.models_dir).resolve(job.model_version)
     predictor = cache.get(ref)
-    rows = predict_entries(predictor, entries, settings.max_file_bytes)
+    rows = predict_entries(predictor, entries, settings.max_file_bytes, fetched)
     job.commit(batch, rows, model_version=ref.version, started=started)
+    blobs.delete(settings, keys)  # committed: the bytes are no longer needed, free Redis now
     done = job.finalize() if _maybe_last(settings, job, batch) else False
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
             "done": done, "pid": os.getpid()}
