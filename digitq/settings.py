@@ -60,7 +60,7 @@ class Settings:
     mnist: str | None = None
     batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
     max_in_flight: int = 50_000
-    max_in_flight_bytes: int = 256 * MiB
+    max_in_flight_bytes: int = 128 * MiB
     max_file_bytes: int = 20 * MiB
     max_batch_bytes: int = 16 * MiB
     visibility_timeout: int = 3600

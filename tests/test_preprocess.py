@@ -184,3 +184,24 @@ def test_large_images_of_every_mode_are_reduced_before_framing(mode):
     out = decode_image(buf.getvalue())
     np.testing.assert_array_equal(out, _reference_decode(buf.getvalue()))
     assert out.sum() > 20_000
+
+
+def test_page_scans_stream_through_libvips_with_the_same_prediction(mnist, monkeypatch):
+    """An A4 page at 600 dpi: decoded shrinking on load, read as the same digit as a whole decode."""
+    import sys
+
+    from model import preprocess
+    from model.registry import Registry
+    from model.runtime import load_predictor
+    from model.synthetic import page_scan
+
+    page = page_scan(mnist.x_test[0])
+    predictor = load_predictor(Registry("/nowhere").bundled())
+    streamed = []
+    real = preprocess._stream_reduce
+    monkeypatch.setattr(preprocess, "_stream_reduce", lambda data: streamed.append(1) or real(data))
+    fast = decode_image(page)
+    assert streamed and fast.sum() > 10_000
+    monkeypatch.setitem(sys.modules, "pyvips", None)  # libvips absent: Pillow decodes it whole
+    whole = decode_image(page)
+    assert predictor.predict(np.stack([fast, whole, _reference_decode(page)])).argmax(1).tolist() == [7, 7, 7]
