@@ -122,13 +122,18 @@ def create_job(
     return Job(directory, header)
 
 
-def list_jobs(jobs_dir: Path) -> list[str]:
-    """Job ids under ``jobs_dir``, newest first."""
+def list_ids(parent: Path, marker: str) -> list[str]:
+    """The ids (``YYYYMMDD-HHMMSS-xxxxxx``) of the folders under ``parent`` that hold ``marker``, newest first."""
     try:
-        names = os.listdir(jobs_dir)
+        names = os.listdir(parent)
     except FileNotFoundError:
         return []
-    return sorted((n for n in names if JOB_ID_RE.match(n) and (jobs_dir / n / "job.json").is_file()), reverse=True)
+    return sorted((n for n in names if JOB_ID_RE.match(n) and (Path(parent) / n / marker).is_file()), reverse=True)
+
+
+def list_jobs(jobs_dir: Path) -> list[str]:
+    """Job ids under ``jobs_dir``, newest first."""
+    return list_ids(jobs_dir, "job.json")
 
 
 class Job:

@@ -15,30 +15,25 @@ from digitq.errors import ConfigError
 MiB = 1024 * 1024
 
 
-def _int(name: str, default: int, minimum: int = 1) -> int:
+def _number(name: str, default, minimum, kind: type, what: str):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; unset it or give e.g. {default}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give e.g. {default}") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}; unset it or give e.g. {default}") from None
     if not value >= minimum:  # also refuses NaN
         raise ConfigError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    return _number(name, default, minimum, int, "a whole number")
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    return _number(name, default, minimum, float, "a number")
 
 
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:

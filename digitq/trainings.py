@@ -28,7 +28,7 @@ from datetime import UTC
 from pathlib import Path
 
 from digitq.errors import TrainingError
-from digitq.jobs import JOB_ID_RE, new_job_id
+from digitq.jobs import JOB_ID_RE, list_ids, new_job_id
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 
@@ -233,12 +233,7 @@ def create_training(trainings_dir: Path, *, sources: list[str], epochs: int, fro
 
 def list_trainings(trainings_dir: Path) -> list[str]:
     """Training ids, newest first."""
-    try:
-        names = os.listdir(trainings_dir)
-    except FileNotFoundError:
-        return []
-    return sorted((n for n in names if JOB_ID_RE.match(n) and (Path(trainings_dir) / n / "request.json").is_file()),
-                  reverse=True)
+    return list_ids(trainings_dir, "request.json")
 
 
 def active_trainings(trainings_dir: Path, by: str | None = None) -> list[dict]:
