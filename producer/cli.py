@@ -196,7 +196,7 @@ def resume(ctx, job_id, as_json):
     images = sum(job.batch_sizes[i] for i in resent)
     if as_json:
         emit_json({"job_id": job.id, "resent_batches": len(resent), "resent_images": images,
-                    "state": job.status()["state"]})
+                   "state": job.status()["state"]})
     elif resent:
         click.echo(f"job {job.id}: re-sent {len(resent)} batches ({images} images); follow with `digitq wait {job.id}`")
     else:

@@ -154,9 +154,16 @@ def test_fast_paths_give_identical_arrays(mnist):
     blobs += [p.read_bytes() for p in sorted((ROOT / "samples" / "digits").rglob("*")) if p.is_file()]
     rgb = np.stack([mnist.x_test[0]] * 3, axis=-1)
     blobs += [_png(rgb), _png(mnist.x_test[1].astype(np.uint16) * 257)]
+    big = np.kron(mnist.x_test[2], np.ones((4, 3), np.uint8))  # 112 x 84 grayscale: framed by to_mnist
+    blobs += [_png(big), _png(255 - big)]
     assert len(blobs) > 430
     for data in blobs:
         np.testing.assert_array_equal(decode_image(data), _reference_decode(data))
+    from model.preprocess import _plain_gray_png
+
+    # the libspng path really ran for the plain grayscale PNGs, and not for the rest
+    assert all(_plain_gray_png(d) is not None for d in blobs[:400] + blobs[-2:])
+    assert _plain_gray_png(_png(rgb)) is None and _plain_gray_png(b"\x89PNG\r\n\x1a\n" + b"\0" * 40) is None
 
 
 def test_photos_decode_at_reduced_scale_and_read_better(mnist):
@@ -205,3 +212,27 @@ def test_page_scans_stream_through_libvips_with_the_same_prediction(mnist, monke
     monkeypatch.setitem(sys.modules, "pyvips", None)  # libvips absent: Pillow decodes it whole
     whole = decode_image(page)
     assert predictor.predict(np.stack([fast, whole, _reference_decode(page)])).argmax(1).tolist() == [7, 7, 7]
+
+
+def test_damaged_pngs_fail_or_decode_exactly_as_pillow_does(mnist):
+    """The libspng path must not turn a damaged file into wrong pixels: every truncation and byte flip
+    gives the error, or the array, that Pillow gives."""
+    rng = np.random.default_rng(1)
+    outcomes = set()
+    for digit in mnist.x_test[:40]:
+        data = _png(digit)
+        cases = [data[:cut] for cut in range(9, len(data), 9)]
+        for _ in range(15):
+            bad = bytearray(data)
+            bad[int(rng.integers(8, len(data)))] ^= int(rng.integers(1, 256))
+            cases.append(bytes(bad))
+        for case in cases:
+            results = []
+            for decode in (decode_image, _reference_decode):
+                try:
+                    results.append(decode(case).tobytes())
+                except Exception:
+                    results.append("error")
+            assert results[0] == results[1]
+            outcomes.add(results[0] == "error")
+    assert outcomes == {True, False}  # both kinds of outcome were exercised
