@@ -270,7 +270,8 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
                 results["pipeline"] = round(images / best)
                 results["pipeline_accuracy"] = round(_accuracy(summary["output"]), 4)
                 print(f"(c) pipeline {results['pipeline']} images/s", file=sys.stderr)
-                seconds, summary, _ = _digitq(cenv, "scan", str(tmp / "photos"), "--wait")
+                runs = [_digitq(cenv, "scan", str(tmp / "photos"), "--wait") for _ in range(2)]
+                seconds, summary = min(r[0] for r in runs), runs[-1][1]
                 results["photos_per_s"] = round(photos / seconds, 1)
                 results["photo_accuracy"] = round(_accuracy(summary["output"]), 4)
                 print(f"(g) photos {results['photos_per_s']} /s", file=sys.stderr)
