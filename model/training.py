@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -24,7 +25,7 @@ from digitq.trainings import Training
 from model import plots
 from model.export import CALIBRATION_IMAGES, check_agreement, to_int8, to_onnx
 from model.registry import INT8_FILE, MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
-from model.runtime import OnnxPredictor, load_keras, load_predictor
+from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
 from model.sources import TrainingData, load_training_data
 from model.train import ARCHITECTURE, Recipe, fit, rounded_history, score
 
@@ -131,44 +132,58 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
                                        initial_weights=initial)
 
     staging = registry.staging_dir(training.id)
+    try:
+        ref, created, figures = _stage_and_publish(staging, registry, training, data, recipe, parent, model,
+                                                   history, seconds, ema)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed training leaves nothing behind
+        raise
+    if not created:
+        return _published_outcome(registry, ref)
+    accuracy, baseline = figures["accuracy"], figures["baseline"]
+    log.info("published version %s", ref.version)
+    promoted, reason = _promote(settings, registry, ref, req.get("promote", "auto"), training, data,
+                                accuracy, baseline["version"], baseline["accuracy"])
+    log.info("%s: %s", "promoted" if promoted else "not promoted", reason)
+    return {"state": "done", "version": ref.version, "promoted": promoted, "accuracy": accuracy,
+            "loss": figures["loss"], "baseline_version": baseline["version"],
+            "baseline_accuracy": baseline["accuracy"], "reason": reason,
+            "evaluation_examples": int(len(data.y_eval)), "skipped_files": data.skipped,
+            "training_seconds": figures["training_seconds"]}
+
+
+def _stage_and_publish(staging: Path, registry: Registry, training: Training, data: TrainingData, recipe: Recipe,
+                       parent: ModelRef | None, model, history: dict, seconds: float,
+                       ema: bool) -> tuple[ModelRef, bool, dict]:
+    """Assemble the version in ``staging`` (model, serving exports checked against Keras, plots, metadata),
+    score production on the same set, then publish. Returns ``(version, created, figures)``."""
     model.save(staging / MODEL_FILE)
     # Score what will be published: the saved file, loaded back as workers load it, in both runtimes.
     saved = ModelRef("candidate", staging / MODEL_FILE, sha256_file(staging / MODEL_FILE))
     keras_model = load_keras(saved)
-    probs = _probabilities(load_predictor(saved, "keras"), data.x_eval)
+    probs = _probabilities(KerasPredictor(saved, keras_model), data.x_eval)
     accuracy, loss = score(probs, data.y_eval)
     onnx_bytes = to_onnx(keras_model.get_weights())
     (staging / ONNX_FILE).write_bytes(onnx_bytes)
     agreement = check_agreement(probs, _probabilities(OnnxPredictor(saved, onnx_bytes), data.x_eval), data.y_eval)
     log.info("ONNX export agrees with Keras on %.2f%% of the evaluation set", agreement["agreement"] * 100)
-    int8_agreement = _int8(staging, saved, onnx_bytes, data, probs, int(req.get("seed", 0)))
+    int8_agreement = _int8(staging, saved, onnx_bytes, data, probs, recipe.seed)
     baseline = registry.resolve("production")
     base_acc, base_loss = score(_probabilities(load_predictor(baseline, "keras"), data.x_eval), data.y_eval)
     log.info("candidate accuracy %.4f loss %.4f; production %s accuracy %.4f on %d images",
              accuracy, loss, baseline.version, base_acc, len(data.y_eval))
-
-    meta = _metadata(training, data, recipe, parent, model, history, probs,
-                     {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
-                      "loss": round(loss, 6), "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
-                                                           "loss": round(base_loss, 6)}})
+    figures = {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
+               "loss": round(loss, 6), "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
+                                                    "loss": round(base_loss, 6)}}
+    meta = _metadata(training, data, recipe, parent, model, history, probs, figures)
     meta["onnx_agreement"], meta["int8_agreement"] = agreement, int8_agreement
     serving = [name for name in (ONNX_FILE, INT8_FILE) if (staging / name).exists()]
     meta["artifacts"] = {**{name: sha256_file(staging / name) for name in serving},
                          **_plots(staging, history, data, probs, training.id)}
     meta["sha256"] = sha256_file(staging / MODEL_FILE)
     atomic_write_json(staging / "model.json", meta)
-
     ref, created = registry.publish(staging, training.id)
-    if not created:
-        return _published_outcome(registry, ref)
-    log.info("published version %s", ref.version)
-    promoted, reason = _promote(settings, registry, ref, req.get("promote", "auto"), training, data,
-                                accuracy, baseline.version, base_acc)
-    log.info("%s: %s", "promoted" if promoted else "not promoted", reason)
-    return {"state": "done", "version": ref.version, "promoted": promoted, "accuracy": round(accuracy, 6),
-            "loss": round(loss, 6), "baseline_version": baseline.version, "baseline_accuracy": round(base_acc, 6),
-            "reason": reason, "evaluation_examples": int(len(data.y_eval)), "skipped_files": data.skipped,
-            "training_seconds": round(seconds, 1)}
+    return ref, created, figures
 
 
 def _int8(staging: Path, saved: ModelRef, onnx_bytes: bytes, data: TrainingData, probs: np.ndarray,
