@@ -31,6 +31,10 @@ class JobError(DigitqError):
     """A job is unknown, or its files on disk are inconsistent."""
 
 
+class JobNotFound(JobError):
+    """No job of that id under this data dir (a wrong DIGITQ_DATA_DIR, or storage not shared)."""
+
+
 class TrainingError(DigitqError):
     """A training is unknown, cannot run, or cannot be retried."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digitq import csvfile
-from digitq.errors import JobError
+from digitq.errors import JobError, JobNotFound
 from digitq.storage import atomic_open, atomic_write, atomic_write_json
 
 _json_string = json.encoder.encode_basestring_ascii
@@ -151,7 +151,7 @@ class Job:
         try:
             header = json.loads((directory / "job.json").read_text())
         except FileNotFoundError:
-            raise JobError(f"no job {job_id} under {jobs_dir}; check DIGITQ_DATA_DIR or `digitq jobs`") from None
+            raise JobNotFound(f"no job {job_id} under {jobs_dir}; check DIGITQ_DATA_DIR or `digitq jobs`") from None
         except (OSError, ValueError) as e:
             raise JobError(f"job {job_id}: unreadable manifest {directory / 'job.json'}: {e}") from e
         return cls(directory, header)

@@ -102,7 +102,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
                    f"({found.skipped} skipped), model {job.model_version}", err=True)
     if wait_:
-        status, _ = _follow(job, timeout, quiet=as_json)
+        status, _ = _follow(job, timeout, quiet=as_json, settings=settings)
         summary.update(state=status["state"], done=status["done"], errors=status["errors"])
     elif not as_json:
         click.echo(job.id)
@@ -119,14 +119,15 @@ def _import_sender() -> None:
     import producer.dispatch  # noqa: F401
 
 
-def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = False) -> tuple[dict, str | None]:
+def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = False,
+            settings: Settings | None = None) -> tuple[dict, str | None]:
     """Wait for ``job`` with a progress bar, place its CSV copy, say where the CSV is."""
     from producer.follow import place_output, wait_for
     from producer.progress import Progress
 
     try:
         with Progress(job.total, "predict") as bar:
-            status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]))
+            status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]), settings=settings)
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; job {job.id} goes on: `digitq wait {job.id}` to follow it again", err=True)
         sys.exit(130)
@@ -149,8 +150,11 @@ def _load_job(settings: Settings, job_id: str):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def status(ctx, job_id, as_json):
-    """Show a job's state (queued, running, done, failed), counts and timings."""
-    st = _load_job(settings_for(ctx), job_id).status()
+    """Show a job's state (queued, running, stalled, done, failed), counts and timings."""
+    from producer.follow import live_status
+
+    settings = settings_for(ctx)
+    st = live_status(settings, _load_job(settings, job_id))
     if as_json:
         emit_json(st)
         return
@@ -161,6 +165,8 @@ def status(ctx, job_id, as_json):
         click.echo(f"elapsed   {st['elapsed_s']:.1f}s ({st['rate_per_s'] or 0:,.0f} images/s)")
     for batch, error in st["failed_batches"].items():
         click.echo(f"failed    batch {batch}: {error}")
+    if st.get("stalled"):
+        click.echo(f"stalled   {st['stalled']['cause']}")
     click.echo(f"output    {st['output']}" + ("" if st["state"] == "done" else " (when done)"))
 
 
@@ -173,7 +179,8 @@ def status(ctx, job_id, as_json):
 @click.pass_context
 def wait(ctx, job_id, timeout, out, as_json):
     """Follow a job until it is done; exit 0 when its CSV is complete."""
-    st, target = _follow(_load_job(settings_for(ctx), job_id), timeout, out, quiet=as_json)
+    settings = settings_for(ctx)
+    st, target = _follow(_load_job(settings, job_id), timeout, out, quiet=as_json, settings=settings)
     if as_json:
         emit_json({**st, "out": target})
 

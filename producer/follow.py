@@ -6,24 +6,53 @@ import time
 from collections.abc import Callable
 
 import click
+from redis.exceptions import RedisError
 
+from digitq import stalls
 from digitq.errors import JobError, WaitTimeout
 from digitq.jobs import Job
+from digitq.settings import Settings
 from digitq.storage import atomic_write
+
+#: How often ``wait`` asks Redis whether a worker reported the job as stalled.
+STALL_CHECK_S = 2.0
+
+
+def live_status(settings: Settings, job: Job) -> dict:
+    """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot run it."""
+    status = job.status()
+    if status["state"] in ("done", "failed"):
+        return status
+    try:
+        record = stalls.read(settings, job.id)
+    except RedisError:
+        return status  # Redis unreachable: the files still tell the truth about progress
+    if record:
+        status.update(state="stalled", stalled={**record, "cause": stalls.describe(record)})
+    return status
 
 
 def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] | None = None,
-             poll: float | None = None) -> dict:
-    """Poll the job's files until it is done; raise on failure or timeout.
+             poll: float | None = None, settings: Settings | None = None) -> dict:
+    """Poll the job's files until it is done; raise on failure or timeout. With ``settings``,
+    also say (once) when a worker reports that it cannot run the job.
 
     A poll lists the job's results, so big jobs are polled less often (20 ms up to half a second)."""
     poll = poll or min(0.5, max(0.02, job.n_batches / 4000))
     deadline = None if timeout is None else time.monotonic() + timeout
     last_change, last_done, hinted = time.monotonic(), -1, False
+    stall_checked, stall_said = 0.0, False
     while True:
         if job.is_complete():
             job.finalize()  # idempotent; covers a worker that died between commit and merge
-        status = job.status()
+        if settings is not None and time.monotonic() - stall_checked > STALL_CHECK_S:
+            stall_checked = time.monotonic()
+            status = live_status(settings, job)
+            if status["state"] == "stalled" and not stall_said:
+                stall_said = True
+                click.secho(f"\njob {job.id} is stalled: {status['stalled']['cause']}", err=True, fg="yellow")
+        else:
+            status = job.status()
         if on_status:
             on_status(status)
         if status["state"] == "done":

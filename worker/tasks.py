@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from celery.exceptions import Reject
+from redis.exceptions import RedisError
+
+from digitq import stalls
 from digitq.broker import PREDICT_TASK, TRAIN_TASK
-from digitq.errors import DigitqError, JobError, TrainingError
+from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError
 from digitq.jobs import Job
 from digitq.settings import Settings
 from worker import inference
 from worker.application import app
 
 log = logging.getLogger("digitq.worker")
+#: How long a worker that cannot see a job waits before handing its batch back (so that it does
+#: not spin on it, and a worker that can see the job gets its turn).
+HAND_BACK_S = 2.0
+_warned: set[str] = set()  # jobs this process already logged as invisible
 
 
 def _record_failure(settings: Settings, job_id: str, batch: int, error: str) -> None:
@@ -27,6 +36,18 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | No
     settings = Settings.from_env()
     try:
         return inference.run_batch(settings, job_id, int(batch), files)
+    except JobNotFound as e:
+        # Not ours to judge: the producer's data dir is elsewhere. Never consume the batch.
+        if job_id not in _warned:
+            _warned.add(job_id)
+            log.error("job %s is not under this worker's data dir %s; handing its batches back for a worker "
+                      "that sees it. Check DIGITQ_DATA_DIR on this host", job_id, settings.data_dir.resolve())
+        try:
+            stalls.report(settings, job_id, str(e), worker=self.request.hostname)
+        except RedisError as re:
+            log.warning("could not record the stall of job %s: %s", job_id, re)
+        time.sleep(HAND_BACK_S)
+        raise Reject(str(e), requeue=True) from e  # acks_late: the message itself goes back to the queue
     except JobError as e:
         # Unknown job or a batch that does not fit its manifest: retrying cannot help.
         log.error("job %s batch %s rejected: %s", job_id, batch, e)
