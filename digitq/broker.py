@@ -120,3 +120,13 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
             f"cannot reach Redis at {redact(settings.redis_url)} ({e}). "
             "Start Redis or set DIGITQ_REDIS_URL / --redis-url."
         ) from e
+
+
+def live_consumers(settings: Settings, queue: str, timeout: float = 1.0) -> list[str]:
+    """Names of the live workers consuming ``queue`` (Celery remote control, so any host that reaches Redis)."""
+    app = client_app(settings)
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    finally:
+        app.close()
+    return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))

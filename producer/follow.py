@@ -16,6 +16,9 @@ from digitq.storage import atomic_write
 
 #: How often ``wait`` asks Redis whether a worker reported the job as stalled.
 STALL_CHECK_S = 2.0
+#: How long a job may sit with nothing done before ``wait`` asks whether any worker consumes its queue.
+NO_WORKER_AFTER_S = 10.0
+START_WORKER = "celery -A worker worker"
 
 
 def live_status(settings: Settings, job: Job) -> dict:
@@ -41,7 +44,8 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
     poll = poll or min(0.5, max(0.02, job.n_batches / 4000))
     deadline = None if timeout is None else time.monotonic() + timeout
     last_change, last_done, hinted = time.monotonic(), -1, False
-    stall_checked, stall_said = 0.0, False
+    stall_checked, stall_said, workers_checked = 0.0, False, False
+    started = time.monotonic()
     while True:
         if job.is_complete():
             job.finalize()  # idempotent; covers a worker that died between commit and merge
@@ -53,6 +57,10 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
                 click.secho(f"\njob {job.id} is stalled: {status['stalled']['cause']}", err=True, fg="yellow")
         else:
             status = job.status()
+        if (settings is not None and not workers_checked and status["done"] == 0
+                and time.monotonic() - started > NO_WORKER_AFTER_S):
+            workers_checked = True
+            _say_if_no_worker(settings, job)
         if on_status:
             on_status(status)
         if status["state"] == "done":
@@ -72,6 +80,22 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
             raise WaitTimeout(f"job {job.id} not done after {timeout:g}s ({status['done']}/{status['total']}); "
                               f"keep waiting with `digitq wait {job.id}`")
         time.sleep(poll)
+
+
+def _say_if_no_worker(settings: Settings, job: Job) -> None:
+    """Once, when nothing consumes the job's queue: say so, and how to start a worker."""
+    from kombu.exceptions import KombuError
+
+    from digitq.broker import live_consumers, redact
+
+    try:
+        if live_consumers(settings, settings.predict_queue):
+            return
+    except (KombuError, RedisError, OSError):
+        return  # cannot tell; the two-minute hint below still comes
+    click.secho(f"\nno worker is consuming the `{settings.predict_queue}` queue on {redact(settings.redis_url)}: "
+                f"start one with `{START_WORKER}` (same DIGITQ_REDIS_URL and DIGITQ_DATA_DIR). "
+                f"Job {job.id} waits for it; nothing is lost.", err=True, fg="yellow")
 
 
 def place_output(job: Job, out: str | None = None) -> str | None:

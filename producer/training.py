@@ -61,7 +61,20 @@ def request_training(settings: Settings, *, sources: list[str], epochs: int, fro
     return training
 
 
-def follow_training(training: Training, timeout: float | None, poll: float = 0.5, quiet: bool = False) -> dict:
+def _consumers(settings: Settings) -> list[str]:
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+
+    from digitq.broker import live_consumers
+
+    try:
+        return live_consumers(settings, settings.train_queue)
+    except (KombuError, RedisError, OSError):
+        return []
+
+
+def follow_training(training: Training, timeout: float | None, poll: float = 0.5, quiet: bool = False,
+                    settings: Settings | None = None) -> dict:
     """Poll a training with a progress bar (epoch k/N, loss, accuracy) until it ends."""
     from producer.progress import Progress
 
@@ -82,8 +95,9 @@ def follow_training(training: Training, timeout: float | None, poll: float = 0.5
             waited = time.monotonic() - since
             if state == "queued" and waited > QUEUED_HINT_S and "queued" not in hinted:
                 hinted.add("queued")
-                click.secho(f"\ntraining {training.id} is still queued: is a training worker running "
-                            f"(`{TRAIN_WORKER}`)?", err=True, fg="yellow")
+                if settings is None or not _consumers(settings):
+                    click.secho(f"\ntraining {training.id} is still queued and no worker consumes the "
+                                f"`train` queue: start one with `{TRAIN_WORKER}`", err=True, fg="yellow")
             if state == "interrupted" and "interrupted" not in hinted:
                 hinted.add("interrupted")
                 click.secho(f"\ntraining {training.id} was interrupted (its worker died); it runs again when "
@@ -159,7 +173,7 @@ def train(ctx, sources, epochs, from_version, holdout, seed, promote, countdown,
         click.echo(f"training {training.id}: {status['state']}, {status['epochs']} epoch(s) on "
                    f"{', '.join(status['sources'])}; follow with `digitq training {training.id}`", err=True)
     if wait_:
-        status = follow_training(training, timeout, quiet=as_json)
+        status = follow_training(training, timeout, quiet=as_json, settings=settings)
         if not as_json:
             click.echo(_summary(status))
     if as_json:

@@ -42,3 +42,32 @@ def test_a_worker_with_the_wrong_data_dir_stalls_the_job_loudly_and_loses_nothin
     rows = csvfile.read(last_json(waited)["output"])
     assert len(rows) == 24 and sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 23
     assert json.loads(cli("status", job_id, "--json").stdout)["state"] == "done"
+
+
+def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # no worker listens on this database
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
+    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "16"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 3 and "not done after 16s" in result.stderr
+    assert result.stderr.count("no worker is consuming the `predict` queue") == 1
+    assert "celery -A worker worker" in result.stderr
+
+
+def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
+    from digitq.broker import live_consumers
+
+    assert any(name.startswith("digitq-") for name in live_consumers(settings, "predict"))
+    assert live_consumers(settings, "train") == []
+
+
+def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/6"  # no train worker listens here
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
+    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "train", "--data", str(folder),
+            "--epochs", "1", "--wait", "--timeout", "20"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 3 and "not finished after 20s" in result.stderr
+    assert "no worker consumes the `train` queue" in result.stderr and "-Q train -c 1" in result.stderr
