@@ -52,3 +52,22 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def data_dir_id(data_dir: str | Path, create: bool = True) -> str | None:
+    """The data dir's identity: a random id written once in ``.digitq-id``, so that a producer and its
+    workers can tell whether they see the same storage. None when absent and ``create`` is False."""
+    path = Path(data_dir) / ".digitq-id"
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return path.read_text().strip() or None  # another process won the race
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(8) + "\n")
+    return path.read_text().strip()

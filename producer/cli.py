@@ -14,6 +14,7 @@ from digitq import __version__
 from digitq.settings import Settings
 from producer.catalog import models
 from producer.console import Group, emit_json, settings_for
+from producer.fleet import workers
 from producer.training import train, training, trainings
 
 
@@ -271,6 +272,7 @@ main.add_command(train)
 main.add_command(trainings)
 main.add_command(training)
 main.add_command(models)
+main.add_command(workers)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from digitq.errors import BrokerError, ConfigError
 from digitq.jobs import FileEntry, Job, create_job
 from digitq.paths import escape_path, unescape_path
 from digitq.settings import Settings
+from digitq.storage import data_dir_id
 from model.registry import Registry
 from producer.scan import Found
 
@@ -76,6 +77,7 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
     except OSError as e:
         raise ConfigError(f"cannot create {settings.jobs_dir} ({e.strerror or e}); set DIGITQ_DATA_DIR / --data-dir "
                           "to a writable directory") from e
+    data_dir_id(settings.data_dir)  # the identity workers compare theirs with (`digitq workers`)
     return create_job(settings.jobs_dir, entries, sizes, model_version=ref.version, sources=sources,
                       by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped)
 

@@ -6,9 +6,11 @@ import logging
 import os
 
 from celery import Celery, signals
+from celery.worker.control import inspect_command
 
 from digitq.broker import celery_config, redact
 from digitq.settings import Settings
+from digitq.storage import data_dir_id
 
 log = logging.getLogger("digitq.worker")
 
@@ -46,3 +48,11 @@ def _announce(**_: object) -> None:
     log.info("digitq worker: broker %s, data dir %s, %d process(es) x %s TF thread(s)",
              redact(settings.redis_url), settings.data_dir.resolve(), _pool.get("concurrency", 1),
              os.environ.get("DIGITQ_TF_THREADS", "?"))
+
+
+@inspect_command()
+def digitq_info(state) -> dict:
+    """What `digitq workers` shows beside Celery's own stats: this worker's data dir and its identity."""
+    settings = Settings.from_env()
+    return {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": data_dir_id(settings.data_dir, create=False),
+            "threads": os.environ.get("DIGITQ_THREADS") or os.environ.get("DIGITQ_TF_THREADS")}

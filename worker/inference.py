@@ -110,4 +110,4 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     blobs.delete(settings, keys)  # committed: the bytes are no longer needed, free Redis now
     done = job.finalize() if _maybe_last(settings, job, batch) else False
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
-            "done": done, "pid": os.getpid()}
+            "done": done, "pid": os.getpid(), "model_version": ref.version}

@@ -9,7 +9,7 @@ from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from digitq import stalls
-from digitq.broker import PREDICT_TASK, TRAIN_TASK
+from digitq.broker import PREDICT_TASK, TRAIN_TASK, redis_client
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError
 from digitq.jobs import Job
 from digitq.settings import Settings
@@ -30,12 +30,25 @@ def _record_failure(settings: Settings, job_id: str, batch: int, error: str) -> 
         log.error("job %s batch %s: could not record failure: %s", job_id, batch, e)
 
 
+def _served(settings: Settings, worker: str | None, version: str | None) -> None:
+    # Which model versions each worker serves, for `digitq workers` (a day, refreshed by every batch).
+    if not worker or not version:
+        return
+    try:
+        key = f"digitq:worker:{worker}:models"
+        redis_client(settings).pipeline().hset(key, version, time.time()).expire(key, 86400).execute()
+    except RedisError:
+        pass
+
+
 @app.task(name=PREDICT_TASK, bind=True, max_retries=3)
 def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | None:
     """Predict one batch of a job; see :func:`worker.inference.run_batch`."""
     settings = Settings.from_env()
     try:
-        return inference.run_batch(settings, job_id, int(batch), files)
+        result = inference.run_batch(settings, job_id, int(batch), files)
+        _served(settings, self.request.hostname, result.get("model_version"))
+        return result
     except JobNotFound as e:
         # Not ours to judge: the producer's data dir is elsewhere. Never consume the batch.
         if job_id not in _warned:

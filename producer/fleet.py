@@ -1,0 +1,85 @@
+"""``digitq workers``: the live workers, what they serve, whether they see the producer's data dir,
+and the queue depths. Celery's remote control answers, so it works from any host that reaches Redis."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, redis_client
+from digitq.settings import Settings
+from digitq.storage import data_dir_id
+from producer.console import emit_json, settings_for
+
+
+def fleet(settings: Settings, timeout: float = 1.5) -> dict:
+    """Workers (one dict each), queue depths, the producer's data-dir id, and warnings."""
+    app = client_app(settings)
+    try:
+        inspect = app.control.inspect(timeout=timeout)
+        stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
+        info = {}
+        for reply in app.control.broadcast("digitq_info", reply=True, timeout=timeout) or []:
+            info.update(reply)
+    finally:
+        app.close()
+    client = redis_client(settings)
+    ours = data_dir_id(settings.data_dir, create=False)
+    workers = []
+    for name in sorted(set(stats) | set(queues)):
+        st, extra = stats.get(name, {}), info.get(name, {})
+        served = client.hgetall(f"digitq:worker:{name}:models")
+        totals = st.get("total", {})
+        worker = {
+            "name": name,
+            "host": name.split("@", 1)[-1],
+            "pid": st.get("pid"),
+            "queues": sorted(q.get("name") for q in queues.get(name, [])),
+            "concurrency": (st.get("pool") or {}).get("max-concurrency"),
+            "threads": extra.get("threads"),
+            "models": sorted(v.decode() for v in served),
+            "batches_done": totals.get(PREDICT_TASK, 0),
+            "trainings_done": totals.get(TRAIN_TASK, 0),
+            "data_dir": extra.get("data_dir"),
+            "data_dir_id": extra.get("data_dir_id"),
+        }
+        worker["data_dir_mismatch"] = worker["data_dir_id"] != ours
+        workers.append(worker)
+    depths = {q: client.llen(q) for q in (settings.predict_queue, settings.train_queue)}
+    warnings = []
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:  # managed Redis may refuse CONFIG: say nothing rather than guess
+        policy = None
+    if policy and policy != "noeviction":
+        warnings.append(f"Redis maxmemory-policy is {policy!r}: an evicting Redis can drop queued batches; "
+                        "set it to noeviction")
+    for w in workers:
+        if w["data_dir_mismatch"]:
+            warnings.append(f"worker {w['name']} sees data dir {w['data_dir']} (id {w['data_dir_id']}), not this "
+                            f"producer's {settings.data_dir.resolve()} (id {ours}): its batches will stall")
+    return {"workers": workers, "queues": depths, "data_dir": str(settings.data_dir.resolve()),
+            "data_dir_id": ours, "redis_maxmemory_policy": policy, "warnings": warnings}
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def workers(ctx, as_json):
+    """The live workers (queues, processes, models served, batches done, data dir) and queue depths."""
+    report = fleet(settings_for(ctx))
+    if as_json:
+        emit_json(report)
+        return
+    if not report["workers"]:
+        click.echo("no live worker answered; start one with `celery -A worker worker` "
+                   "(and `celery -A worker worker -Q train -c 1` for training)")
+    for w in report["workers"]:
+        flag = "  DATA DIR DIFFERS" if w["data_dir_mismatch"] else ""
+        click.echo(f"{w['name']}  pid {w['pid']}  queues {','.join(w['queues']) or '-'}  x{w['concurrency']}  "
+                   f"batches {w['batches_done']}  models {','.join(w['models']) or '-'}{flag}")
+    click.echo("queues    " + json.dumps(report["queues"]))
+    for warning in report["warnings"]:
+        click.secho(f"warning: {warning}", err=True, fg="yellow")
