@@ -99,3 +99,13 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
     rows = csvfile.read(job.csv_path)
     assert status["state"] == "done" and len(rows) == 600 and len({r["path"] for r in rows}) == 600
     assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 590
+
+
+def test_only_an_old_invisible_job_is_given_up():
+    import time
+
+    from worker.tasks import GIVE_UP_AFTER_S, job_age_s
+
+    now = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    assert 0 <= job_age_s(f"{now}-abcdef") < 5
+    assert job_age_s("20250101-000000-abcdef") > GIVE_UP_AFTER_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import logging
 import time
 
@@ -20,7 +21,15 @@ log = logging.getLogger("digitq.worker")
 #: How long a worker that cannot see a job waits before handing its batch back (so that it does
 #: not spin on it, and a worker that can see the job gets its turn).
 HAND_BACK_S = 2.0
+#: A job no worker has seen for this long is taken as deleted: its leftover batches are dropped, not bounced.
+GIVE_UP_AFTER_S = 7 * 24 * 3600
 _warned: set[str] = set()  # jobs this process already logged as invisible
+
+
+def job_age_s(job_id: str) -> float:
+    """Seconds since the job was created, from its id (``YYYYMMDD-HHMMSS-xxxxxx``, UTC)."""
+    created = calendar.timegm(time.strptime(job_id[:15], "%Y%m%d-%H%M%S"))
+    return time.time() - created
 
 
 def _record_failure(settings: Settings, job_id: str, batch: int, error: str) -> None:
@@ -50,7 +59,11 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | No
         _served(settings, self.request.hostname, result.get("model_version"))
         return result
     except JobNotFound as e:
-        # Not ours to judge: the producer's data dir is elsewhere. Never consume the batch.
+        if job_age_s(job_id) > GIVE_UP_AFTER_S:
+            log.error("job %s batch %s dropped: no worker has seen the job for over %d days (deleted?)",
+                      job_id, batch, GIVE_UP_AFTER_S // 86400)
+            return None
+        # Not ours to judge: the producer's data dir may be elsewhere. Never consume the batch.
         if job_id not in _warned:
             _warned.add(job_id)
             log.error("job %s is not under this worker's data dir %s; handing its batches back for a worker "
