@@ -182,11 +182,6 @@ class Job:
     def csv_path(self) -> Path:
         return self.dir / "predictions.csv"
 
-    def files(self) -> list[FileEntry]:
-        """Every file of the job, in output order."""
-        with open(self.dir / "files.jsonl", encoding="utf-8") as f:
-            return [FileEntry.from_json(line) for line in f if line.strip()]
-
     def batches(self) -> Iterator[tuple[int, list[FileEntry]]]:
         """``(index, files)`` for every batch, streamed from the manifest."""
         with open(self.dir / "files.jsonl", encoding="utf-8") as f:
