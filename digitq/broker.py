@@ -90,16 +90,19 @@ def client_app(settings: Settings):
 _clients: dict[str, object] = {}
 
 
-def redis_client(settings: Settings, timeout: float = 10.0):
-    """A Redis client for digitq's own keys (not the queue), one per URL and process."""
+def _connect(url: str, timeout: float):
+    """A redis-py client for ``url``, with TLS options from the environment for ``rediss://``."""
     import redis
 
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                **(_ssl_options(url) or {}))
+
+
+def redis_client(settings: Settings, timeout: float = 10.0):
+    """A Redis client for digitq's own keys (not the queue), one per URL and process."""
     client = _clients.get(settings.redis_url)
     if client is None:
-        tls = _ssl_options(settings.redis_url) or {}
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                      **tls)
-        _clients[settings.redis_url] = client
+        client = _clients[settings.redis_url] = _connect(settings.redis_url, timeout)
     return client
 
 
@@ -107,10 +110,8 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
     """Fail fast, with advice, when Redis is not reachable."""
     import redis
 
-    tls = _ssl_options(settings.redis_url) or {}
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                      **tls)
+        client = _connect(settings.redis_url, timeout)
         client.ping()
         client.close()
     except redis.exceptions.AuthenticationError as e:
