@@ -124,10 +124,17 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
 
 
 def live_consumers(settings: Settings, queue: str, timeout: float = 1.0) -> list[str]:
-    """Names of the live workers consuming ``queue`` (Celery remote control, so any host that reaches Redis)."""
+    """Names of the live workers consuming ``queue`` (Celery remote control, so any host that reaches Redis).
+
+    A :class:`BrokerError` when Redis cannot be asked."""
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+
     app = client_app(settings)
     try:
         replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except (KombuError, RedisError, OSError) as e:
+        raise BrokerError(f"cannot ask Redis at {redact(settings.redis_url)} which workers run: {e}") from e
     finally:
         app.close()
     return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))

@@ -9,7 +9,7 @@ import click
 from redis.exceptions import RedisError
 
 from digitq import stalls
-from digitq.errors import JobError, WaitTimeout
+from digitq.errors import BrokerError, JobError, WaitTimeout
 from digitq.jobs import Job
 from digitq.settings import Settings
 from digitq.storage import atomic_write
@@ -84,14 +84,12 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
 
 def _say_if_no_worker(settings: Settings, job: Job) -> None:
     """Once, when nothing consumes the job's queue: say so, and how to start a worker."""
-    from kombu.exceptions import KombuError
-
     from digitq.broker import live_consumers, redact
 
     try:
         if live_consumers(settings, settings.predict_queue):
             return
-    except (KombuError, RedisError, OSError):
+    except BrokerError:
         return  # cannot tell; the two-minute hint below still comes
     click.secho(f"\nno worker is consuming the `{settings.predict_queue}` queue on {redact(settings.redis_url)}: "
                 f"start one with `{START_WORKER}` (same DIGITQ_REDIS_URL and DIGITQ_DATA_DIR). "

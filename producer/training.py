@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
-from digitq.errors import ConfigError, DataError, TrainingError, WaitTimeout
+from digitq.errors import BrokerError, ConfigError, DataError, TrainingError, WaitTimeout
 from digitq.settings import PROMOTE_CHOICES, Settings
 from digitq.trainings import Training, create_training, list_trainings, send_training
 from producer.console import emit_json, settings_for, when
@@ -62,15 +62,12 @@ def request_training(settings: Settings, *, sources: list[str], epochs: int, fro
 
 
 def _consumers(settings: Settings) -> list[str]:
-    from kombu.exceptions import KombuError
-    from redis.exceptions import RedisError
-
     from digitq.broker import live_consumers
 
     try:
         return live_consumers(settings, settings.train_queue)
-    except (KombuError, RedisError, OSError):
-        return []
+    except BrokerError:
+        return []  # cannot tell: say how to start one anyway
 
 
 def follow_training(training: Training, timeout: float | None, poll: float = 0.5, quiet: bool = False,
