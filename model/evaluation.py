@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from digitq.errors import DataError
 from digitq.settings import Settings
 from model.dataset import load_dataset
@@ -25,7 +23,7 @@ def evaluate_model(settings: Settings, data: str | None, model_version: str | No
     x = dataset.x_test
     if not len(x):
         raise DataError(f"{dataset.source} has no test images")
-    probs = np.concatenate([predictor.predict(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    probs = predictor.predict(x)
     accuracy, loss = score(probs, dataset.y_test)
     return {
         "model_version": ref.version,

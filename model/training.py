@@ -100,11 +100,6 @@ def _published_outcome(registry: Registry, ref: ModelRef) -> dict:
             "reason": "published by an earlier delivery of this training; not published again"}
 
 
-def _probabilities(predictor, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([predictor.predict(x[i : i + 1000]) for i in range(0, len(x), 1000)] or
-                          [np.zeros((0, 10), np.float32)])
-
-
 def _train_and_publish(settings: Settings, training: Training, attempt: int) -> dict:
     req = training.request
     registry = Registry(settings.models_dir)
@@ -161,15 +156,15 @@ def _stage_and_publish(staging: Path, registry: Registry, training: Training, da
     # Score what will be published: the saved file, loaded back as workers load it, in both runtimes.
     saved = ModelRef("candidate", staging / MODEL_FILE, sha256_file(staging / MODEL_FILE))
     keras_model = load_keras(saved)
-    probs = _probabilities(KerasPredictor(saved, keras_model), data.x_eval)
+    probs = KerasPredictor(saved, keras_model).predict(data.x_eval)
     accuracy, loss = score(probs, data.y_eval)
     onnx_bytes = to_onnx(keras_model.get_weights())
     (staging / ONNX_FILE).write_bytes(onnx_bytes)
-    agreement = check_agreement(probs, _probabilities(OnnxPredictor(saved, onnx_bytes), data.x_eval), data.y_eval)
+    agreement = check_agreement(probs, OnnxPredictor(saved, onnx_bytes).predict(data.x_eval), data.y_eval)
     log.info("ONNX export agrees with Keras on %.2f%% of the evaluation set", agreement["agreement"] * 100)
     int8_agreement = _int8(staging, saved, onnx_bytes, data, probs, recipe.seed)
     baseline = registry.resolve("production")
-    base_acc, base_loss = score(_probabilities(load_predictor(baseline, "keras"), data.x_eval), data.y_eval)
+    base_acc, base_loss = score(load_predictor(baseline, "keras").predict(data.x_eval), data.y_eval)
     log.info("candidate accuracy %.4f loss %.4f; production %s accuracy %.4f on %d images",
              accuracy, loss, baseline.version, base_acc, len(data.y_eval))
     figures = {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
@@ -193,7 +188,7 @@ def _int8(staging: Path, saved: ModelRef, onnx_bytes: bytes, data: TrainingData,
     sample = data.x_train[rng.permutation(len(data.x_train))[:CALIBRATION_IMAGES]]
     int8 = to_int8(onnx_bytes, sample)
     try:
-        report = check_agreement(probs, _probabilities(OnnxPredictor(saved, int8), data.x_eval), data.y_eval)
+        report = check_agreement(probs, OnnxPredictor(saved, int8).predict(data.x_eval), data.y_eval)
     except ModelError as e:
         log.warning("int8 model not published (served as float ONNX): %s", e)
         return {"published": False, "reason": str(e)}
@@ -213,8 +208,8 @@ def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str,
         if moved["moved"]:
             return True, reason
         baseline_version = moved["from"]
-        base_acc, _ = score(_probabilities(load_predictor(registry.resolve(baseline_version), "keras"),
-                                           data.x_eval), data.y_eval)
+        base_acc, _ = score(load_predictor(registry.resolve(baseline_version), "keras").predict(data.x_eval),
+                            data.y_eval)
     return False, "production kept moving while this training was promoted; promote it by hand if still wanted"
 
 
