@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -18,6 +19,7 @@ from digitq import blobs, ledger
 from digitq.errors import ImageError, JobError
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
+from digitq.quarantine import Delivery
 from digitq.settings import Settings
 from model.preprocess import decode_image
 from model.registry import Registry
@@ -25,6 +27,7 @@ from model.runtime import ModelCache, Predictor
 
 #: One cache per process, filled after the fork, on the first batch.
 CACHE = ModelCache()
+log = logging.getLogger("digitq.worker")
 
 
 def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str, bytes | None] | None = None,
@@ -55,14 +58,23 @@ def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str
 
 
 def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]], max_bytes: int,
-                    fetched: Mapping[str, bytes | None] | None = None) -> list[Row]:
-    """One row per entry, in order; an entry that fails to decode becomes an error row."""
+                    fetched: Mapping[str, bytes | None] | None = None,
+                    before: Callable[[int], str | None] | None = None) -> list[Row]:
+    """One row per entry, in order; an entry that fails to decode becomes an error row.
+
+    ``before(index)``, when given, is called before each file is read; a string it
+    returns becomes that file's error row instead (see :mod:`digitq.quarantine`). It is
+    called once more with ``len(entries)`` before the prediction, which is no file's fault."""
     rows: list[Row | None] = []
     images, slots = [], []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         path = str(entry.get("path", ""))
         if entry.get("error"):
             rows.append(Row(path, error=str(entry["error"])))
+            continue
+        refused = before(index) if before else None
+        if refused:
+            rows.append(Row(path, error=refused))
             continue
         try:
             images.append(decode_image(read_entry(entry, max_bytes, fetched)))
@@ -74,12 +86,35 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
             continue
         slots.append(len(rows))
         rows.append(None)
+    if before:
+        before(len(entries))
     if images:
         probs = predictor.predict(np.stack(images))
         for slot, p in zip(slots, probs, strict=True):
             digit = int(np.argmax(p))
             rows[slot] = Row(str(entries[slot].get("path", "")), digit, round(float(p[digit]), 6))
     return [r for r in rows if r is not None]
+
+
+def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Mapping[str, object]],
+                  max_bytes: int, fetched: Mapping[str, bytes | None]) -> list[Row]:
+    """The batch's rows, processed carefully when it was delivered before (a process died on it)."""
+    where = f"job {delivery.job_id} batch {delivery.batch}"
+    if delivery.exhausted:
+        log.error("%s: given up after %d deliveries, every file an error row", where, delivery.count)
+        error = f"batch given up: worker processes died on it {delivery.count - 1} times, not on any one file"
+        return [Row(str(e.get("path", "")), error=str(e.get("error") or error)) for e in entries]
+    if not delivery.careful:
+        return predict_entries(predictor, entries, max_bytes, fetched)
+    for index in (i for i in delivery.quarantined() if i < len(entries)):
+        log.error("%s: %s killed %d worker processes; quarantined as an error row", where,
+                  entries[index].get("path"), delivery.deaths[index])
+    log.warning("%s: delivery %d, processing file by file to find what killed the last one", where, delivery.count)
+    try:
+        return predict_entries(predictor, entries, max_bytes, fetched, before=delivery.before)
+    except BaseException:
+        delivery.interrupted()
+        raise
 
 
 def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:
@@ -104,9 +139,10 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
         raise JobError(f"the image data of {len(missing)} file(s) in batch {batch} is no longer in Redis (kept "
                        f"{blobs.TTL_S // 3600} h; or Redis restarted); `digitq resume {job_id}` sends it again")
     ref = Registry(settings.models_dir).resolve(job.model_version)
-    predictor = cache.get(ref)
-    rows = predict_entries(predictor, entries, settings.max_file_bytes, fetched)
+    delivery = Delivery.begin(settings, job_id, batch)
+    rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
     job.commit(batch, rows, model_version=ref.version, started=started)
+    delivery.finish()
     blobs.delete(settings, keys)  # committed: the bytes are no longer needed, free Redis now
     done = job.finalize() if _maybe_last(settings, job, batch) else False
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),

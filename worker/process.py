@@ -16,12 +16,13 @@ class WorkerProcess:
     """A real Celery worker in its own process group, logging to ``logfile``."""
 
     def __init__(self, env: Mapping[str, str], logfile: str | Path, *, concurrency: int = 1,
-                 queues: str = "predict", name: str = "digitq", cwd: str | Path | None = None):
+                 queues: str = "predict", name: str = "digitq", cwd: str | Path | None = None,
+                 app: str = "worker"):
         self.logfile = Path(logfile)
         # Not the checkout: the installed package must be found from anywhere.
         self.cwd = Path(cwd) if cwd else self.logfile.parent
         self.env = {**os.environ, **env}
-        self.args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
+        self.args = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
                      "-c", str(concurrency), "-P", "prefork", "-l", "info", "-n", f"{name}-{os.getpid()}@%h",
                      "--without-gossip", "--without-mingle", "--without-heartbeat", "-f", str(self.logfile)]
         self.proc: subprocess.Popen | None = None
