@@ -336,6 +336,8 @@ class Job:
             state = "queued"
         created = self.header["created"]
         started = min((h["started"] for h in heads), default=None)
+        # Every commit renames a file into results/: the directory's mtime is the last one.
+        last_commit = os.stat(self.dir / "results").st_mtime if committed else None
         finished = done_info["finished"] if done_info else None
         end = finished or time.time()
         elapsed = end - (started or created)
@@ -355,6 +357,7 @@ class Job:
             "created": created,
             "started": started,
             "finished": finished,
+            "last_commit": last_commit,
             "elapsed_s": round(elapsed, 3) if started else None,
             "rate_per_s": round(done_count / elapsed, 1) if started and elapsed > 0 else None,
         }

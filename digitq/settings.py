@@ -59,6 +59,8 @@ class Settings:
     max_file_bytes: int = 20 * MiB
     max_batch_bytes: int = 16 * MiB
     visibility_timeout: int = 3600
+    #: A job with no commit for this long, whose missing batches nobody queues or holds, is stalled.
+    stall_after: int = 120
     predict_queue: str = "predict"
     train_queue: str = "train"
     #: The promotion gate: a candidate may trail production by this many percentage points.
@@ -83,6 +85,7 @@ class Settings:
             max_file_bytes=_int("DIGITQ_MAX_FILE_BYTES", cls.max_file_bytes),
             max_batch_bytes=_int("DIGITQ_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=64 * 1024),
             visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),
+            stall_after=_int("DIGITQ_STALL_AFTER", cls.stall_after),
             promote_tolerance=_float("DIGITQ_PROMOTE_TOLERANCE", cls.promote_tolerance),
             retrain_schedule=(env.get("DIGITQ_RETRAIN_SCHEDULE") or "").strip() or None,
             retrain_data=tuple(p for p in (env.get("DIGITQ_RETRAIN_DATA") or "").split(os.pathsep) if p),

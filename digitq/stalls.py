@@ -42,3 +42,41 @@ def describe(record: dict) -> str:
     return (f"worker {record['worker']} (pid {record['pid']}) cannot see this job under its data dir "
             f"{record['data_dir']}; give that worker the producer's DIGITQ_DATA_DIR (shared storage), or stop it. "
             "Its batches are handed back to the queue meanwhile, nothing is lost")
+
+
+def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
+    """Whether none of a job's ``missing`` batches is queued or held by a live worker.
+
+    That is the state a whole worker host leaves behind when it dies (its unacked
+    batches return only after the visibility timeout), or a Redis that lost its
+    queue: nothing will run them until ``digitq resume``. None when it cannot tell.
+    """
+    from redis.exceptions import RedisError
+
+    from digitq.broker import client_app
+
+    if not missing:
+        return False
+    needle = job_id.encode()
+    try:
+        client = redis_client(settings)
+        length = client.llen(settings.predict_queue)
+        for start in range(0, length, 64):  # messages hold the job id; no need to parse them
+            if any(needle in raw for raw in client.lrange(settings.predict_queue, start, start + 63)):
+                return False
+    except RedisError:
+        return None
+    app = client_app(settings)
+    try:
+        replies = app.control.broadcast("digitq_held", reply=True, timeout=timeout) or []
+    except Exception:  # noqa: BLE001 - kombu and redis raise many kinds; either way we cannot tell
+        return None
+    finally:
+        app.close()
+    for reply in replies:
+        for held in reply.values():
+            if not isinstance(held, list):  # a worker without the command: it might hold some
+                return None
+            if any(job == job_id and batch in missing for job, batch in held):
+                return False
+    return True

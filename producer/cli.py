@@ -58,9 +58,12 @@ def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> Non
               help="Most images sent but not yet committed. [env DIGITQ_MAX_IN_FLIGHT; default 50000]")
 @click.option("--wait", "-w", "wait_", is_flag=True, help="Follow the job to the end and place --out.")
 @click.option("--timeout", type=float, metavar="S", help="With --wait: give up after S seconds (exit 3).")
+@click.option("--resume-stalled", is_flag=True,
+              help="With --wait: re-send batches a dead worker host took with it (see `digitq wait --help`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
 @click.pass_context
-def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wait_, timeout, as_json):
+def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wait_, timeout, resume_stalled,
+         as_json):
     """Find the images under PATHS and enqueue them as one prediction job.
 
     Each PATH is a folder (walked recursively; hidden and non-image files are
@@ -103,7 +106,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
                    f"({found.skipped} skipped), model {job.model_version}", err=True)
     if wait_:
-        status, _ = _follow(job, timeout, quiet=as_json, settings=settings)
+        status, _ = _follow(job, timeout, quiet=as_json, settings=settings, resume_stalled=resume_stalled)
         summary.update(state=status["state"], done=status["done"], errors=status["errors"])
     elif not as_json:
         click.echo(job.id)
@@ -121,14 +124,17 @@ def _import_sender() -> None:
 
 
 def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = False,
-            settings: Settings | None = None) -> tuple[dict, str | None]:
+            settings: Settings | None = None, resume_stalled: bool = False) -> tuple[dict, str | None]:
     """Wait for ``job`` with a progress bar, place its CSV copy, say where the CSV is."""
+    from producer.dispatch import resume
     from producer.follow import place_output, wait_for
     from producer.progress import Progress
 
+    resend = (lambda: resume(settings, job)) if resume_stalled and settings is not None else None
     try:
         with Progress(job.total, "predict") as bar:
-            status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]), settings=settings)
+            status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]), settings=settings,
+                              resume_stalled=resend)
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; job {job.id} goes on: `digitq wait {job.id}` to follow it again", err=True)
         sys.exit(130)
@@ -176,12 +182,26 @@ def status(ctx, job_id, as_json):
 @click.option("--timeout", type=float, metavar="S", help="Give up after S seconds (exit 3).")
 @click.option("--out", "-o", metavar="FILE", type=click.Path(dir_okay=False),
               help="Copy the CSV here (default: the scan's --out).")
+@click.option("--resume-stalled", is_flag=True,
+              help="When the job is stalled with batches nobody holds (a worker host died), re-send them "
+                   "(`digitq resume`) and keep waiting.")
+@click.option("--stall-after", type=click.IntRange(1), metavar="S", envvar="DIGITQ_STALL_AFTER",
+              help="Seconds without a commit before the job may count as stalled. [env DIGITQ_STALL_AFTER; "
+                   "default 120]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
 @click.pass_context
-def wait(ctx, job_id, timeout, out, as_json):
-    """Follow a job until it is done; exit 0 when its CSV is complete."""
-    settings = settings_for(ctx)
-    st, target = _follow(_load_job(settings, job_id), timeout, out, quiet=as_json, settings=settings)
+def wait(ctx, job_id, timeout, out, resume_stalled, stall_after, as_json):
+    """Follow a job until it is done; exit 0 when its CSV is complete.
+
+    It says so, once, when no worker consumes the queue, when a worker cannot see
+    the job (wrong DIGITQ_DATA_DIR), and when the job is stalled: no commit for
+    --stall-after seconds and none of its missing batches queued or held by a live
+    worker, as a worker host that died leaves it (its batches would come back only
+    after the visibility timeout). --resume-stalled then re-sends them itself.
+    """
+    settings = settings_for(ctx, stall_after=stall_after)
+    st, target = _follow(_load_job(settings, job_id), timeout, out, quiet=as_json, settings=settings,
+                         resume_stalled=resume_stalled)
     if as_json:
         emit_json({**st, "out": target})
 

@@ -16,13 +16,17 @@ from digitq.storage import atomic_write
 
 #: How often ``wait`` asks Redis whether a worker reported the job as stalled.
 STALL_CHECK_S = 2.0
+#: How often ``wait`` asks the live workers which batches they hold (a broadcast; see live_status).
+ORPHAN_CHECK_S = 10.0
 #: How long a job may sit with nothing done before ``wait`` asks whether any worker consumes its queue.
 NO_WORKER_AFTER_S = 10.0
 START_WORKER = "celery -A worker worker"
 
 
-def live_status(settings: Settings, job: Job) -> dict:
-    """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot run it."""
+def live_status(settings: Settings, job: Job, orphans: bool = True) -> dict:
+    """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot
+    run it, or (with ``orphans``) when no commit came for ``stall_after`` seconds and none of its missing
+    batches is queued or held by a live worker (see :func:`digitq.stalls.orphaned`)."""
     status = job.status()
     if status["state"] in ("done", "failed"):
         return status
@@ -32,27 +36,44 @@ def live_status(settings: Settings, job: Job) -> dict:
         return status  # Redis unreachable: the files still tell the truth about progress
     if record:
         status.update(state="stalled", stalled={**record, "cause": stalls.describe(record)})
+        return status
+    idle = time.time() - (status["last_commit"] or status["created"])
+    if orphans and idle > settings.stall_after:
+        missing = set(range(job.n_batches)) - job.committed()
+        if stalls.orphaned(settings, job.id, missing):
+            cause = (f"no commit for {idle:.0f}s and none of its {len(missing)} missing batch(es) is queued or held "
+                     f"by a live worker (a worker host died, or Redis lost them): run `digitq resume {job.id}`")
+            status.update(state="stalled", stalled={"cause": cause, "orphaned": sorted(missing), "resume": True})
     return status
 
 
 def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] | None = None,
-             poll: float | None = None, settings: Settings | None = None) -> dict:
+             poll: float | None = None, settings: Settings | None = None,
+             resume_stalled: Callable[[], list[int]] | None = None) -> dict:
     """Poll the job's files until it is done; raise on failure or timeout. With ``settings``,
-    also say (once) when a worker reports that it cannot run the job.
+    also say (once) when a worker reports that it cannot run the job, and when its missing
+    batches are orphaned; then call ``resume_stalled``, if given, to send them again.
 
     A poll lists the job's results, so big jobs are polled less often (20 ms up to half a second)."""
     poll = poll or min(0.5, max(0.02, job.n_batches / 4000))
     deadline = None if timeout is None else time.monotonic() + timeout
     last_change, last_done, hinted = time.monotonic(), -1, False
-    stall_checked, stall_said, workers_checked = 0.0, False, False
+    stall_checked, orphans_checked, stall_said, workers_checked = 0.0, 0.0, False, False
     started = time.monotonic()
     while True:
         if job.is_complete():
             job.finalize()  # idempotent; covers a worker that died between commit and merge
         if settings is not None and time.monotonic() - stall_checked > STALL_CHECK_S:
             stall_checked = time.monotonic()
-            status = live_status(settings, job)
-            if status["state"] == "stalled" and not stall_said:
+            orphans = time.monotonic() - orphans_checked > ORPHAN_CHECK_S
+            orphans_checked = time.monotonic() if orphans else orphans_checked
+            status = live_status(settings, job, orphans=orphans)
+            if status["state"] == "stalled" and status["stalled"].get("resume") and resume_stalled:
+                resent = resume_stalled()
+                click.secho(f"\njob {job.id} was stalled ({len(resent)} batch(es) neither queued nor held by a live "
+                            "worker): sent them again", err=True, fg="yellow")
+                status["state"] = "running"
+            elif status["state"] == "stalled" and not stall_said:
                 stall_said = True
                 click.secho(f"\njob {job.id} is stalled: {status['stalled']['cause']}", err=True, fg="yellow")
         else:

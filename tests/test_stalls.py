@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from digitq import csvfile
+from digitq import csvfile, stalls
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main
@@ -109,3 +109,43 @@ def test_only_an_old_invisible_job_is_given_up():
     now = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     assert 0 <= job_age_s(f"{now}-abcdef") < 5
     assert job_age_s("20250101-000000-abcdef") > GIVE_UP_AFTER_S
+
+
+def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(redis_server, tmp_path, mnist):
+    import os
+    import time
+
+    from .test_poison import marked_png, sabotaged_env
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:9], mnist.y_test[:9])
+    (folder / str(mnist.y_test[9]) / "slow.png").write_bytes(marked_png(mnist.x_test[9], "DIGITQ-TEST-SLOW"))
+    runner = CliRunner(env={"DIGITQ_STALL_AFTER": "2"})
+
+    def cli(*args: str):
+        return runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
+                             catch_exceptions=False)
+
+    doomed = WorkerProcess(sabotaged_env(settings, DIGITQ_TEST_SLOW_MARKER="DIGITQ-TEST-SLOW"), tmp_path / "dead.log",
+                           app="sabotage", name="doomed").start()
+    try:
+        job_id = last_json(cli("scan", str(folder), "--batch-size", "10", "--json"))["job_id"]  # one batch
+        wait_until(lambda: "Task digitq.predict_batch" in doomed.log(), timeout=30, what="the batch taken")
+        time.sleep(2.5)  # past --stall-after: only the live worker's hold keeps the job from "stalled"
+        assert json.loads(cli("status", job_id, "--json").stdout)["state"] == "queued"
+        assert stalls.orphaned(settings, job_id, {0}) is False  # known held, not merely unknown
+        os.killpg(doomed.proc.pid, 9)  # the whole host dies: parent and pool, the batch unacked
+    finally:
+        doomed.stop()
+    stalled = wait_until(lambda: (st := json.loads(cli("status", job_id, "--json").stdout))["state"] == "stalled"
+                         and st, timeout=30, poll=0.5, what="the job to show stalled")
+    assert stalled["stalled"]["orphaned"] == [0] and f"digitq resume {job_id}" in stalled["stalled"]["cause"]
+    assert "stalled" in cli("status", job_id).stdout
+    with WorkerProcess(worker_env(settings), tmp_path / "good.log", name="good"):
+        waited = cli("wait", job_id, "--resume-stalled", "--timeout", "120", "--json")
+    assert waited.exit_code == 0, waited.output
+    assert "sent them again" in waited.stderr
+    rows = csvfile.read(last_json(waited)["output"])
+    assert len(rows) == 10 and not any(r["error"] for r in rows)

@@ -8,7 +8,7 @@ import os
 from celery import Celery, signals
 from celery.worker.control import inspect_command
 
-from digitq.broker import celery_config, redact
+from digitq.broker import PREDICT_TASK, celery_config, eviction_policy, redact
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
 
@@ -48,6 +48,9 @@ def _announce(**_: object) -> None:
     log.info("digitq worker: broker %s, data dir %s, %d process(es) x %s TF thread(s)",
              redact(settings.redis_url), settings.data_dir.resolve(), _pool.get("concurrency", 1),
              os.environ.get("DIGITQ_TF_THREADS", "?"))
+    _, eviction = eviction_policy(settings)
+    if eviction:
+        log.warning(eviction)
 
 
 @inspect_command()
@@ -56,3 +59,15 @@ def digitq_info(state) -> dict:
     settings = Settings.from_env()
     return {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": data_dir_id(settings.data_dir, create=False),
             "threads": os.environ.get("DIGITQ_THREADS") or os.environ.get("DIGITQ_TF_THREADS")}
+
+
+@inspect_command()
+def digitq_held(state) -> list:
+    """The ``[job, batch]`` pairs this worker holds: running, or prefetched and waiting.
+
+    ``digitq status`` uses it to tell a batch a live worker will finish from one that a
+    dead host took with it (that one comes back only after the visibility timeout)."""
+    from celery.worker import state as worker_state
+
+    held = state.tset(worker_state.active_requests) | state.tset(worker_state.reserved_requests)
+    return [list(r.args[:2]) for r in held if r.name == PREDICT_TASK and len(r.args) >= 2]
