@@ -138,3 +138,20 @@ def live_consumers(settings: Settings, queue: str, timeout: float = 1.0) -> list
     finally:
         app.close()
     return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+
+
+def eviction_policy(settings: Settings) -> tuple[str | None, str | None]:
+    """Redis's ``maxmemory-policy`` and, unless it is ``noeviction``, a warning for the user.
+
+    An evicting Redis can drop queued batches (and blobs, and the ledger) under memory
+    pressure. Managed Redis often refuses ``CONFIG``: then nothing is said rather than guessed."""
+    try:
+        policy = redis_client(settings, timeout=3.0).config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:  # noqa: BLE001 - refused, unreachable or unparsable: we cannot tell
+        return None, None
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if not policy or policy == "noeviction":
+        return policy, None
+    return policy, (f"Redis maxmemory-policy is {policy!r}: an evicting Redis can drop queued batches; "
+                    "set it to noeviction (`CONFIG SET maxmemory-policy noeviction`, or your provider's setting)")

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, redis_client
+from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, redis_client
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
 from producer.console import emit_json, settings_for
@@ -48,14 +48,8 @@ def fleet(settings: Settings, timeout: float = 1.5) -> dict:
         worker["data_dir_mismatch"] = worker["data_dir_id"] != ours
         workers.append(worker)
     depths = {q: client.llen(q) for q in (settings.predict_queue, settings.train_queue)}
-    warnings = []
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except Exception:  # managed Redis may refuse CONFIG: say nothing rather than guess
-        policy = None
-    if policy and policy != "noeviction":
-        warnings.append(f"Redis maxmemory-policy is {policy!r}: an evicting Redis can drop queued batches; "
-                        "set it to noeviction")
+    policy, eviction = eviction_policy(settings)
+    warnings = [eviction] if eviction else []
     for w in workers:
         if w["data_dir_mismatch"]:
             warnings.append(f"worker {w['name']} sees data dir {w['data_dir']} (id {w['data_dir_id']}), not this "

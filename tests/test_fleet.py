@@ -59,8 +59,12 @@ def test_workers_warns_about_an_evicting_redis(redis_server, tmp_path):
     try:
         result = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(tmp_path), "workers", "--json"],
                                     catch_exceptions=False)
+        settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path))
+        with WorkerProcess(worker_env(settings), tmp_path / "w.log", name="evicted") as worker:
+            log = worker.log()
     finally:
         client.config_set("maxmemory-policy", "noeviction")
     report = json.loads(result.stdout)
     assert report["redis_maxmemory_policy"] == "allkeys-lru"
     assert any("noeviction" in warning for warning in report["warnings"]) and report["workers"] == []
+    assert "WARNING" in log and "maxmemory-policy is 'allkeys-lru'" in log  # the worker says it at start
