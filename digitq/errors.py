@@ -39,6 +39,10 @@ class TrainingError(DigitqError):
     """A training is unknown, cannot run, or cannot be retried."""
 
 
+class TrainingNotFound(TrainingError):
+    """No training of that id under this data dir (a wrong DIGITQ_DATA_DIR, or storage not shared)."""
+
+
 class BrokerError(DigitqError):
     """Redis (the broker) cannot be reached or refused a command."""
 

@@ -37,11 +37,11 @@ def read(settings: Settings, job_id: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def describe(record: dict) -> str:
+def describe(record: dict, what: str = "job") -> str:
     """One line for a person."""
-    return (f"worker {record['worker']} (pid {record['pid']}) cannot see this job under its data dir "
+    return (f"worker {record['worker']} (pid {record['pid']}) cannot see this {what} under its data dir "
             f"{record['data_dir']}; give that worker the producer's DIGITQ_DATA_DIR (shared storage), or stop it. "
-            "Its batches are handed back to the queue meanwhile, nothing is lost")
+            "It hands the work back to the queue meanwhile, nothing is lost")
 
 
 def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:

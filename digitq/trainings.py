@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
-from digitq.errors import TrainingError
+from digitq.errors import TrainingError, TrainingNotFound
 from digitq.jobs import JOB_ID_RE, list_ids, new_job_id
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
@@ -77,7 +77,7 @@ class Training:
         directory = Path(trainings_dir) / check_training_id(training_id)
         request = _read_json(directory / "request.json")
         if request is None:
-            raise TrainingError(f"no training {training_id} under {trainings_dir}; check DIGITQ_DATA_DIR "
+            raise TrainingNotFound(f"no training {training_id} under {trainings_dir}; check DIGITQ_DATA_DIR "
                                 "or `digitq trainings`")
         return cls(directory, request)
 

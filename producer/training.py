@@ -12,7 +12,9 @@ import time
 from datetime import UTC, datetime
 
 import click
+from redis.exceptions import RedisError
 
+from digitq import stalls
 from digitq.errors import BrokerError, ConfigError, DataError, TrainingError, WaitTimeout
 from digitq.settings import PROMOTE_CHOICES, Settings
 from digitq.trainings import Training, create_training, list_trainings, send_training
@@ -70,6 +72,21 @@ def _consumers(settings: Settings) -> list[str]:
         return []  # cannot tell: say how to start one anyway
 
 
+def live_training_status(settings: Settings | None, training: Training) -> dict:
+    """The training's status from its files, ``stalled`` (with the cause) while it is queued and a
+    train worker reports that it cannot see it (a wrong DIGITQ_DATA_DIR; see :mod:`digitq.stalls`)."""
+    status = training.status()
+    if settings is None or status["state"] != "queued":
+        return status
+    try:
+        record = stalls.read(settings, training.id)
+    except RedisError:
+        return status
+    if record:
+        status.update(state="stalled", stalled={**record, "cause": stalls.describe(record, "training")})
+    return status
+
+
 def follow_training(training: Training, timeout: float | None, poll: float = 0.5, quiet: bool = False,
                     settings: Settings | None = None) -> dict:
     """Poll a training with a progress bar (epoch k/N, loss, accuracy) until it ends."""
@@ -82,7 +99,7 @@ def follow_training(training: Training, timeout: float | None, poll: float = 0.5
     with Progress(int(status["epochs"] or 1), "train", unit="epoch", show_rate=False,
                   enabled=None if not quiet else False) as bar:
         while True:
-            status = training.status()
+            status = live_training_status(settings, training)
             if status["loss"] is not None:
                 bar.detail = f"loss {status['loss']:.4f} accuracy {status['train_accuracy'] or 0:.2%}"
             bar.update(int(status["epoch"]))
@@ -95,6 +112,10 @@ def follow_training(training: Training, timeout: float | None, poll: float = 0.5
                 if settings is None or not _consumers(settings):
                     click.secho(f"\ntraining {training.id} is still queued and no worker consumes the "
                                 f"`train` queue: start one with `{TRAIN_WORKER}`", err=True, fg="yellow")
+            if state == "stalled" and "stalled" not in hinted:
+                hinted.add("stalled")
+                click.secho(f"\ntraining {training.id} is stalled: {status['stalled']['cause']}", err=True,
+                            fg="yellow")
             if state == "interrupted" and "interrupted" not in hinted:
                 hinted.add("interrupted")
                 click.secho(f"\ntraining {training.id} was interrupted (its worker died); it runs again when "
@@ -212,7 +233,7 @@ def training(ctx, training_id, as_json):
     """Show one training: state, progress, outcome, where its log is."""
     settings = settings_for(ctx)
     t = Training.load(settings.trainings_dir, training_id)
-    st = t.status()
+    st = live_training_status(settings, t)
     if as_json:
         emit_json({**st, "progress": t.progress()})
         return
@@ -225,4 +246,6 @@ def training(ctx, training_id, as_json):
     click.echo(f"requested {when(st['created'])} by {st['by']}, promote {st['promote']}")
     if st["state"] in ("done", "failed"):
         click.echo(_summary(st))
+    if st.get("stalled"):
+        click.echo(f"stalled   {st['stalled']['cause']}")
     click.echo(f"log       {st['log']}")

@@ -149,3 +149,31 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
     assert "sent them again" in waited.stderr
     rows = csvfile.read(last_json(waited)["output"])
     assert len(rows) == 10 and not any(r["error"] for r in rows)
+
+
+def test_a_train_worker_with_the_wrong_data_dir_hands_the_training_back(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    runner = CliRunner()
+
+    def cli(*args: str):
+        return runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
+                             catch_exceptions=False)
+
+    def training(training_id: str) -> dict:
+        return json.loads(cli("training", training_id, "--json").stdout)
+
+    with WorkerProcess(worker_env(wrong), tmp_path / "wrong.log", queues="train", name="wrongtrainer") as bad:
+        training_id = last_json(cli("train", "--data", str(folder), "--epochs", "1", "--json"))["training_id"]
+        stalled = wait_until(lambda: (st := training(training_id))["state"] == "stalled" and st, timeout=60,
+                             poll=0.5, what="the training to show stalled")
+        assert str((tmp_path / "elsewhere").resolve()) in stalled["stalled"]["cause"]
+        assert "stalled" in cli("training", training_id).stdout
+    assert bad.log().count(f"training {training_id} is not under this worker's data dir") == 1
+    with WorkerProcess(worker_env(settings), tmp_path / "good.log", queues="train", name="trainer"):
+        done = wait_until(lambda: (st := training(training_id))["state"] in ("done", "failed") and st,
+                          timeout=240, poll=1, what="the training to finish")
+    assert done["state"] == "done" and done["version"] is not None, done

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from digitq import stalls
 from digitq.broker import PREDICT_TASK, TRAIN_TASK, redis_client
-from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError
+from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
 from digitq.jobs import Job
 from digitq.settings import Settings
 from worker import inference
@@ -23,7 +23,7 @@ log = logging.getLogger("digitq.worker")
 HAND_BACK_S = 2.0
 #: A job no worker has seen for this long is taken as deleted: its leftover batches are dropped, not bounced.
 GIVE_UP_AFTER_S = 7 * 24 * 3600
-_warned: set[str] = set()  # jobs this process already logged as invisible
+_warned: set[str] = set()  # jobs and trainings this process already logged as invisible
 
 
 def job_age_s(job_id: str) -> float:
@@ -50,6 +50,28 @@ def _served(settings: Settings, worker: str | None, version: str | None) -> None
         pass
 
 
+def _hand_back(settings: Settings, what: str, item_id: str, error: Exception, worker: str | None) -> None:
+    """This worker cannot see ``item_id`` (a job or training) under its data dir: never consume the
+    message. Say why (once per id in the log, and in Redis for `digitq status`), then requeue it.
+
+    Returns (so the message is acked and dropped) only for an id older than :data:`GIVE_UP_AFTER_S`."""
+    if job_age_s(item_id) > GIVE_UP_AFTER_S:
+        log.error("%s %s dropped: no worker has seen it for over %d days (deleted?)", what, item_id,
+                  GIVE_UP_AFTER_S // 86400)
+        return
+    # Not ours to judge: the producer's data dir may be elsewhere.
+    if item_id not in _warned:
+        _warned.add(item_id)
+        log.error("%s %s is not under this worker's data dir %s; handing it back for a worker that sees it. "
+                  "Check DIGITQ_DATA_DIR on this host", what, item_id, settings.data_dir.resolve())
+    try:
+        stalls.report(settings, item_id, str(error), worker=worker)
+    except RedisError as re:
+        log.warning("could not record the stall of %s %s: %s", what, item_id, re)
+    time.sleep(HAND_BACK_S)
+    raise Reject(str(error), requeue=True) from error  # acks_late: the message itself goes back to the queue
+
+
 @app.task(name=PREDICT_TASK, bind=True, max_retries=3)
 def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | None:
     """Predict one batch of a job; see :func:`worker.inference.run_batch`."""
@@ -59,21 +81,8 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | No
         _served(settings, self.request.hostname, result.get("model_version"))
         return result
     except JobNotFound as e:
-        if job_age_s(job_id) > GIVE_UP_AFTER_S:
-            log.error("job %s batch %s dropped: no worker has seen the job for over %d days (deleted?)",
-                      job_id, batch, GIVE_UP_AFTER_S // 86400)
-            return None
-        # Not ours to judge: the producer's data dir may be elsewhere. Never consume the batch.
-        if job_id not in _warned:
-            _warned.add(job_id)
-            log.error("job %s is not under this worker's data dir %s; handing its batches back for a worker "
-                      "that sees it. Check DIGITQ_DATA_DIR on this host", job_id, settings.data_dir.resolve())
-        try:
-            stalls.report(settings, job_id, str(e), worker=self.request.hostname)
-        except RedisError as re:
-            log.warning("could not record the stall of job %s: %s", job_id, re)
-        time.sleep(HAND_BACK_S)
-        raise Reject(str(e), requeue=True) from e  # acks_late: the message itself goes back to the queue
+        _hand_back(settings, "job", job_id, e, self.request.hostname)
+        return None
     except JobError as e:
         # Unknown job or a batch that does not fit its manifest: retrying cannot help.
         log.error("job %s batch %s rejected: %s", job_id, batch, e)
@@ -88,8 +97,8 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | No
         return None
 
 
-@app.task(name=TRAIN_TASK)
-def train_model(training_id: str) -> dict | None:
+@app.task(name=TRAIN_TASK, bind=True)
+def train_model(self, training_id: str) -> dict | None:
     """Run one training request; see :func:`model.training.run_training`.
 
     Acked late like every task: a worker killed mid-training gets it redelivered,
@@ -97,8 +106,12 @@ def train_model(training_id: str) -> dict | None:
     """
     from model.training import run_training  # TensorFlow stays out of processes that never train
 
+    settings = Settings.from_env()
     try:
-        return run_training(Settings.from_env(), training_id)
+        return run_training(settings, training_id)
+    except TrainingNotFound as e:
+        _hand_back(settings, "training", training_id, e, self.request.hostname)
+        return None
     except TrainingError as e:
         # An unknown id (another data dir?) cannot be trained by retrying here.
         log.error("training %s rejected: %s", training_id, e)
