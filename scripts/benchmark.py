@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -81,7 +82,7 @@ def raw(runtime: str, threads: int) -> None:
         for i in range(0, len(x), 256):
             predictor.predict(x[i : i + 256])
         best = max(best, len(x) / (time.perf_counter() - started))
-    print(json.dumps({"images_per_s": round(best), "images": int(len(x))}))
+    print(json.dumps({"images_per_s": round(best), "images": int(len(x)), "served": predictor.runtime}))
 
 
 @cli.command()
@@ -226,8 +227,8 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
 
     cores = len(os.sched_getaffinity(0))
     concurrency = concurrency or cores
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "images": images, "photos": photos,
-                     "concurrency": concurrency}
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "cpu": _cpu(), "images": images,
+                     "photos": photos, "concurrency": concurrency}
     env = {**os.environ, "DIGITQ_MNIST": data}
     with tempfile.TemporaryDirectory(prefix="digitq-bench-") as tmp:
         tmp = Path(tmp)
@@ -242,8 +243,10 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
         results["generate_s"] = round(time.perf_counter() - started, 1)
         print(f"generated {images} PNGs, {photos} photos and a page in {results['generate_s']} s", file=sys.stderr)
 
-        results["raw"] = {f"{rt}/{th}": _sub("raw", "--runtime", rt, "--threads", str(th), env=env)["images_per_s"]
-                          for rt in ("onnx-int8", "onnx", "keras") for th in (1, cores)}
+        raw = {f"{rt}/{th}": _sub("raw", "--runtime", rt, "--threads", str(th), env=env)
+               for rt in ("onnx-int8", "onnx", "keras") for th in (1, cores)}
+        results["raw"] = {key: value["images_per_s"] for key, value in raw.items()}
+        results["int8_served"] = raw[f"onnx-int8/{cores}"]["served"] == "onnx-int8"
         print(f"(a) raw {results['raw']}", file=sys.stderr)
         results["plain"] = _sub("plain", str(tmp / "digits"), str(tmp / "plain.csv"), env=env)["images_per_s"]
         print(f"(b) plain script {results['plain']} images/s", file=sys.stderr)
@@ -324,11 +327,23 @@ def run_million(tmp: Path, count: int, data: str, env: dict, concurrency: int) -
     return out
 
 
+def _cpu() -> str:
+    """The CPU's model name, and whether it has VNNI (where int8 inference is exact and fast)."""
+    from model.runtime import int8_exact_here
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        name = platform.processor() or "?"
+    return f"{name}, {'VNNI' if int8_exact_here() else 'no VNNI'}"
+
+
 def render(r: dict) -> str:
     raw = r["raw"]
     lines = [
-        f"Measured {r['date']} on {r['cores']} cores, {r['images']:,} MNIST PNGs, worker concurrency "
-        f"{r['concurrency']} (`.venv/bin/python scripts/benchmark.py`).",
+        f"Measured {r['date']} on {r['cores']} cores ({r.get('cpu', '?')}), {r['images']:,} MNIST PNGs, worker "
+        f"concurrency {r['concurrency']} (`.venv/bin/python scripts/benchmark.py`).",
         "",
         "| | measure | result | target |",
         "|---|---|---|---|",
@@ -336,7 +351,9 @@ def render(r: dict) -> str:
     for key, value in raw.items():
         runtime, threads = key.split("/")
         target = ">= 15,000 with 2 threads" if runtime == "onnx-int8" and threads != "1" else ""
-        runtime += " (default)" if runtime == "onnx-int8" else ""
+        if runtime == "onnx-int8":
+            served = r.get("int8_served", True)
+            runtime += " (default)" if served else " (default; no VNNI here: the float graph served)"
         lines.append(f"| (a) | raw inference, {runtime}, {threads} thread(s) | {value:,} images/s | {target} |")
     lines += [
         f"| (b) | plain local script (walk, Pillow, tf.function x 512, CSV) | {r['plain']:,} images/s | |",
