@@ -400,7 +400,8 @@ def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(re
                            what="beat to request a training")
         status = Training.load(settings.trainings_dir, first[0]).status()
         assert status["state"] == "queued" and status["by"] == "schedule" and status["epochs"] == 1
-        assert redis.Redis.from_url(url).llen("train") == 1
+        # The request is written before the message is sent: the message follows within moments.
+        wait_until(lambda: redis.Redis.from_url(url).llen("train") == 1, timeout=10, what="the training message")
         wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.5,
                    what="beat to skip the next run")
         assert len(list_trainings(settings.trainings_dir)) == 1 and redis.Redis.from_url(url).llen("train") == 1
