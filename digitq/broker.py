@@ -94,8 +94,18 @@ def _connect(url: str, timeout: float):
     """A redis-py client for ``url``, with TLS options from the environment for ``rediss://``."""
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                **(_ssl_options(url) or {}))
+    options = dict(_ssl_options(url) or {})
+    try:
+        from redis._parsers import Encoder
+        from redis.connection import PythonRespSerializer
+    except ImportError:  # another redis-py layout: its default packer works, a little slower
+        pass
+    else:
+        # hiredis parses replies fast, but its command packer copies every argument into one new
+        # buffer: 5 ms of CPU to SET a 3 MB photo, against 1.3 ms for redis-py's own packer, which
+        # sends large values as they are.
+        options["command_packer"] = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **options)
 
 
 def redis_client(settings: Settings, timeout: float = 10.0):

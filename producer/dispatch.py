@@ -33,7 +33,8 @@ Progress = Callable[[int], None]
 def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
                  by_path: bool) -> tuple[Iterator[FileEntry], list[int]]:
     """Manifest entries and batch sizes: at most ``batch_size`` files, about ``max_batch_bytes``
-    of image data, and (bytes inline in the message) about 8 MiB of message; a bigger file goes alone.
+    of image data (also with ``--by-path``: it bounds a batch's work, so that photos spread over
+    processes), and (bytes inline in the message) about 8 MiB of message; a bigger file goes alone.
 
     The entries are a stream; the sizes list fills in as it is consumed.
     """
@@ -49,9 +50,9 @@ def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
             if f.size > settings.max_file_bytes:
                 error = (f"file is {f.size} bytes, over the {settings.max_file_bytes} byte limit "
                          "(DIGITQ_MAX_FILE_BYTES)")
-            elif not by_path:
-                cost = f.size
-                message += f.size * 4 // 3 if f.size <= blobs.INLINE_MAX else 0
+            else:
+                cost = f.size  # the work a batch holds, wherever its bytes travel
+                message += f.size * 4 // 3 if not by_path and f.size <= blobs.INLINE_MAX else 0
             if count and (count >= batch_size or weight + cost > settings.max_batch_bytes
                           or inline + message > _MESSAGE_BUDGET):
                 sizes.append(count)
@@ -103,18 +104,23 @@ def _source_bytes(job: Job, entry: FileEntry) -> bytes:
     return raw if os.path.isabs(raw) else os.path.join(os.fsencode(job.header["cwd"]), raw)
 
 
-def read_file(path: bytes, limit: int) -> bytes:
-    """At most ``limit`` bytes of a file, with plain system calls (half the cost of ``open().read()``)."""
+def read_file(path: bytes, limit: int, expected: int = 0) -> bytes:
+    """At most ``limit`` bytes of a file, with plain system calls (half the cost of ``open().read()``).
+
+    ``expected`` (the size seen by the walk) sizes the first read: one right-sized buffer, where
+    reading a 3 MB photo in 1 MB chunks and joining them cost ten times as much (5.5 ms vs 0.5 ms)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         chunks = []
+        want = min(limit, expected + 1 if expected else 1 << 20)
         while limit > 0:
-            chunk = os.read(fd, min(limit, 1 << 20))
+            chunk = os.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
             limit -= len(chunk)
-        return b"".join(chunks)
+            want = min(limit, 1 << 20)  # the file grew since the walk, or no size was given
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -131,7 +137,7 @@ def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[Fi
             item["ref"] = escape_path(_source_bytes(job, entry))
         else:
             try:
-                data = read_file(_source_bytes(job, entry), settings.max_file_bytes + 1)
+                data = read_file(_source_bytes(job, entry), settings.max_file_bytes + 1, entry.size)
             except OSError as e:
                 item["error"] = f"cannot read file: {e.strerror or e}"
             else:

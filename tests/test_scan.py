@@ -61,10 +61,14 @@ def test_plan_batches_by_count_and_bytes():
     assert sizes == [4, 4, 2, 1, 2]  # g-big is over the budget by itself: it travels alone
     huge = next(e for e in entries if e.path == "h-huge.png")
     assert huge.error and "limit" in huge.error
-    # by path: only the count bounds a batch
+    # by path the bytes bound a batch's work all the same (photos spread over processes)
     stream, sizes = plan_batches(files, settings, batch_size=4, by_path=True)
     list(stream)
-    assert sizes == [4, 4, 4, 1]
+    assert sizes == [4, 4, 2, 1, 2]
+    stream, sizes = plan_batches([Found(f"{i}.jpg", 3_000_000) for i in range(20)], Settings(), batch_size=512,
+                                 by_path=True)
+    list(stream)
+    assert sizes == [5, 5, 5, 5]  # 16 MiB of photos a batch, not all 20 in one
     # small files travel inline, base64 in the message: a message stays near 8 MiB
     stream, sizes = plan_batches([Found(f"{i}.png", 16 * 1024) for i in range(1000)], Settings(), batch_size=1000,
                                  by_path=False)
