@@ -23,7 +23,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from digitq import csvfile
@@ -39,21 +39,23 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a job: its display path, size, and any error known at scan time."""
+    """One file of a job: its display path, size, any error known at scan time, and (for
+    ``--incremental`` scans) the sha256 of its bytes."""
 
     path: str
     size: int = 0
     error: str | None = None
+    sha256: str | None = None
 
     def to_json(self) -> str:
         # What json.dumps([path, size, error]) writes, without its per-call set-up (a million lines a scan).
         error = "null" if self.error is None else _json_string(self.error)
-        return f"[{_json_string(self.path)}, {int(self.size)}, {error}]"
+        sha = "" if self.sha256 is None else f", {_json_string(self.sha256)}"
+        return f"[{_json_string(self.path)}, {int(self.size)}, {error}{sha}]"
 
     @classmethod
     def from_json(cls, line: str) -> FileEntry:
-        path, size, error = _json_decode(line)
-        return cls(path, size, error)
+        return cls(*_json_decode(line))
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class Row:
     prediction: int | None = None
     confidence: float | None = None
     error: str | None = None
+    #: Whether the row follows from the file's bytes alone (a prediction, a decode error), so that the
+    #: content-hash index may keep it; a read failure or a quarantine does not.
+    lasting: bool = field(default=True, compare=False, repr=False)
 
 
 def new_job_id() -> str:
@@ -89,6 +94,7 @@ def create_job(
     out: str | None,
     skipped: int = 0,
     job_id: str | None = None,
+    incremental: bool = False,
 ) -> Job:
     """Write a new job's manifest and return it.
 
@@ -117,6 +123,7 @@ def create_job(
         "cwd": os.getcwd(),
         "by_path": by_path,
         "out": out,
+        "incremental": incremental,
     }
     atomic_write_json(directory / "job.json", header)
     return Job(directory, header)
@@ -187,6 +194,17 @@ class Job:
         with open(self.dir / "files.jsonl", encoding="utf-8") as f:
             for index, size in enumerate(self.batch_sizes):
                 yield index, [FileEntry.from_json(f.readline()) for _ in range(size)]
+
+    def rows(self) -> list[tuple[FileEntry, dict[str, str]]]:
+        """The finished CSV's rows, each with its manifest entry (the path as scanned: the CSV's cells
+        are neutralised for spreadsheets)."""
+        if not self.is_done():
+            raise JobError(f"job {self.id} is not done yet: `digitq wait {self.id}` first")
+        rows = csvfile.read(self.csv_path)
+        entries = [entry for _, files in self.batches() for entry in files]
+        if len(entries) != len(rows):
+            raise JobError(f"job {self.id}: the CSV holds {len(rows)} rows for {len(entries)} files")
+        return list(zip(entries, rows, strict=True))
 
     # -- results --------------------------------------------------------
 

@@ -56,14 +56,17 @@ def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> Non
               help="Send file paths instead of bytes (workers must see the same files at the same paths).")
 @click.option("--max-in-flight", type=click.IntRange(1), envvar="DIGITQ_MAX_IN_FLIGHT",
               help="Most images sent but not yet committed. [env DIGITQ_MAX_IN_FLIGHT; default 50000]")
+@click.option("--incremental", is_flag=True,
+              help="Predict only files whose bytes the pinned model version has not scored in an earlier "
+                   "--incremental scan; fill in the rest from the content-hash index under the data dir.")
 @click.option("--wait", "-w", "wait_", is_flag=True, help="Follow the job to the end and place --out.")
 @click.option("--timeout", type=float, metavar="S", help="With --wait: give up after S seconds (exit 3).")
 @click.option("--resume-stalled", is_flag=True,
               help="With --wait: re-send batches a dead worker host took with it (see `digitq wait --help`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
 @click.pass_context
-def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wait_, timeout, resume_stalled,
-         as_json):
+def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, incremental, wait_, timeout,
+         resume_stalled, as_json):
     """Find the images under PATHS and enqueue them as one prediction job.
 
     Each PATH is a folder (walked recursively; hidden and non-image files are
@@ -90,21 +93,25 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, wai
     from producer.dispatch import enqueue, new_job
 
     job = new_job(settings, found.files, sources=list(paths), skipped=found.skipped, batch_size=batch_size,
-                  model_version=model_version, by_path=by_path, out=out)
+                  model_version=model_version, by_path=by_path, out=out, incremental=incremental)
     found.files.clear()  # the manifest on disk has them now; a million paths need not stay in memory
     try:
         with Progress(job.total, "enqueue") as bar:
-            enqueue(settings, job, progress=bar.update)
+            sent = enqueue(settings, job, progress=bar.update)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest", err=True)
         ctx.exit(130)
     if job.n_batches == 0:
         job.finalize()
     summary = {"job_id": job.id, "total": job.total, "skipped": found.skipped, "batches": job.n_batches,
-               "model_version": job.model_version, "output": str(job.csv_path.resolve()), "out": job.header["out"]}
+               "model_version": job.model_version, "output": str(job.csv_path.resolve()), "out": job.header["out"],
+               "sent": sent}
+    if incremental:
+        summary["from_index"] = job.total - sent - sum(1 for _, files in job.batches() for f in files if f.error)
     if not as_json:
+        reused = f", {summary['from_index']} scored before by {job.model_version}" if incremental else ""
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "
-                   f"({found.skipped} skipped), model {job.model_version}", err=True)
+                   f"({found.skipped} skipped{reused}), model {job.model_version}", err=True)
     if wait_:
         status, _ = _follow(job, timeout, quiet=as_json, settings=settings, resume_stalled=resume_stalled)
         summary.update(state=status["state"], done=status["done"], errors=status["errors"])
@@ -204,6 +211,71 @@ def wait(ctx, job_id, timeout, out, resume_stalled, stall_after, as_json):
                          resume_stalled=resume_stalled)
     if as_json:
         emit_json({**st, "out": target})
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--below", "threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+              help="Confidence under which an image counts as doubtful (a `digitq review` candidate).")
+@click.option("--gallery", default=24, show_default=True, type=click.IntRange(0, 1000),
+              help="How many of the lowest-confidence images to show.")
+@click.option("--open", "open_", is_flag=True, help="Open the report in the default browser.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def report(ctx, job_id, threshold, gallery, open_, as_json):
+    """Write JOB's report: one self-contained HTML file (jobs/JOB/report.html) that opens offline.
+
+    Counts, errors, model version, timings; the predicted classes and the confidence
+    distribution beside the model's evaluation set (a drift shows); the share below
+    --below; and the lowest-confidence images, each as the original and as the 28x28
+    array the model saw.
+    """
+    from producer.report import build_report
+
+    settings = settings_for(ctx)
+    figures = build_report(settings, _load_job(settings, job_id), threshold=threshold, gallery=gallery)
+    if as_json:
+        emit_json(figures)
+    else:
+        click.echo(figures["report"])
+        click.echo(f"{figures['images']:,} images, {figures['errors']:,} errors, {figures['below_threshold']:,} "
+                   f"below {threshold * 100:g}% confidence", err=True)
+    if open_:
+        click.launch(figures["report"])
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--below", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+              help="Export the images predicted with less confidence than this.")
+@click.option("--limit", "-n", type=click.IntRange(1), help="At most this many (the least confident first).")
+@click.option("--out", "-o", "out", metavar="DIR", type=click.Path(file_okay=False),
+              help="A new folder to export into. [default: ./review-JOB]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def review(ctx, job_id, below, limit, out, as_json):
+    """Export JOB's doubtful images into a folder for a person to label.
+
+    Each image below --below goes to DIR/<predicted digit>/, each decodable image
+    that got an error row to DIR/ itself, and DIR/review.json records where each came
+    from. Move every mislabelled file into its right digit folder (or DIR/discard/),
+    then `digitq train --data MNIST --data DIR --from-version production`: files left
+    where they are count as confirmed, moved ones as corrections.
+    """
+    from pathlib import Path
+
+    from producer.review import export_review
+
+    settings = settings_for(ctx)
+    job = _load_job(settings, job_id)
+    summary = export_review(settings, job, below, limit, Path(out or f"review-{job.id}"))
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(summary["out"])
+    click.echo(f"{summary['doubtful']} image(s) below {below * 100:g}% confidence in their predicted digit's folder, "
+               f"{summary['unlabelled']} unlabelled; move the wrong ones, then train with --data {summary['out']}",
+               err=True)
 
 
 @main.command()

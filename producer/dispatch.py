@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import base64
 import os
+import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger
+from digitq import blobs, ledger, scores
 from digitq.broker import PREDICT_TASK, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError
-from digitq.jobs import FileEntry, Job, create_job
+from digitq.jobs import FileEntry, Job, Row, create_job
 from digitq.paths import escape_path, unescape_path
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
@@ -69,10 +70,15 @@ def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
 
 def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str], skipped: int = 0,
             batch_size: int | None = None, model_version: str | None = None, by_path: bool = False,
-            out: str | None = None) -> Job:
-    """Pin the model version and write the job's manifest (nothing is sent yet)."""
+            out: str | None = None, incremental: bool = False) -> Job:
+    """Pin the model version and write the job's manifest (nothing is sent yet).
+
+    ``incremental`` records the sha256 of every file's bytes in the manifest, so that
+    :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.scores`)."""
     ref = Registry(settings.models_dir).resolve(model_version)
     entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
+    if incremental:
+        entries = _with_digests(entries, settings.max_file_bytes)
     try:
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -80,7 +86,22 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
                           "to a writable directory") from e
     data_dir_id(settings.data_dir)  # the identity workers compare theirs with (`digitq workers`)
     return create_job(settings.jobs_dir, entries, sizes, model_version=ref.version, sources=sources,
-                      by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped)
+                      by_path=by_path, out=os.path.abspath(out) if out else None, skipped=skipped,
+                      incremental=incremental)
+
+
+def _with_digests(entries: Iterable[FileEntry], limit: int) -> Iterator[FileEntry]:
+    """The entries with the sha256 of each file's bytes (read now; an unreadable file is an error)."""
+    for entry in entries:
+        if entry.error:
+            yield entry
+            continue
+        try:
+            data = read_file(source_path(None, entry), limit + 1, entry.size)
+        except OSError as e:
+            yield FileEntry(entry.path, entry.size, f"cannot read file: {e.strerror or e}")
+            continue
+        yield FileEntry(entry.path, entry.size, None, scores.digest(data))
 
 
 def submit(settings: Settings, paths: Sequence[str], *, send: bool = True, **options: object) -> Job:
@@ -99,9 +120,13 @@ def submit(settings: Settings, paths: Sequence[str], *, send: bool = True, **opt
     return job
 
 
-def _source_bytes(job: Job, entry: FileEntry) -> bytes:
+def source_path(job: Job | None, entry: FileEntry) -> bytes:
+    """The file's path as bytes: relative paths are relative to the scan's directory (this one, before
+    the job exists)."""
     raw = unescape_path(entry.path)
-    return raw if os.path.isabs(raw) else os.path.join(os.fsencode(job.header["cwd"]), raw)
+    if os.path.isabs(raw) or job is None:
+        return raw
+    return os.path.join(os.fsencode(job.header["cwd"]), raw)
 
 
 def read_file(path: bytes, limit: int, expected: int = 0) -> bytes:
@@ -125,19 +150,25 @@ def read_file(path: bytes, limit: int, expected: int = 0) -> bytes:
         os.close(fd)
 
 
-def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry]) -> list[dict]:
+def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
+                    scored: Mapping[str, scores.Score] | None = None) -> list[dict]:
     """The task payload for one batch: small files inline (base64), large ones stored as blobs
-    in Redis first (see :mod:`digitq.blobs`), or absolute paths with ``--by-path``."""
+    in Redis first (see :mod:`digitq.blobs`), or absolute paths with ``--by-path``. A file whose
+    digest is in ``scored`` carries its score instead of its bytes."""
     out, large = [], {}
     for index, entry in enumerate(files):
         item: dict = {"path": entry.path}
+        if entry.sha256:
+            item["sha256"] = entry.sha256
         if entry.error:
             item["error"] = entry.error
+        elif scored and entry.sha256 in scored:
+            item["scored"] = list(scored[entry.sha256])
         elif job.header.get("by_path"):
-            item["ref"] = escape_path(_source_bytes(job, entry))
+            item["ref"] = escape_path(source_path(job, entry))
         else:
             try:
-                data = read_file(_source_bytes(job, entry), settings.max_file_bytes + 1, entry.size)
+                data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
             except OSError as e:
                 item["error"] = f"cannot read file: {e.strerror or e}"
             else:
@@ -156,29 +187,40 @@ def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[Fi
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
             progress: Progress | None = None, poll: float = 0.25) -> int:
     """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
-    and ``max_in_flight_bytes`` of image data sent but not committed. Returns images sent."""
+    and ``max_in_flight_bytes`` of image data sent but not committed. Returns how many images
+    workers will decode: for an incremental job, what the index has scored is filled in instead
+    (a batch of nothing else is committed here). ``progress`` gets the files handled so far."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
     sizes = job.batch_sizes
     app = client_app(settings)
     in_flight: dict[int, tuple[int, int]] = {}  # batch -> (images, bytes)
-    sent = 0
+    sent = handled = 0
+    incremental = bool(job.header.get("incremental"))
     try:
         with app.producer_or_acquire() as producer:
             for index, files in job.batches():
                 if index not in wanted:
                     continue
-                size = sum(f.size for f in files if not f.error)
+                scored = _scored(settings, job, files) if incremental else {}
+                handled += sizes[index]
+                if scored and all(f.error or f.sha256 in scored for f in files):
+                    _commit_scored(settings, job, index, files, scored)  # nothing left for a worker
+                    if progress:
+                        progress(handled)
+                    continue
+                files_to_send = [f for f in files if not f.error and f.sha256 not in scored]
+                size = sum(f.size for f in files_to_send)
                 while in_flight and (sum(n for n, _ in in_flight.values()) + sizes[index] > settings.max_in_flight
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
                     time.sleep(poll)
                     for done in job.committed() & in_flight.keys():
                         del in_flight[done]
-                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files)],
+                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files, scored)],
                               queue=settings.predict_queue, producer=producer)
                 in_flight[index] = (sizes[index], size)
-                sent += sizes[index]
+                sent += len(files_to_send)
                 if progress:
-                    progress(sent)
+                    progress(handled)
     except (OSError, KombuError, RedisError) as e:
         raise BrokerError(
             f"sending job {job.id} to Redis at {redact(settings.redis_url)} failed ({e}); "
@@ -186,7 +228,28 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
         ) from e
     finally:
         app.close()
+    if incremental and job.is_complete():
+        job.finalize()  # every batch came from the index: no worker will merge
     return sent
+
+
+def _scored(settings: Settings, job: Job, files: Sequence[FileEntry]) -> dict[str, scores.Score]:
+    """What the index holds for these files under the job's pinned version."""
+    try:
+        return scores.lookup(settings.data_dir, job.model_version, [f.sha256 for f in files if f.sha256])
+    except (OSError, sqlite3.Error):
+        return {}  # an unreadable index costs predictions, never rows
+
+
+def _commit_scored(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
+                   scored: Mapping[str, scores.Score]) -> None:
+    """Commit a batch whose every file the index has scored, here, as a worker would."""
+    rows = [Row(f.path, error=f.error) if f.error else Row(f.path, *scored[f.sha256]) for f in files]
+    job.commit(batch, rows, model_version=job.model_version, started=time.time())
+    try:
+        ledger.record(settings, job.id, batch)
+    except RedisError:
+        pass  # the merge lists the files itself
 
 
 def resume(settings: Settings, job: Job, progress: Progress | None = None) -> list[int]:

@@ -9,13 +9,14 @@ import base64
 import binascii
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger
+from digitq import blobs, ledger, scores
 from digitq.errors import ImageError, JobError
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
@@ -70,19 +71,29 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
     for index, entry in enumerate(entries):
         path = str(entry.get("path", ""))
         if entry.get("error"):
-            rows.append(Row(path, error=str(entry["error"])))
+            rows.append(Row(path, error=str(entry["error"]), lasting=False))
+            continue
+        if "scored" in entry:  # these bytes were scored by this version before (scan --incremental)
+            prediction, confidence, error = entry["scored"]
+            rows.append(Row(path, None if prediction is None else int(prediction),
+                            None if confidence is None else float(confidence), error))
             continue
         refused = before(index) if before else None
         if refused:
-            rows.append(Row(path, error=refused))
+            rows.append(Row(path, error=refused, lasting=False))
             continue
         try:
-            images.append(decode_image(read_entry(entry, max_bytes, fetched)))
+            data = read_entry(entry, max_bytes, fetched)
         except ImageError as e:
+            rows.append(Row(path, error=str(e), lasting=False))
+            continue
+        try:
+            images.append(decode_image(data))
+        except ImageError as e:  # the bytes themselves: the same error every time
             rows.append(Row(path, error=str(e)))
             continue
         except Exception as e:  # a bug or an exotic file must cost one row, not the batch
-            rows.append(Row(path, error=f"cannot process image: {type(e).__name__}: {e}"))
+            rows.append(Row(path, error=f"cannot process image: {type(e).__name__}: {e}", lasting=False))
             continue
         slots.append(len(rows))
         rows.append(None)
@@ -103,7 +114,7 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
     if delivery.exhausted:
         log.error("%s: given up after %d deliveries, every file an error row", where, delivery.count)
         error = f"batch given up: worker processes died on it {delivery.count - 1} times, not on any one file"
-        return [Row(str(e.get("path", "")), error=str(e.get("error") or error)) for e in entries]
+        return [Row(str(e.get("path", "")), error=str(e.get("error") or error), lasting=False) for e in entries]
     if not delivery.careful:
         return predict_entries(predictor, entries, max_bytes, fetched)
     for index in (i for i in delivery.quarantined() if i < len(entries)):
@@ -115,6 +126,16 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
     except BaseException:
         delivery.interrupted()
         raise
+
+
+def _index(settings: Settings, version: str, entries: Sequence[Mapping[str, object]], rows: Sequence[Row]) -> None:
+    """Record what this batch predicted for files of an incremental scan (they carry their digest)."""
+    scored = [(str(e["sha256"]), r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
+              if e.get("sha256") and "scored" not in e and r.lasting]
+    try:
+        scores.record(settings.data_dir, version, scored)
+    except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
+        log.warning("could not record %d scores in the index: %s", len(scored), e)
 
 
 def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:
@@ -142,6 +163,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     delivery = Delivery.begin(settings, job_id, batch)
     rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
     job.commit(batch, rows, model_version=ref.version, started=started)
+    _index(settings, ref.version, entries, rows)
     delivery.finish()
     blobs.delete(settings, keys)  # committed: the bytes are no longer needed, free Redis now
     done = job.finalize() if _maybe_last(settings, job, batch) else False
