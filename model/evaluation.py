@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from digitq.errors import DataError
 from digitq.settings import Settings
 from model.dataset import load_dataset
@@ -36,3 +38,15 @@ def evaluate_model(settings: Settings, data: str | None, model_version: str | No
         "sha256": ref.sha256,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+#: Equal-width bins of the top-class probability over [0, 1], for the confidence histograms.
+CONFIDENCE_BINS = 20
+
+
+def profile(probs: np.ndarray) -> dict:
+    """What a model predicts on its evaluation set, recorded at publish time so that a job's report
+    can show drift: predicted-class counts and the histogram of the top-class probability."""
+    return {"class_shares": np.bincount(probs.argmax(axis=1), minlength=10).tolist(),
+            "confidence_histogram": np.histogram(probs.max(axis=1), bins=CONFIDENCE_BINS,
+                                                 range=(0.0, 1.0))[0].tolist()}

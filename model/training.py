@@ -23,6 +23,7 @@ from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 from digitq.trainings import Training
 from model import plots
+from model.evaluation import profile
 from model.export import CALIBRATION_IMAGES, check_agreement, to_int8, to_onnx
 from model.registry import INT8_FILE, MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
 from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
@@ -32,7 +33,6 @@ from model.train import ARCHITECTURE, Recipe, fit, rounded_history, score
 log = logging.getLogger("digitq.training")
 #: Fine-tuning starts from trained weights: a tenth of the recipe's peak rate, no warm-up.
 FINE_TUNE_LR_FACTOR = 0.1
-_CONFIDENCE_BINS = 20
 
 
 def gate(policy: str, accuracy: float, baseline: float, baseline_version: str, tolerance_pts: float,
@@ -112,6 +112,9 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
         log.info("source %s (%s): %d to train, %d to evaluate%s", source["path"], source["kind"],
                  source["train_images"], source["eval_images"],
                  f", {source['undecodable']} undecodable file(s) skipped" if source.get("undecodable") else "")
+        if source.get("corrections") or source.get("confirmed"):
+            log.info("source %s: %d correction(s) and %d confirmed prediction(s) from `digitq review`",
+                     source["path"], source["corrections"], source["confirmed"])
     log.info("evaluation set: %s", data.evaluation["description"])
 
     recipe = Recipe(epochs=int(req["epochs"]), seed=int(req.get("seed", 0)))
@@ -252,12 +255,11 @@ def _metadata(training: Training, data: TrainingData, recipe: Recipe, parent: Mo
         "epochs": recipe.epochs,
         "recipe": asdict(recipe),
         "data": data.sources,
+        # What people corrected in `digitq review` folders: images moved to another digit than predicted.
+        "corrections": sum(int(source.get("corrections", 0)) for source in data.sources),
         "train_examples": int(len(data.y_train)),
         "skipped_files": data.skipped,
-        "evaluation": {**data.evaluation, "accuracy": figures["accuracy"], "loss": figures["loss"],
-                       "class_shares": np.bincount(probs.argmax(axis=1), minlength=10).tolist(),
-                       "confidence_histogram": np.histogram(probs.max(axis=1), bins=_CONFIDENCE_BINS,
-                                                            range=(0.0, 1.0))[0].tolist()},
+        "evaluation": {**data.evaluation, "accuracy": figures["accuracy"], "loss": figures["loss"], **profile(probs)},
         **figures,
         "history": rounded_history(history),
         "keras_version": keras.__version__,
