@@ -15,6 +15,11 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
+#: The manifest `digitq review` writes into a labelling folder; the training loader reads it to count
+#: corrections (an image moved to another digit folder than the one it was exported to).
+REVIEW_MANIFEST = "review.json"
+
+
 def is_image_name(name: str) -> bool:
     """True when the file name has an image extension (case-insensitive)."""
     dot = name.rfind(".")

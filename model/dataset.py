@@ -7,6 +7,7 @@ and uint8 labels; no TensorFlow needed except for the Keras download fallback.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ class LabelledFolder:
     undecodable: list[str]
     unlabelled: int
     discarded: int
+    #: From a `digitq review` folder: images moved to another digit (corrections) or left where exported.
+    corrections: int = 0
+    confirmed: int = 0
 
 
 def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
@@ -134,6 +138,8 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
         raise DataError(f"{directory}: sub-folder(s) {', '.join(repr(b) for b in bad[:5])} are not digits 0-9; "
                         "a labelled folder is DIR/<0-9>/<image> (rename or move them)")
     images, labels, undecodable = [], [], []
+    exported = _review_labels(directory)
+    corrections = confirmed = 0
     unlabelled = sum(1 for e in directory.iterdir() if e.is_file() and is_image_name(e.name))
     discarded = sum(1 for e in (directory / DISCARD).rglob("*") if e.is_file()) if (directory / DISCARD).is_dir() else 0
     for digit in range(10):
@@ -149,12 +155,29 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
                 undecodable.append(f"{entry}: {e}")
                 continue
             labels.append(digit)
+            if entry.name in exported:
+                confirmed += exported[entry.name] == str(digit)
+                corrections += exported[entry.name] != str(digit)
     if not images:
         if undecodable:
             raise DataError(f"{directory}: none of its {len(undecodable)} image file(s) could be decoded "
                             f"(first: {undecodable[0]})")
         raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
-    return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), undecodable, unlabelled, discarded)
+    return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), undecodable, unlabelled, discarded,
+                          corrections, confirmed)
+
+
+def _review_labels(directory: Path) -> dict[str, str | None]:
+    """File name -> the digit folder `digitq review` put it in (None: unlabelled), if it made this folder."""
+    from digitq.paths import REVIEW_MANIFEST
+
+    try:
+        manifest = json.loads((directory / REVIEW_MANIFEST).read_text(encoding="utf-8"))
+        return {f["file"]: f.get("exported_to") for f in manifest.get("files", [])}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{directory / REVIEW_MANIFEST} is unreadable ({e}); restore it or remove it") from e
 
 
 def load_image_folder(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -89,7 +89,8 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0)
         sources.append({"path": str(path), "kind": "folder", "train_images": int(len(train)),
                         "eval_images": int(held), "undecodable": len(folder.undecodable),
                         "undecodable_examples": folder.undecodable[:5], "unlabelled": folder.unlabelled,
-                        "discarded": folder.discarded, "fingerprint": fingerprint(folder.x, folder.y)})
+                        "discarded": folder.discarded, "corrections": folder.corrections,
+                        "confirmed": folder.confirmed, "fingerprint": fingerprint(folder.x, folder.y)})
     data = TrainingData(np.concatenate(xs), np.concatenate(ys), np.concatenate(xe), np.concatenate(ye),
                         sources, parts)
     if not len(data.y_eval):

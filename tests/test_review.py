@@ -1,0 +1,80 @@
+"""`digitq review`: the doubtful images of a job exported for labelling; the corrected folder is
+training data as it is, and the training records how many corrections it learnt from."""
+
+import json
+import shutil
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from digitq.paths import REVIEW_MANIFEST
+from digitq.settings import Settings
+from model.dataset import write_image_folder
+from model.registry import Registry
+from producer.cli import main
+from worker.process import WorkerProcess
+
+from .conftest import worker_env
+from .pipeline_helpers import last_json
+
+
+def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/14"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:60], mnist.y_test[:60])
+    truth = {}
+    for i in range(60, 76):  # deliberately hard: upside down, labelled by their true digit
+        label = int(mnist.y_test[i])
+        (folder / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(np.rot90(mnist.x_test[i], 2)).save(folder / str(label) / f"hard-{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for path in folder.rglob("*.png"):
+        truth[path.name] = path.parent.name
+    runner = CliRunner()
+
+    def cli(*args: str):
+        result = runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
+                               catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return last_json(result)
+
+    with WorkerProcess(worker_env(settings), tmp_path / "predict.log", name="predict"), \
+            WorkerProcess(worker_env(settings), tmp_path / "train.log", queues="train", name="train"):
+        job = cli("scan", str(folder), "--batch-size", "20", "--wait", "--json")
+        review = tmp_path / "review"
+        exported = cli("review", job["job_id"], "--below", "0.999", "--out", str(review), "--json")
+        manifest = json.loads((review / REVIEW_MANIFEST).read_text())
+        assert exported["exported"] == len(manifest["files"]) > 0 and exported["unlabelled"] == 0  # broken: no image
+        assert manifest["job_id"] == job["job_id"] and manifest["model_version"] == job["model_version"]
+        for f in manifest["files"]:
+            assert (review / f["exported_to"] / f["file"]).is_file() and f["confidence"] < 0.999
+            assert len(f["sha256"]) == 64 and f["source"].rsplit("/", 1)[-1] in truth
+        confidences = [f["confidence"] for f in manifest["files"]]
+        assert confidences == sorted(confidences)  # least confident first
+
+        # A person corrects the folder: wrong ones into their digit, one into discard/.
+        moved = confirmed = 0
+        files = manifest["files"]
+        (review / "discard").mkdir()
+        shutil.move(review / files[-1]["exported_to"] / files[-1]["file"], review / "discard" / files[-1]["file"])
+        for f in files[:-1]:
+            right = truth[f["source"].rsplit("/", 1)[-1]]
+            if right != f["exported_to"]:
+                (review / right).mkdir(exist_ok=True)
+                shutil.move(review / f["exported_to"] / f["file"], review / right / f["file"])
+                moved += 1
+            else:
+                confirmed += 1
+        assert moved >= 5  # most upside-down digits were wrong, and doubtful
+
+        labelled = tmp_path / "labelled"
+        write_image_folder(labelled, mnist.x_train[:200], mnist.y_train[:200])
+        outcome = cli("train", "--data", str(labelled), "--data", str(review), "--epochs", "1", "--from-version",
+                      "production", "--promote", "never", "--wait", "--timeout", "300", "--json")
+    assert outcome["state"] == "done", outcome
+    meta = Registry(settings.models_dir).resolve(outcome["version"]).meta
+    assert meta["corrections"] == moved
+    source = next(s for s in meta["data"] if s["path"] == str(review.resolve()))
+    assert (source["corrections"], source["confirmed"], source["discarded"]) == (moved, confirmed, 1)
