@@ -40,7 +40,8 @@ class Stack:
     def __init__(self, artifacts):
         self.artifacts = artifacts
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": f"digitqsmoke{os.getpid()}",
-                    "DIGITQ_REDIS_PASSWORD": secrets.token_hex(16), "DIGITQ_REDIS_PORT": str(_free_port())}
+                    "DIGITQ_REDIS_PASSWORD": secrets.token_hex(16), "DIGITQ_REDIS_PORT": str(_free_port()),
+                    "DIGITQ_FLOWER_PORT": str(_free_port()), "DIGITQ_FLOWER_AUTH": "admin:" + secrets.token_hex(8)}
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(["docker-compose", "-f", str(COMPOSE), *args], env=self.env, capture_output=True,
@@ -128,3 +129,27 @@ def test_the_compose_stack_scans_a_folder_with_two_workers(stack, tmp_path, mnis
     assert _until(lambda: (h := stack.health("worker")) == ["healthy", "healthy"] and h, timeout=180,
                   what="the workers' HEALTHCHECK")
     assert stack("run", "--rm", "-T", "producer", "id", "-u").stdout.strip() == "10001"  # not root
+
+
+def test_flower_runs_behind_its_profile_and_asks_for_a_password(stack):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    stack("--profile", "monitor", "up", "-d", "flower", timeout=300)
+    url = f"http://127.0.0.1:{stack.env['DIGITQ_FLOWER_PORT']}/api/workers"
+
+    def get(auth: str | None) -> int:
+        request = urllib.request.Request(url)
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own local URL
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0  # not listening yet
+
+    assert _until(lambda: get(stack.env["DIGITQ_FLOWER_AUTH"]) == 200, timeout=120, what="flower to answer")
+    assert get(None) == 401 and get("admin:wrong") == 401
