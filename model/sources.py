@@ -55,6 +55,26 @@ class TrainingData:
         return sum(s.get("undecodable", 0) for s in self.sources)
 
 
+#: A `digitq review` folder is repeated in training until it makes about this share of the examples:
+#: a few dozen corrections among 60,000 MNIST digits would otherwise be seen too rarely to be learnt.
+REVIEW_SHARE = 0.05
+MAX_REPEAT = 50
+
+
+def _weigh_reviews(xs: list[np.ndarray], ys: list[np.ndarray], sources: list[dict]) -> None:
+    """Repeat the training images of review folders (those with corrections or confirmations), in place."""
+    total = sum(len(y) for y in ys)
+    for i, source in enumerate(sources):
+        reviewed = source.get("corrections", 0) + source.get("confirmed", 0)
+        n = len(ys[i])
+        if not reviewed or not n:
+            continue
+        repeat = int(min(MAX_REPEAT, max(1, round(REVIEW_SHARE * (total - n) / n))))
+        if repeat > 1:
+            xs[i], ys[i] = np.repeat(xs[i], repeat, axis=0), np.repeat(ys[i], repeat)
+        source["repeated"] = repeat
+
+
 def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0) -> TrainingData:
     """Combine every source; a missing or unusable source is a :class:`DataError` naming it."""
     if not paths:
@@ -91,6 +111,7 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0)
                         "undecodable_examples": folder.undecodable[:5], "unlabelled": folder.unlabelled,
                         "discarded": folder.discarded, "corrections": folder.corrections,
                         "confirmed": folder.confirmed, "fingerprint": fingerprint(folder.x, folder.y)})
+    _weigh_reviews(xs, ys, sources)
     data = TrainingData(np.concatenate(xs), np.concatenate(ys), np.concatenate(xe), np.concatenate(ye),
                         sources, parts)
     if not len(data.y_eval):
