@@ -22,11 +22,9 @@ from digitq.jobs import FileEntry, Job
 from digitq.paths import unescape_path
 from digitq.settings import Settings
 from digitq.storage import atomic_write
+from model.evaluation import CONFIDENCE_BINS
 from model.registry import Registry
 from producer.dispatch import read_file, source_path
-
-#: Equal-width confidence bins over [0, 1], as recorded at publish time (model.evaluation.CONFIDENCE_BINS).
-BINS = 20
 
 
 def _data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -59,11 +57,11 @@ def _plots(classes: np.ndarray, confidences: np.ndarray, evaluation: dict | None
     class_png = _figure_png(fig)
     plt.close(fig)
 
-    edges = np.linspace(0, 1, BINS + 1)
+    edges = np.linspace(0, 1, CONFIDENCE_BINS + 1)
     job_hist = np.histogram(confidences, bins=edges)[0] / max(1, len(confidences))
     fig, ax = plt.subplots(figsize=(7, 3.2))
     centers = (edges[:-1] + edges[1:]) / 2
-    ax.bar(centers, job_hist * 100, 1 / BINS * 0.9, label="this job", alpha=0.8)
+    ax.bar(centers, job_hist * 100, 1 / CONFIDENCE_BINS * 0.9, label="this job", alpha=0.8)
     if evaluation:
         counts = np.asarray(evaluation["confidence_histogram"], float)
         ax.step(centers, counts / counts.sum() * 100, where="mid", color="C1", label="evaluation set")
