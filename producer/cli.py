@@ -97,7 +97,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, inc
     found.files.clear()  # the manifest on disk has them now; a million paths need not stay in memory
     try:
         with Progress(job.total, "enqueue") as bar:
-            sent = enqueue(settings, job, progress=bar.update)
+            enqueued = enqueue(settings, job, progress=bar.update)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest", err=True)
         ctx.exit(130)
@@ -105,9 +105,9 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, inc
         job.finalize()
     summary = {"job_id": job.id, "total": job.total, "skipped": found.skipped, "batches": job.n_batches,
                "model_version": job.model_version, "output": str(job.csv_path.resolve()), "out": job.header["out"],
-               "sent": sent}
+               "sent": enqueued.sent}
     if incremental:
-        summary["from_index"] = job.total - sent - sum(1 for _, files in job.batches() for f in files if f.error)
+        summary["from_index"] = enqueued.from_index
     if not as_json:
         reused = f", {summary['from_index']} scored before by {job.model_version}" if incremental else ""
         click.echo(f"job {job.id}: {job.total} images in {job.n_batches} batches "

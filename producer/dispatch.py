@@ -10,6 +10,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -29,6 +30,13 @@ _ENTRY_OVERHEAD = 512
 #: Most bytes a message carries inline (base64 and all): Redis and JSON stay quick below it.
 _MESSAGE_BUDGET = 8 * 1024 * 1024
 Progress = Callable[[int], None]
+
+
+class Enqueued(NamedTuple):
+    """What :func:`enqueue` did with the files of the batches it was given."""
+
+    sent: int  # images sent to the workers to decode
+    from_index: int  # images whose rows came from the content-hash index (incremental jobs)
 
 
 def plan_batches(files: Iterable[Found], settings: Settings, *, batch_size: int,
@@ -185,16 +193,16 @@ def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[Fi
 
 
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
-            progress: Progress | None = None, poll: float = 0.25) -> int:
+            progress: Progress | None = None, poll: float = 0.25) -> Enqueued:
     """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
-    and ``max_in_flight_bytes`` of image data sent but not committed. Returns how many images
-    workers will decode: for an incremental job, what the index has scored is filled in instead
-    (a batch of nothing else is committed here). ``progress`` gets the files handled so far."""
+    and ``max_in_flight_bytes`` of image data sent but not committed. For an incremental job,
+    what the index has scored is filled in instead (a batch of nothing else is committed here).
+    ``progress`` gets the files handled so far."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
     sizes = job.batch_sizes
     app = client_app(settings)
     in_flight: dict[int, tuple[int, int]] = {}  # batch -> (images, bytes)
-    sent = handled = 0
+    sent = handled = from_index = 0
     incremental = bool(job.header.get("incremental"))
     try:
         with app.producer_or_acquire() as producer:
@@ -203,6 +211,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                     continue
                 scored = _scored(settings, job, files) if incremental else {}
                 handled += sizes[index]
+                from_index += sum(1 for f in files if not f.error and f.sha256 in scored)
                 if scored and all(f.error or f.sha256 in scored for f in files):
                     _commit_scored(settings, job, index, files, scored)  # nothing left for a worker
                     if progress:
@@ -230,7 +239,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
         app.close()
     if incremental and job.is_complete():
         job.finalize()  # every batch came from the index: no worker will merge
-    return sent
+    return Enqueued(sent, from_index)
 
 
 def _scored(settings: Settings, job: Job, files: Sequence[FileEntry]) -> dict[str, scores.Score]:
