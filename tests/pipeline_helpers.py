@@ -29,3 +29,18 @@ def wait_until(predicate, timeout: float = 60.0, poll: float = 0.05, what: str =
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cli_for(settings: Settings, env: dict[str, str] | None = None):
+    """A function that runs `digitq ARGS...` in-process against ``settings``' Redis and data dir."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    runner = CliRunner(env=env)
+
+    def cli(*args: str):
+        return runner.invoke(main, ["--redis-url", settings.redis_url, "--data-dir", str(settings.data_dir), *args],
+                             catch_exceptions=False)
+
+    return cli

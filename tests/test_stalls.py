@@ -12,7 +12,7 @@ from producer.cli import main
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import last_json, wait_until
+from .pipeline_helpers import cli_for, last_json, wait_until
 
 
 def test_a_worker_with_the_wrong_data_dir_stalls_the_job_loudly_and_loses_nothing(redis_server, tmp_path, mnist):
@@ -21,11 +21,7 @@ def test_a_worker_with_the_wrong_data_dir_stalls_the_job_loudly_and_loses_nothin
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:24], mnist.y_test[:24])
-    runner = CliRunner()
-
-    def cli(*args: str):
-        return runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
-                             catch_exceptions=False)
+    cli = cli_for(settings)
 
     with WorkerProcess(worker_env(wrong), tmp_path / "wrong.log", name="wrong") as bad:
         job_id = last_json(cli("scan", str(folder), "--batch-size", "8", "--json"))["job_id"]
@@ -122,11 +118,7 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:9], mnist.y_test[:9])
     (folder / str(mnist.y_test[9]) / "slow.png").write_bytes(marked_png(mnist.x_test[9], "DIGITQ-TEST-SLOW"))
-    runner = CliRunner(env={"DIGITQ_STALL_AFTER": "2"})
-
-    def cli(*args: str):
-        return runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
-                             catch_exceptions=False)
+    cli = cli_for(settings, env={"DIGITQ_STALL_AFTER": "2"})
 
     doomed = WorkerProcess(sabotaged_env(settings, DIGITQ_TEST_SLOW_MARKER="DIGITQ-TEST-SLOW"), tmp_path / "dead.log",
                            app="sabotage", name="doomed").start()
@@ -157,11 +149,7 @@ def test_a_train_worker_with_the_wrong_data_dir_hands_the_training_back(redis_se
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
-    runner = CliRunner()
-
-    def cli(*args: str):
-        return runner.invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), *args],
-                             catch_exceptions=False)
+    cli = cli_for(settings)
 
     def training(training_id: str) -> dict:
         return json.loads(cli("training", training_id, "--json").stdout)
