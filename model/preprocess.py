@@ -20,6 +20,10 @@ try:
     import pyspng as _spng
 except ImportError:  # optional: Pillow decodes every PNG without it
     _spng = None
+try:
+    from model import _jpegdc  # C, built at install where a compiler is (model/jpegdc.c)
+except ImportError:  # optional: Pillow decodes every JPEG without it, to the same pixels
+    _jpegdc = None
 
 #: Pillow's own bomb check fires above this; we make it an error, not a warning.
 MAX_PIXELS = 64_000_000
@@ -115,6 +119,7 @@ def _open(data: bytes) -> Image.Image:
             return small
     img.seek(0)  # first frame of an animation
     _draft(img)
+    img = _luma_at_eighth(img, data) or img
     img.load()
     img = _reduce(img)
     if _ORIENTATION_KEYS.isdisjoint(img.info) and not hasattr(img, "tag_v2"):
@@ -148,11 +153,26 @@ def _stream_reduce(data: bytes) -> Image.Image | None:
 
 def _draft(img: Image.Image) -> None:
     """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling): a 12-megapixel photo
-    costs a tenth of a full decode, and the digit is framed from a ~500 px image all the same."""
+    costs a tenth of a full decode, and the digit is framed from a ~500 px image all the same.
+    Colour JPEGs decode to their luma (Y): what grayscale is, without colour conversion."""
     if img.format == "JPEG" and max(img.size) > 2 * WORK_SIZE:
         w, h = img.size
         scale = WORK_SIZE / max(w, h)
-        img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+        img.draft("L", (max(1, int(w * scale)), max(1, int(h * scale))))
+
+
+def _luma_at_eighth(img: Image.Image, data: bytes) -> Image.Image | None:
+    """A JPEG drafted to grayscale at 1/8 scale, read from its DC coefficients alone (model/jpegdc.c):
+    the same pixels libjpeg gives, at about 40% of its cost, since it skips the AC coefficients with
+    one table look-up each. None where the reader is not built or leaves the file to libjpeg."""
+    if _jpegdc is None or img.format != "JPEG" or img.mode != "L" or img.decoderconfig != (8, 0):
+        return None
+    decoded = _jpegdc.luma_dc(data)
+    if decoded is None or decoded[:2] != img.size:
+        return None
+    small = Image.frombuffer("L", img.size, decoded[2], "raw", "L", 0, 1)
+    small.info = img.info  # EXIF orientation for exif_transpose
+    return small
 
 
 def _reduce(img: Image.Image) -> Image.Image:

@@ -9,7 +9,7 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
     exit 1
 fi
 stamp=.venv/.digitq-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] || [ model/jpegdc.c -nt "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     extras="test"
     command -v redis-server >/dev/null 2>&1 || extras="test,embedded-redis"
