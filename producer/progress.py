@@ -46,7 +46,8 @@ class Progress:
             self._base, self.started = count, time.monotonic()
         self.count = count
         now = time.monotonic()
-        if self.enabled and (now - self._drawn > 0.1 or count >= self.total):
+        # An unknown total (0) is never reached: redraw ten times a second, not once a file.
+        if self.enabled and (now - self._drawn > 0.1 or 0 < self.total <= count):
             self._drawn = now
             self.stream.write("\r\x1b[K" + self.line())
             self.stream.flush()

@@ -41,6 +41,14 @@ def _size_thread_pools(sender=None, **_: object) -> None:
     _pool["concurrency"] = concurrency
 
 
+@signals.worker_process_init.connect
+def _preload_decoders(**_: object) -> None:
+    # In each pool process, at start: the first page scan of a batch then costs what the next ones do.
+    from model import preprocess
+
+    preprocess.preload()
+
+
 @signals.worker_ready.connect
 def _announce(**_: object) -> None:
     # Logging is configured by now (it is not yet at worker_init).
