@@ -88,6 +88,8 @@ def client_app(settings: Settings):
 
 
 _clients: dict[str, object] = {}
+# A forked process (producer/senders.py) must not share its parent's sockets.
+os.register_at_fork(after_in_child=_clients.clear)
 
 
 def _connect(url: str, timeout: float):

@@ -22,7 +22,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -191,11 +191,13 @@ class Job:
     def csv_path(self) -> Path:
         return self.dir / "predictions.csv"
 
-    def batches(self) -> Iterator[tuple[int, list[FileEntry]]]:
-        """``(index, files)`` for every batch, streamed from the manifest."""
+    def batches(self, wanted: Container[int] | None = None) -> Iterator[tuple[int, list[FileEntry]]]:
+        """``(index, files)`` for every batch (or those ``wanted``), streamed from the manifest."""
         with open(self.dir / "files.jsonl", encoding="utf-8") as f:
             for index, size in enumerate(self.batch_sizes):
-                yield index, FileEntry.from_json_lines([f.readline() for _ in range(size)])
+                lines = [f.readline() for _ in range(size)]
+                if wanted is None or index in wanted:
+                    yield index, FileEntry.from_json_lines(lines)
 
     def rows(self) -> list[tuple[FileEntry, dict[str, str]]]:
         """The finished CSV's rows, each with its manifest entry (the path as scanned: the CSV's cells

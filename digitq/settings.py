@@ -58,6 +58,8 @@ class Settings:
     max_in_flight_bytes: int = 128 * MiB
     max_file_bytes: int = 20 * MiB
     max_batch_bytes: int = 16 * MiB
+    #: Processes that send a scan's batches (producer/senders.py); 0: two where there are two cores.
+    senders: int = 0
     visibility_timeout: int = 3600
     #: A job with no commit for this long, whose missing batches nobody queues or holds, is stalled.
     stall_after: int = 120
@@ -84,6 +86,7 @@ class Settings:
             max_in_flight_bytes=_int("DIGITQ_MAX_IN_FLIGHT_BYTES", cls.max_in_flight_bytes, minimum=MiB),
             max_file_bytes=_int("DIGITQ_MAX_FILE_BYTES", cls.max_file_bytes),
             max_batch_bytes=_int("DIGITQ_MAX_BATCH_BYTES", cls.max_batch_bytes, minimum=64 * 1024),
+            senders=_int("DIGITQ_SENDERS", cls.senders, minimum=0),
             visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),
             stall_after=_int("DIGITQ_STALL_AFTER", cls.stall_after),
             promote_tolerance=_float("DIGITQ_PROMOTE_TOLERANCE", cls.promote_tolerance),

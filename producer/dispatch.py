@@ -206,9 +206,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
     incremental = bool(job.header.get("incremental"))
     try:
         with app.producer_or_acquire() as producer:
-            for index, files in job.batches():
-                if index not in wanted:
-                    continue
+            for index, files in job.batches(wanted):
                 scored = _scored(settings, job, files) if incremental else {}
                 handled += sizes[index]
                 from_index += sum(1 for f in files if not f.error and f.sha256 in scored)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from digitq.errors import DataError
 from digitq.paths import escape_path, is_image_name
+from producer.forks import can_fork, exit_reason, fork_child
 
 
 class Found(NamedTuple):
@@ -95,3 +100,81 @@ def _walk(root: bytes, result: ScanResult, seen: set[tuple[int, int]], add: Call
                     result.skipped += 1
             except OSError:
                 result.skipped += 1
+
+
+class ForkedWalk:
+    """:func:`find_images` in a forked child process, started at once, so that this process can
+    import and connect meanwhile (the walk is about a fifth of a 20,000-file scan on one core).
+
+    The child streams its progress and then the files, one JSON line each, through a pipe. Where
+    there is no ``fork``, or another thread runs (forking would copy its locks), the walk runs here,
+    in :meth:`result`.
+    """
+
+    def __init__(self, paths: Sequence[str | bytes | os.PathLike]) -> None:
+        self.paths = list(paths)
+        self.pid: int | None = None
+        self._stream = None
+        if not can_fork():
+            return
+        read_end, write_end = os.pipe()
+        self.pid = fork_child(lambda: _walk_to(self.paths, read_end, write_end))
+        os.close(write_end)
+        self._stream = os.fdopen(read_end, encoding="utf-8")
+
+    def result(self, on_file: Callable[[int], None] | None = None) -> ScanResult:
+        """What the walk found (waiting for it); ``on_file`` gets the count found so far."""
+        if self.pid is None:
+            return find_images(self.paths, on_file)
+        result, end = ScanResult(), None
+        decode = json.JSONDecoder().decode
+        with self._stream as stream:
+            for line in stream:
+                if line.startswith("["):
+                    result.files.append(Found(*decode(line)))
+                elif line.startswith("#"):
+                    if on_file:
+                        on_file(int(line[1:]))
+                else:
+                    end = decode(line)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        if end is None or "error" in end:
+            why = end["error"] if end else f"the walking process ended ({exit_reason(status)})"
+            raise DataError(f"walking {', '.join(map(os.fsdecode, self.paths))} failed: {why}")
+        result.skipped, result.warnings = end["skipped"], end["warnings"]
+        if on_file:
+            on_file(len(result.files))
+        return result
+
+    def cancel(self) -> None:
+        """Stop the walk (when this process gives up before reading it)."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+            self._stream.close()
+
+
+def _walk_to(paths: Sequence[str | bytes | os.PathLike], unused: int, fd: int) -> int:
+    """The child's side of :class:`ForkedWalk`: walk and write; the exit code."""
+    os.close(unused)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        drawn = [time.monotonic()]
+
+        def progress(count: int) -> None:
+            now = time.monotonic()
+            if now - drawn[0] > 0.1:  # ten updates a second, not one a file
+                drawn[0] = now
+                out.write(f"#{count}\n")
+                out.flush()
+
+        try:
+            found = find_images(paths, on_file=progress)
+        except Exception as e:  # reported by the parent, which raises
+            out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+            return 1
+        dumps = json.JSONEncoder().encode
+        out.writelines(dumps(f) + "\n" for f in found.files)
+        out.write(dumps({"skipped": found.skipped, "warnings": found.warnings}) + "\n")
+    return 0

@@ -13,7 +13,7 @@ On one generated folder of N MNIST digits as PNG files it measures, side by side
   (f) worker memory (RSS) per process;
   (g) 12-megapixel phone photos through the pipeline; and one A4 600-dpi page scan decoded alone;
   (h) an incremental rescan of the unchanged MNIST folder (after one that fills the index).
-Model loading is excluded on both sides of (b)/(c); each timed run is the best of two.
+Model loading is excluded on both sides of (b)/(c); each timed run is the best of two ((d): of three).
 Everything runs locally: a private redis-server on a free loopback port and real Celery workers.
 """
 
@@ -142,17 +142,18 @@ def page(path: str) -> None:
 # -- the whole run --------------------------------------------------------------------------------
 
 def _digitq(env: dict, *args: str) -> tuple[float, dict, int]:
-    """Run the real CLI; wall seconds, its --json summary, and its peak RSS (MB).
+    """Run the real CLI; wall seconds, its --json summary, and its peak RSS (MB) with its children's.
 
-    The peak is VmHWM, sampled: getrusage's ru_maxrss would start at this process's own size,
-    which Linux carries into a child across fork and exec."""
+    The peak is VmHWM, sampled (getrusage's ru_maxrss would start at this process's own size, which
+    Linux carries into a child across fork and exec), or the largest sampled sum of VmRSS over the
+    CLI and the processes it forks (the walk, the senders; pages they share count in each)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([*DIGITQ, *args, "--json"], env=env, cwd=ROOT, stdout=out, stderr=err, text=True)
         peak = 0.0
         while proc.poll() is None:
             try:
-                peak = max(peak, _rss_mb(proc.pid)[1])
+                peak = max(peak, _rss_mb(proc.pid)[1], sum(_rss_mb(pid)[0] for pid in _tree(proc.pid)))
             except (OSError, KeyError, ValueError):
                 pass
             time.sleep(0.05)
@@ -162,6 +163,19 @@ def _digitq(env: dict, *args: str) -> tuple[float, dict, int]:
         if proc.returncode:
             raise SystemExit(f"digitq {' '.join(args)} failed:\n{err.read()[-3000:]}")
         return seconds, json.loads(out.read().strip().splitlines()[-1]), round(peak)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
@@ -298,7 +312,7 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
                 worker.stop()
             # (d) no worker listens on database 1: the producer alone, files on disk to messages in Redis
             qenv = {**cenv, "DIGITQ_REDIS_URL": redis.url.rsplit("/", 1)[0] + "/1"}
-            seconds, _, _ = _digitq(qenv, "scan", str(tmp / "digits"))
+            seconds = min(_digitq(qenv, "scan", str(tmp / "digits"))[0] for _ in range(3))
             results["enqueue_per_s"] = round(images / seconds)
             print(f"(d) enqueue {results['enqueue_per_s']} files/s", file=sys.stderr)
 
@@ -373,7 +387,8 @@ def render(r: dict) -> str:
         f"(accuracy {r['pipeline_accuracy']:.2%}) | |",
         f"| (c)/(b) | pipeline vs the plain script | **{r['ratio_plain']}x** | >= 1.5x (aim 2x) |",
         f"| (c)/(a) | pipeline vs the fastest raw inference | {r['ratio_raw']}x | |",
-        f"| (d) | producer enqueue (`digitq scan`, no worker) | {r['enqueue_per_s']:,} files/s | >= 20,000 |",
+        f"| (d) | producer enqueue (`digitq scan`, no worker; best of 3) | {r['enqueue_per_s']:,} files/s "
+        "| >= 20,000 |",
         f"| (e) | worker start to first prediction | {r['worker_ready_s']} s | <= 3 s |",
         f"| (f) | worker RSS, peak per pool process (parent) | {r['worker_rss_mb']} MB "
         f"({r['worker_parent_rss_mb']} MB) | <= 300 MB |",
