@@ -3,8 +3,10 @@
  * A 12-megapixel phone photo is framed from a ~500 px image, which is what libjpeg gives at 1/8
  * scale: one pixel per 8x8 block, its DC value. libjpeg still decodes every AC coefficient to find
  * where each block ends, and that Huffman decoding is nearly all of a photo's cost. This reader
- * skips each AC coefficient with one table look-up (code and value bits together), for the same
- * pixels libjpeg-turbo gives for draft("L") at 1/8 scale: (DC * q + 4) >> 3, plus 128, clamped.
+ * skips the AC coefficients with look-ups of 12 bits that take code and value bits together, and
+ * as many whole symbols as those bits hold, from data unstuffed beforehand so that refilling the
+ * bit buffer needs no branch. It gives the pixels libjpeg-turbo gives for draft("L") at 1/8 scale:
+ * (DC * q + 4) >> 3, plus 128, through libjpeg's range limit.
  *
  * It reads only the common case: 8-bit baseline or extended Huffman, one interleaved scan, one
  * component or three (YCbCr, luma at full resolution), restart markers allowed. For anything else,
@@ -110,7 +112,7 @@ static inline void refill(Reader *r) {
 static inline long consumed(const Reader *r) { return (long)(r->p - r->base) * 8 - r->count; }
 
 /* Copies entropy-coded data from *src to out, unstuffing 0xFF00, up to the next marker; returns the
- * bytes written and leaves *src on the marker (or at the end: then the marker is 0). */
+ * bytes written and leaves *src on the marker, or at the end of the data. */
 static Py_ssize_t unstuff(const uint8_t **src, const uint8_t *end, uint8_t *out) {
     const uint8_t *s = *src;
     uint8_t *o = out;
@@ -162,8 +164,8 @@ static inline int block(Reader *r, const Table *dc, const Table *ac, int *diff) 
         len = e & 0xff;
         s = e >> 8;
     } else {
-        s = decode_slow(r, dc, &len);
-        if (s < 0 || s > 11) return -1;
+        s = decode_slow(r, dc, &len); /* at most 15: build_table refuses larger DC values */
+        if (s < 0) return -1;
     }
     drop(r, len);
     if (s) {
