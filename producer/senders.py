@@ -1,7 +1,7 @@
 """Sender processes: one job's batches sent by several forked processes at once.
 
 Sending is Python work (reading files, encoding, publishing) that one core does at about 15,000
-files a second on a small machine; a forked sender takes every other batch. Each sender keeps its
+files a second on a small machine; with N senders each takes every Nth batch. Each sender keeps its
 share of the in-flight bounds, and each batch is still sent exactly once.
 """
 
@@ -24,7 +24,7 @@ MIN_BATCHES_PER_SENDER = 4
 
 
 def default_senders() -> int:
-    """Two senders where there are two cores or more (measured: 1.2x the rate of one on two cores;
+    """Two senders where there are two cores or more (measured: 1.3x the rate of one on two cores;
     Redis itself and the workers want the rest)."""
     try:
         cores = len(os.sched_getaffinity(0))
