@@ -46,6 +46,15 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 PROMOTE_CHOICES = ("auto", "always", "never")
 
 
+def available_cores() -> int:
+    """Cores this process may run on (honours CPU affinity / cgroups pinning): what worker thread
+    pools and the scan's default senders are sized from."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything digitq reads from its environment."""

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from digitq.errors import BrokerError
 from digitq.jobs import Job
-from digitq.settings import Settings
+from digitq.settings import Settings, available_cores
 from producer.dispatch import Enqueued, Progress, enqueue
 from producer.forks import can_fork, exit_reason, fork_child
 
@@ -26,11 +26,7 @@ MIN_BATCHES_PER_SENDER = 4
 def default_senders() -> int:
     """Two senders where there are two cores or more (measured: 1.3x the rate of one on two cores;
     Redis itself and the workers want the rest)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return min(2, cores)
+    return min(2, available_cores())
 
 
 def enqueue_parallel(settings: Settings, job: Job, progress: Progress | None = None) -> Enqueued:

@@ -9,7 +9,7 @@ from celery import Celery, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, celery_config, eviction_policy, redact
-from digitq.settings import Settings
+from digitq.settings import Settings, available_cores
 from digitq.storage import data_dir_id
 
 log = logging.getLogger("digitq.worker")
@@ -18,14 +18,6 @@ app = Celery("digitq", include=["worker.tasks"])
 app.config_from_object(celery_config(Settings.from_env()))
 # `celery -A worker beat` runs the periodic retraining (worker/beat.py); no schedule file to keep.
 app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (honours CPU affinity / cgroups pinning)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 _pool: dict[str, int] = {}  # what worker_init learned, for the worker_ready log line
