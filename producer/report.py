@@ -74,14 +74,14 @@ def _plots(classes: np.ndarray, confidences: np.ndarray, evaluation: dict | None
     return {"classes": _data_uri(class_png), "confidence": _data_uri(confidence_png)}
 
 
-def _thumbnails(job: Job, path: str) -> tuple[str | None, str | None, str | None]:
+def _thumbnails(settings: Settings, job: Job, entry: FileEntry) -> tuple[str | None, str | None, str | None]:
     """(original thumbnail, the 28x28 the model saw, a problem) for one scanned file."""
     from PIL import Image
 
     from model.preprocess import decode_image
 
     try:
-        data = read_file(source_path(job, FileEntry(path)), 64 * 1024 * 1024)
+        data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
     except OSError as e:
         return None, None, f"the file is no longer readable ({e.strerror or e})"
     try:
@@ -109,7 +109,7 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
     status = job.status()
     if status["state"] != "done":
         raise JobError(f"job {job.id} is {status['state']}, not done: `digitq wait {job.id}`, then report")
-    rows = [{**row, "source": entry.path} for entry, row in job.rows()]
+    rows = [{**row, "entry": entry} for entry, row in job.rows()]
     predicted = [r for r in rows if not r["error"]]
     classes = np.array([int(r["prediction"]) for r in predicted], dtype=int)
     confidences = np.array([float(r["confidence"]) for r in predicted])
@@ -128,21 +128,26 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
     }
     plots = _plots(classes, confidences, evaluation, threshold)
     lowest = sorted(predicted, key=lambda r: float(r["confidence"]))[:gallery]
-    cards = [_card(job, r) for r in lowest]
+    cards = [_card(settings, job, r) for r in lowest]
     page = _page(figures, status, plots, cards, evaluation, rows)
     path = job.dir / "report.html"
     atomic_write(path, page.encode("utf-8"))
     return {**figures, "report": str(path.resolve()), "gallery": len(cards)}
 
 
-def _card(job: Job, row: dict) -> str:
-    original, seen, problem = _thumbnails(job, row["source"])
-    name = html.escape(unescape_path(row["source"]).decode("utf-8", "replace"))
+def _card(settings: Settings, job: Job, row: dict) -> str:
+    original, seen, problem = _thumbnails(settings, job, row["entry"])
+    name = _shown(row["entry"])
     images = "".join(f'<figure><img src="{src}" alt="{alt}" width="112" height="112"><figcaption>{alt}</figcaption>'
                      f"</figure>" for src, alt in ((original, "original"), (seen, "model input")) if src)
     note = f'<p class="problem">{html.escape(problem)}</p>' if problem else ""
     return (f'<div class="card"><div class="pair">{images}</div><p><b>{row["prediction"]}</b> at '
             f'{float(row["confidence"]):.1%}</p><p class="path">{name}</p>{note}</div>')
+
+
+def _shown(entry: FileEntry) -> str:
+    """The file's path as scanned, for HTML."""
+    return html.escape(unescape_path(entry.path).decode("utf-8", "replace"))
 
 
 def _page(figures: dict, status: dict, plots: dict, cards: Sequence[str], evaluation: dict | None,
@@ -160,8 +165,7 @@ def _page(figures: dict, status: dict, plots: dict, cards: Sequence[str], evalua
                  f"{sum(evaluation['class_shares']):,} images, recorded when the version was published."
                  if evaluation else "This version has no evaluation profile recorded: only this job is shown.")
     errors = [r for r in rows if r["error"]][:50]
-    error_rows = "".join(f"<tr><td>{html.escape(unescape_path(r['source']).decode('utf-8', 'replace'))}</td>"
-                         f"<td>{html.escape(r['error'])}</td></tr>" for r in errors)
+    error_rows = "".join(f"<tr><td>{_shown(r['entry'])}</td><td>{html.escape(r['error'])}</td></tr>" for r in errors)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
