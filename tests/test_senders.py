@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from model.dataset import write_image_folder
 
 from .conftest import ROOT
 from .pipeline_helpers import wait_until
@@ -86,9 +87,7 @@ def test_a_walk_that_dies_is_an_error_and_cancel_reaps_it(tmp_path):
 
 
 def _pngs(folder: Path, mnist, count: int) -> Path:
-    folder.mkdir()
-    for i in range(count):
-        Image.fromarray(255 - mnist.x_test[i]).save(folder / f"{mnist.y_test[i]}_{i:03d}.png")
+    write_image_folder(folder, mnist.x_test[:count], mnist.y_test[:count])
     return folder
 
 
@@ -167,9 +166,7 @@ def test_threaded_callers_send_from_one_process(settings, tmp_path):
     from producer.scan import find_images
 
     folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(12):
-        Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / f"{i}.png")
+    write_image_folder(folder, np.zeros((12, 28, 28), np.uint8), np.zeros(12, np.uint8))
     url = settings.redis_url.rsplit("/", 1)[0] + "/5"
     local = settings.__class__.from_env(redis_url=url, data_dir=str(tmp_path / "data"), senders=2)
     job = new_job(local, find_images([str(folder)]).files, sources=["x"], batch_size=1)  # 12 batches: enough for 2
