@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import os
 import ssl
-from urllib.parse import urlsplit
 
 from digitq.errors import BrokerError
+from digitq.redisurl import redact
 from digitq.settings import Settings
 
 PREDICT_TASK = "digitq.predict_batch"
 TRAIN_TASK = "digitq.train_model"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 def _ssl_options(url: str) -> dict | None:

@@ -29,12 +29,14 @@ from typing import NamedTuple
 
 from digitq import csvfile
 from digitq.errors import JobError, JobNotFound
+from digitq.scores import DIGEST
 from digitq.storage import atomic_open, atomic_write, atomic_write_json
 
 _json_string = json.encoder.encode_basestring_ascii
 _json_decode = json.JSONDecoder().decode
-JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-_RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl$")
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would then name another path.
+JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")
+_RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl\Z")
 FORMAT = 1
 
 
@@ -71,6 +73,9 @@ class Row:
     #: Whether the row follows from the file's bytes alone (a prediction, a decode error), so that the
     #: content-hash index may keep it; a read failure or a quarantine does not.
     lasting: bool = field(default=True, compare=False, repr=False)
+    #: The digest (:data:`digitq.scores.DIGEST`) of the bytes this row scored, or that the index entry it
+    #: came from was recorded under; None when no bytes were read.
+    digest: str | None = field(default=None, compare=False, repr=False)
 
 
 def new_job_id() -> str:
@@ -80,7 +85,7 @@ def new_job_id() -> str:
 
 def check_job_id(job_id: str) -> str:
     """``job_id`` if it is well-formed; keeps task arguments from naming paths outside the data dir."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise JobError(f"{job_id!r} is not a job id (expected YYYYMMDD-HHMMSS-xxxxxx); see `digitq jobs`")
     return job_id
 
@@ -137,7 +142,7 @@ def list_ids(parent: Path, marker: str) -> list[str]:
         names = os.listdir(parent)
     except FileNotFoundError:
         return []
-    return sorted((n for n in names if JOB_ID_RE.match(n) and (Path(parent) / n / marker).is_file()), reverse=True)
+    return sorted((n for n in names if JOB_ID_RE.fullmatch(n) and (Path(parent) / n / marker).is_file()), reverse=True)
 
 
 def list_jobs(jobs_dir: Path) -> list[str]:
@@ -201,13 +206,16 @@ class Job:
 
     def rows(self) -> list[tuple[FileEntry, dict[str, str]]]:
         """The finished CSV's rows, each with its manifest entry (the path as scanned: the CSV's cells
-        are neutralised for spreadsheets)."""
+        are neutralised for spreadsheets) and, as ``row["digest"]``, the digest of the bytes it scored."""
         if not self.is_done():
             raise JobError(f"job {self.id} is not done yet: `digitq wait {self.id}` first")
         rows = csvfile.read(self.csv_path)
         entries = [entry for _, files in self.batches() for entry in files]
-        if len(entries) != len(rows):
+        digests = [d for batch in range(self.n_batches) for d in self.result_digests(batch)]
+        if not len(entries) == len(rows) == len(digests):
             raise JobError(f"job {self.id}: the CSV holds {len(rows)} rows for {len(entries)} files")
+        for row, digest in zip(rows, digests, strict=True):
+            row["digest"] = digest
         return list(zip(entries, rows, strict=True))
 
     # -- results --------------------------------------------------------
@@ -219,7 +227,7 @@ class Job:
         """Indexes of the batches whose result is on disk."""
         found = set()
         for name in os.listdir(self.dir / "results"):
-            m = _RESULT_RE.match(name)
+            m = _RESULT_RE.fullmatch(name)
             if m and int(m.group(1)) < self.n_batches:
                 found.add(int(m.group(1)))
         return found
@@ -240,11 +248,15 @@ class Job:
             "finished": time.time(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            # The second line lists, row by row, the digest of the bytes each row scored (review and report
+            # show a file only while its bytes still have it). Not in the CSV: it is for digitq, not readers.
+            "digest": DIGEST,
         }
         body = csvfile.render(
             ({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
               "model_version": model_version, "error": r.error} for r in rows), header=False)
-        atomic_write(self.result_path(batch), json.dumps(head) + "\n" + body)
+        digests = json.dumps([r.digest for r in rows], separators=(",", ":"))
+        atomic_write(self.result_path(batch), json.dumps(head) + "\n" + digests + "\n" + body)
         (self.dir / "failed" / f"{batch:06d}.json").unlink(missing_ok=True)
 
     def result_header(self, batch: int) -> dict | None:
@@ -266,6 +278,8 @@ class Job:
         """The committed rows of one batch as CSV lines (no header)."""
         with open(self.result_path(batch), "rb") as f:
             head = json.loads(f.readline())
+            if head.get("digest"):
+                f.readline()
             body = f.read()
         if head.get("format") == "csv":
             return body
@@ -274,6 +288,15 @@ class Job:
         rows = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
         return csvfile.render(({"path": p, "prediction": d, "confidence": c, "model_version": version, "error": e}
                                for p, d, c, e in rows), header=False).encode("utf-8")
+
+    def result_digests(self, batch: int) -> list[str | None]:
+        """The digest of the bytes each row of a committed batch scored, in row order (None for a row that
+        read no bytes, and for every row of a result written before digitq recorded digests)."""
+        with open(self.result_path(batch), "rb") as f:
+            head = json.loads(f.readline())
+            if head.get("digest") == DIGEST:
+                return json.loads(f.readline())
+        return [None] * int(head.get("rows", 0))
 
     def mark_failed(self, batch: int, error: str) -> None:
         """Record that a batch failed for good (``resume`` retries it)."""

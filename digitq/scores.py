@@ -16,7 +16,9 @@ good as the server's; the index is a cache, and losing it costs predictions, not
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,13 +30,62 @@ Score = tuple[int | None, float | None, str | None]
 _LOOKUP_CHUNK = 500  # SQLite's default limit on bound parameters is 999
 
 
+#: The hash of a file's bytes everywhere digitq records one: the index, the manifest, each result row.
+#: sha256, not blake2b: with the SHA extensions of current x86 and ARM CPUs it is the faster of the two
+#: (1.8 vs 0.9 GB/s here, 1.7 ms for a 3 MB photo) and collisions cannot be made to poison the index.
+DIGEST = "sha256"
+
+
 def digest(data: bytes) -> str:
-    """The index key of a file's bytes."""
+    """The :data:`DIGEST` of a file's bytes, as hex: the index key, and what a result row is bound to."""
     return hashlib.sha256(data).hexdigest()
 
 
 def _path(data_dir: Path) -> Path:
     return Path(data_dir) / "index" / "scores.sqlite3"
+
+
+def is_corrupt(error: sqlite3.Error) -> bool:
+    """Whether an error says the index file is damaged (not merely busy or unwritable)."""
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError)
+
+
+def repair(data_dir: Path) -> Path | None:
+    """Move a damaged index aside, so that the next write starts a new one; returns where it went, or None
+    when the index is readable (or absent). A cache lost costs predictions, never rows.
+
+    Cheap: it opens the index and reads one entry. A page damaged deeper down is found by a lookup,
+    which the producer hands here too (:func:`set_aside`)."""
+    path = _path(data_dir)
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute(_SCHEMA)
+            db.execute("SELECT sha256 FROM scores LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        if not is_corrupt(e):
+            return None
+        return set_aside(data_dir)
+    return None
+
+
+def set_aside(data_dir: Path) -> Path | None:
+    """Rename the index (and its journal) to ``scores.sqlite3.corrupt-<time>``; None when another process
+    already did: of concurrent callers exactly one moves it, and says so."""
+    path = _path(data_dir)
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}")
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    journal = path.with_name(path.name + "-journal")
+    if journal.exists():
+        os.replace(journal, target.with_name(target.name + "-journal"))
+    return target
 
 
 def _connect(data_dir: Path, create: bool) -> sqlite3.Connection | None:

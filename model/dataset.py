@@ -102,6 +102,19 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
 
 #: A labelled folder's sub-folder for images a reviewer rejected; never trained on.
 DISCARD = "discard"
+#: The only names of label folders: ``str.isdigit`` would also take ``³`` or ``٣``.
+DIGIT_FOLDERS = tuple(str(d) for d in range(10))
+#: Largest image file read for training (a labelled folder holds digits, not pages).
+MAX_IMAGE_BYTES = 64 << 20
+#: A decoded image with fewer pixels than this above :data:`_INK_LEVEL` holds no digit (a blank page, a
+#: 1x1 file); the sparsest of MNIST's 70,000 digits has 34.
+MIN_INK_PIXELS = 5
+_INK_LEVEL = 64
+
+
+def has_ink(image: np.ndarray) -> bool:
+    """Whether a decoded 28x28 image has enough ink to be a digit worth learning from."""
+    return int(np.count_nonzero(image > _INK_LEVEL)) >= MIN_INK_PIXELS
 
 
 @dataclass
@@ -113,6 +126,8 @@ class LabelledFolder:
     undecodable: list[str]
     unlabelled: int
     discarded: int
+    #: Images that decoded to no digit (blank, a single pixel): skipped, never taught as a label.
+    blank: int = 0
     #: From a `digitq review` folder: images moved to another digit (corrections) or left where exported.
     corrections: int = 0
     confirmed: int = 0
@@ -121,10 +136,12 @@ class LabelledFolder:
 def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     """Read ``DIR/<digit>/<image>`` with the same preprocessing as inference.
 
-    Files that do not decode are listed in ``undecodable`` (the caller decides);
-    a sub-folder that is not a digit 0-9 (or ``discard``) is an error, since a
-    label cannot be guessed from it.
+    Files that do not decode are listed in ``undecodable`` (the caller decides),
+    images with no ink are counted in ``blank`` and skipped; a sub-folder that is
+    not a digit 0-9 (or ``discard``) is an error, since a label cannot be guessed
+    from it.
     """
+    from digitq.files import read_file
     from digitq.paths import is_image_name
     from model.preprocess import decode_image
 
@@ -132,12 +149,11 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     if not directory.is_dir():
         raise DataError(f"{directory} does not exist or is not a folder; expected DIR/<digit>/<image>")
     bad = sorted(e.name for e in directory.iterdir()
-                 if e.is_dir() and not e.name.startswith(".") and e.name != DISCARD
-                 and not (len(e.name) == 1 and e.name.isdigit()))
+                 if e.is_dir() and not e.name.startswith(".") and e.name != DISCARD and e.name not in DIGIT_FOLDERS)
     if bad:
         raise DataError(f"{directory}: sub-folder(s) {', '.join(repr(b) for b in bad[:5])} are not digits 0-9; "
                         "a labelled folder is DIR/<0-9>/<image> (rename or move them)")
-    images, labels, undecodable = [], [], []
+    images, labels, undecodable, blank = [], [], [], 0
     exported = _review_labels(directory)
     corrections = confirmed = 0
     unlabelled = sum(1 for e in directory.iterdir() if e.is_file() and is_image_name(e.name))
@@ -149,22 +165,31 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
         for entry in sorted(sub.rglob("*")):
             if not entry.is_file() or entry.name.startswith(".") or not is_image_name(entry.name):
                 continue
-            try:
-                images.append(decode_image(entry.read_bytes()))
+            try:  # read_file: a FIFO or device swapped in after the listing is refused, never waited on
+                data = read_file(os.fsencode(entry), MAX_IMAGE_BYTES + 1)
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise DataError(f"over {MAX_IMAGE_BYTES >> 20} MiB")
+                image = decode_image(data)
             except Exception as e:  # any decoder failure costs the file, never the training
                 undecodable.append(f"{entry}: {e}")
                 continue
+            if not has_ink(image):
+                blank += 1
+                continue
+            images.append(image)
             labels.append(digit)
             if entry.name in exported:
                 confirmed += exported[entry.name] == str(digit)
                 corrections += exported[entry.name] != str(digit)
     if not images:
+        if blank:
+            raise DataError(f"{directory}: its {blank} decodable image(s) are blank (no digit in them)")
         if undecodable:
             raise DataError(f"{directory}: none of its {len(undecodable)} image file(s) could be decoded "
                             f"(first: {undecodable[0]})")
         raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
     return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), undecodable, unlabelled, discarded,
-                          corrections, confirmed)
+                          corrections, confirmed, blank)
 
 
 def _review_labels(directory: Path) -> dict[str, str | None]:

@@ -108,7 +108,8 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0)
             parts.append(f"seeded hold-out (seed {seed}) of {path} ({held})")
         sources.append({"path": str(path), "kind": "folder", "train_images": int(len(train)),
                         "eval_images": int(held), "undecodable": len(folder.undecodable),
-                        "undecodable_examples": folder.undecodable[:5], "unlabelled": folder.unlabelled,
+                        "undecodable_examples": folder.undecodable[:5], "blank": folder.blank,
+                        "unlabelled": folder.unlabelled,
                         "discarded": folder.discarded, "corrections": folder.corrections,
                         "confirmed": folder.confirmed, "fingerprint": fingerprint(folder.x, folder.y)})
     _weigh_reviews(xs, ys, sources)

@@ -13,7 +13,7 @@ import click
 from digitq import __version__
 from digitq.settings import Settings
 from producer.catalog import models
-from producer.console import Group, emit_json, settings_for
+from producer.console import Group, Probability, emit_json, settings_for
 from producer.fleet import workers
 from producer.training import train, training, trainings
 
@@ -226,7 +226,7 @@ def wait(ctx, job_id, timeout, out, resume_stalled, stall_after, as_json):
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--below", "threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--below", "threshold", default=0.9, show_default=True, type=Probability(),
               help="Confidence under which an image counts as doubtful (a `digitq review` candidate).")
 @click.option("--gallery", default=24, show_default=True, type=click.IntRange(0, 1000),
               help="How many of the lowest-confidence images to show.")
@@ -249,6 +249,8 @@ def report(ctx, job_id, threshold, gallery, open_, as_json):
         emit_json(figures)
     else:
         click.echo(figures["report"])
+        for skipped in figures["not_shown_files"]:
+            click.secho(f"not shown: {skipped['source']}: {skipped['reason']}", err=True, fg="yellow")
         click.echo(f"{figures['images']:,} images, {figures['errors']:,} errors, {figures['below_threshold']:,} "
                    f"below {threshold * 100:g}% confidence", err=True)
     if open_:
@@ -257,7 +259,7 @@ def report(ctx, job_id, threshold, gallery, open_, as_json):
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--below", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--below", default=0.9, show_default=True, type=Probability(),
               help="Export the images predicted with less confidence than this.")
 @click.option("--limit", "-n", type=click.IntRange(1), help="At most this many (the least confident first).")
 @click.option("--out", "-o", "out", metavar="DIR", type=click.Path(file_okay=False),
@@ -284,9 +286,11 @@ def review(ctx, job_id, below, limit, out, as_json):
         emit_json(summary)
         return
     click.echo(summary["out"])
+    for skipped in summary["skipped_files"]:
+        click.secho(f"skipped: {skipped['source']}: {skipped['reason']}", err=True, fg="yellow")
     click.echo(f"{summary['doubtful']} image(s) below {below * 100:g}% confidence in their predicted digit's folder, "
-               f"{summary['unlabelled']} unlabelled; move the wrong ones, then train with --data {summary['out']}",
-               err=True)
+               f"{summary['unlabelled']} unlabelled, {summary['skipped']} skipped; move the wrong ones, then train "
+               f"with --data {summary['out']}", err=True)
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import click
@@ -20,6 +21,21 @@ class Group(click.Group):
         except DigitqError as e:
             click.secho(f"Error: {e}", err=True, fg="red")
             ctx.exit(e.exit_code)
+
+
+class Probability(click.FloatRange):
+    """A number from 0 to 1; ``nan`` (which every comparison lets through, and then matches nothing) is refused."""
+
+    name = "probability"
+
+    def __init__(self) -> None:
+        super().__init__(0, 1)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number from 0 to 1", param, ctx)
+        return number
 
 
 def emit_json(obj: dict | list) -> None:

@@ -7,14 +7,29 @@ import json
 
 import click
 
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, redis_client
+from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, ping, redact, redis_client
+from digitq.errors import BrokerError
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
 from producer.console import emit_json, settings_for
 
 
 def fleet(settings: Settings, timeout: float = 1.5) -> dict:
-    """Workers (one dict each), queue depths, the producer's data-dir id, and warnings."""
+    """Workers (one dict each), queue depths, the producer's data-dir id, and warnings.
+
+    A :class:`BrokerError` with advice when Redis cannot be reached or asked."""
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+
+    ping(settings)  # an unreachable Redis: one line with advice, before Celery retries and raises its own
+    try:
+        return _fleet(settings, timeout)
+    except (KombuError, RedisError, OSError) as e:
+        raise BrokerError(f"cannot ask Redis at {redact(settings.redis_url)} which workers run ({e}); "
+                          "check that it is up and DIGITQ_REDIS_URL / --redis-url") from e
+
+
+def _fleet(settings: Settings, timeout: float) -> dict:
     app = client_app(settings)
     try:
         inspect = app.control.inspect(timeout=timeout)

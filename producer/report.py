@@ -24,7 +24,7 @@ from digitq.settings import Settings
 from digitq.storage import atomic_write
 from model.evaluation import CONFIDENCE_BINS
 from model.registry import Registry
-from producer.dispatch import read_file, source_path
+from producer.review import scored_bytes
 
 
 def _data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -74,16 +74,17 @@ def _plots(classes: np.ndarray, confidences: np.ndarray, evaluation: dict | None
     return {"classes": _data_uri(class_png), "confidence": _data_uri(confidence_png)}
 
 
-def _thumbnails(settings: Settings, job: Job, entry: FileEntry) -> tuple[str | None, str | None, str | None]:
-    """(original thumbnail, the 28x28 the model saw, a problem) for one scanned file."""
+def _thumbnails(settings: Settings, job: Job, entry: FileEntry, digest: str | None,
+                ) -> tuple[str | None, str | None, str | None]:
+    """(original thumbnail, the 28x28 the model saw, a problem) for one scanned file; nothing is shown of a
+    file whose bytes are no longer those its row scored."""
     from PIL import Image
 
     from model.preprocess import decode_image
 
-    try:
-        data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
-    except OSError as e:
-        return None, None, f"the file is no longer readable ({e.strerror or e})"
+    data, why = scored_bytes(settings, job, entry, digest)
+    if data is None:
+        return None, None, f"not shown: {why}"
     try:
         seen = decode_image(data)
     except DigitqError as e:
@@ -128,15 +129,19 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
     }
     plots = _plots(classes, confidences, evaluation, threshold)
     lowest = sorted(predicted, key=lambda r: float(r["confidence"]))[:gallery]
-    cards = [_card(settings, job, r) for r in lowest]
+    not_shown: list[dict] = []
+    cards = [_card(settings, job, r, not_shown) for r in lowest]
     page = _page(figures, status, plots, cards, evaluation, rows)
     path = job.dir / "report.html"
     atomic_write(path, page.encode("utf-8"))
-    return {**figures, "report": str(path.resolve()), "gallery": len(cards)}
+    return {**figures, "report": str(path.resolve()), "gallery": len(cards) - len(not_shown),
+            "not_shown": len(not_shown), "not_shown_files": not_shown}
 
 
-def _card(settings: Settings, job: Job, row: dict) -> str:
-    original, seen, problem = _thumbnails(settings, job, row["entry"])
+def _card(settings: Settings, job: Job, row: dict, not_shown: list[dict]) -> str:
+    original, seen, problem = _thumbnails(settings, job, row["entry"], row["digest"])
+    if original is None and seen is None:
+        not_shown.append({"source": row["entry"].path, "reason": problem})
     name = _shown(row["entry"])
     images = "".join(f'<figure><img src="{src}" alt="{alt}" width="112" height="112"><figcaption>{alt}</figcaption>'
                      f"</figure>" for src, alt in ((original, "original"), (seen, "model input")) if src)

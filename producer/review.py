@@ -3,7 +3,8 @@
 ``DIR/<predicted digit>/<name>`` for each image below the confidence threshold, the
 decodable images that got an error row at the top of ``DIR`` (unlabelled), and
 ``DIR/review.json`` recording each file's source path, sha256, prediction, confidence
-and job. A person moves every mislabelled file into its right digit folder (or into
+and job. Only files whose bytes are still those their row scored are exported; the
+rest are skipped and listed. A person moves every mislabelled file into its right digit folder (or into
 ``DIR/discard/``); ``digitq train --data MNIST --data DIR`` then learns from the folder
 as it is, counting the moves as corrections (:func:`model.dataset.read_labelled_folder`).
 """
@@ -18,19 +19,30 @@ from pathlib import Path
 
 from digitq import scores
 from digitq.errors import ConfigError
-from digitq.jobs import Job
+from digitq.files import read_file
+from digitq.jobs import FileEntry, Job
 from digitq.paths import REVIEW_MANIFEST, unescape_path
 from digitq.settings import Settings
 from digitq.storage import atomic_write
-from producer.dispatch import read_file, source_path
+from producer.dispatch import source_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _name(digest: str, path: str) -> str:
-    """A file name unique in the folder (digest prefix) and safe on any file system."""
+def _name(digest: str, path: str, taken: set[str]) -> str:
+    """A file name safe on any file system, unique in the folder: the digest's prefix and the scanned name,
+    with ``-2``, ``-3``... where equal bytes or names that map to the same one would collide."""
     base = os.path.basename(unescape_path(path)).decode("utf-8", "replace")
-    return f"{digest[:12]}-{_UNSAFE.sub('_', base)[-80:] or 'image'}"
+    name = f"{digest[:12]}-{_UNSAFE.sub('_', base)[-80:] or 'image'}"
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    candidate, n = name, 1
+    while candidate.lower() in taken:  # lower: a case-insensitive file system would collide too
+        n += 1
+        candidate = f"{stem}-{n}{dot}{ext}"
+    taken.add(candidate.lower())
+    return candidate
 
 
 def _decodable(data: bytes, decode) -> bool:
@@ -41,39 +53,69 @@ def _decodable(data: bytes, decode) -> bool:
     return True
 
 
+def scored_bytes(settings: Settings, job: Job, entry: FileEntry, digest: str | None) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` when the file at the scanned path still holds the bytes its row scored, else
+    ``(None, why)``: the file changed or was replaced (a symlink to another file, say), is no longer a
+    readable regular file, or the row records no digest (it read no bytes, or an older digitq wrote it)."""
+    if not digest:
+        return None, "no digest recorded for this row (scanned before digitq recorded them: scan again)"
+    try:
+        data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if scores.digest(data) != digest:
+        return None, f"changed since it was scanned (its {scores.DIGEST} differs from the row's)"
+    return data, None
+
+
+def _prepare(out: Path) -> None:
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"{out} is not an empty folder; give --out a new folder (a review folder holds one "
+                              "job's images)")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the review folder {out} ({e.strerror or e}); give --out a new folder "
+                          "in a place you can write") from e
+
+
 def export_review(settings: Settings, job: Job, below: float, limit: int | None, out: Path) -> dict:
-    """Copy the doubtful images of ``job`` into ``out``; return what was exported."""
+    """Copy the doubtful images of ``job`` into ``out``; return what was exported, and what was skipped.
+
+    A file is exported only while its bytes are those its row scored (:func:`scored_bytes`); others are
+    skipped and counted, with their paths, in the summary and in ``review.json``."""
     from model.preprocess import decode_image
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty; give --out a new folder (a review folder holds one job's images)")
+    _prepare(out)
     rows = job.rows()
     doubtful = sorted(((entry, row) for entry, row in rows if not row["error"] and float(row["confidence"]) < below),
                       key=lambda pair: float(pair[1]["confidence"]))[:limit]
     failed = [(entry, row) for entry, row in rows if row["error"]]
-    files, unreadable = [], 0
+    files: list[dict] = []
+    skipped: list[dict] = []
+    taken = {REVIEW_MANIFEST.lower()}
     for entry, row in doubtful + failed:
-        try:
-            data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
-        except OSError:
-            unreadable += 1
+        data, why = scored_bytes(settings, job, entry, row["digest"])
+        if data is None:
+            if not row["error"] or row["digest"]:  # error rows that never read bytes have nothing to label
+                skipped.append({"source": entry.path, "reason": why})
             continue
         if row["error"] and not _decodable(data, decode_image):
             continue  # not an image anyone could label
-        digest = scores.digest(data)
-        name = _name(digest, entry.path)
         folder = None if row["error"] else row["prediction"]
+        name = _name(row["digest"], entry.path, taken)
         target = out / folder / name if folder else out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        files.append({"file": name, "exported_to": folder, "source": entry.path, "sha256": digest,
+        target.parent.mkdir(exist_ok=True)
+        with open(target, "xb") as f:  # "x": never over a file already there
+            f.write(data)
+        files.append({"file": name, "exported_to": folder, "source": entry.path, "sha256": row["digest"],
                       "prediction": int(row["prediction"]) if folder else None,
                       "confidence": float(row["confidence"]) if folder else None, "error": row["error"] or None})
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {"job_id": job.id, "model_version": job.model_version, "below": below, "created": time.time(),
-                "files": files}
+                "digest": scores.DIGEST, "files": files, "skipped": skipped}
     atomic_write(out / REVIEW_MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return {"job_id": job.id, "out": str(out.resolve()), "exported": len(files),
             "doubtful": sum(1 for f in files if f["exported_to"]),
-            "unlabelled": sum(1 for f in files if not f["exported_to"]), "unreadable": unreadable, "below": below}
+            "unlabelled": sum(1 for f in files if not f["exported_to"]), "skipped": len(skipped),
+            "skipped_files": skipped, "below": below}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from digitq.errors import DataError
+from digitq.files import file_kind
 from digitq.paths import escape_path, is_image_name
 from producer.forks import can_fork, exit_reason, fork_child
 
@@ -37,9 +39,10 @@ def find_images(paths: Sequence[str | bytes | os.PathLike], on_file: Callable[[i
     """Every image file under ``paths``, sorted by display path, each once.
 
     A directory is walked recursively; a PATH that is a file is taken as is,
-    whatever its extension. Hidden entries (``.name``), non-image files and
-    special files count as skipped. Symlinks to files are followed; a symlink
-    to a directory already walked (a loop, or a second way in) is skipped.
+    whatever its extension, if it is a regular file. Hidden entries (``.name``),
+    non-image files and special files (FIFOs, devices, sockets) count as skipped.
+    Symlinks to files are followed; a symlink to a directory already walked (a loop,
+    or a second way in) is skipped.
     """
     result = ScanResult()
     seen_dirs: set[tuple[int, int]] = set()
@@ -59,10 +62,13 @@ def find_images(paths: Sequence[str | bytes | os.PathLike], on_file: Callable[[i
         except OSError as e:
             result.warnings.append(f"{escape_path(root)}: {e.strerror or e}")
             continue
-        if os.path.isdir(root):
+        if stat.S_ISDIR(st.st_mode):
             _walk(root, result, seen_dirs, add)
-        else:
+        elif stat.S_ISREG(st.st_mode):
             add(root, st.st_size)
+        else:  # reading a FIFO or a device would wait, or act on it
+            result.skipped += 1
+            result.warnings.append(f"{escape_path(root)}: skipped, {file_kind(st.st_mode)}, not a regular file")
     result.files = [Found(path, found.pop(path)) for path in sorted(found)]
     return result
 

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from digitq import blobs, ledger, scores
 from digitq.errors import ImageError, JobError
+from digitq.files import read_file
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
 from digitq.quarantine import Delivery
@@ -49,8 +50,7 @@ def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str
     if not isinstance(ref, str):
         raise ImageError("message entry has neither data nor a path")
     try:
-        with open(unescape_path(ref), "rb") as f:
-            data = f.read(max_bytes + 1)
+        data = read_file(unescape_path(ref), max_bytes + 1)
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from e
     if len(data) > max_bytes:
@@ -76,7 +76,7 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
         if "scored" in entry:  # these bytes were scored by this version before (scan --incremental)
             prediction, confidence, error = entry["scored"]
             rows.append(Row(path, None if prediction is None else int(prediction),
-                            None if confidence is None else float(confidence), error))
+                            None if confidence is None else float(confidence), error, digest=str(entry["sha256"])))
             continue
         refused = before(index) if before else None
         if refused:
@@ -87,23 +87,25 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
         except ImageError as e:
             rows.append(Row(path, error=str(e), lasting=False))
             continue
+        digest = scores.digest(data)  # of the very bytes decoded: what the row, and the index, are bound to
         try:
             images.append(decode_image(data))
         except ImageError as e:  # the bytes themselves: the same error every time
-            rows.append(Row(path, error=str(e)))
+            rows.append(Row(path, error=str(e), digest=digest))
             continue
         except Exception as e:  # a bug or an exotic file must cost one row, not the batch
-            rows.append(Row(path, error=f"cannot process image: {type(e).__name__}: {e}", lasting=False))
+            rows.append(Row(path, error=f"cannot process image: {type(e).__name__}: {e}", lasting=False,
+                            digest=digest))
             continue
-        slots.append(len(rows))
+        slots.append((len(rows), digest))
         rows.append(None)
     if before:
         before(len(entries))
     if images:
         probs = predictor.predict(np.stack(images))
-        for slot, p in zip(slots, probs, strict=True):
+        for (slot, digest), p in zip(slots, probs, strict=True):
             digit = int(np.argmax(p))
-            rows[slot] = Row(str(entries[slot].get("path", "")), digit, round(float(p[digit]), 6))
+            rows[slot] = Row(str(entries[slot].get("path", "")), digit, round(float(p[digit]), 6), digest=digest)
     return [r for r in rows if r is not None]
 
 
@@ -129,9 +131,10 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
 
 
 def _index(settings: Settings, version: str, entries: Sequence[Mapping[str, object]], rows: Sequence[Row]) -> None:
-    """Record what this batch predicted for files of an incremental scan (they carry their digest)."""
-    scored = [(str(e["sha256"]), r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
-              if e.get("sha256") and "scored" not in e and r.lasting]
+    """Record what this batch predicted for files of an incremental scan, under the digest of the bytes
+    this worker decoded: the file may have changed since the scan hashed it for the manifest."""
+    scored = [(r.digest, r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
+              if e.get("sha256") and "scored" not in e and r.lasting and r.digest]
     try:
         scores.record(settings.data_dir, version, scored)
     except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
