@@ -189,7 +189,7 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
                             f"(first: {undecodable[0]})")
         raise DataError(f"{directory} has no images in digit folders 0..9 (expected DIR/<digit>/<image>)")
     return LabelledFolder(np.stack(images), np.asarray(labels, dtype=np.uint8), undecodable, unlabelled, discarded,
-                          corrections, confirmed, blank)
+                          blank=blank, corrections=corrections, confirmed=confirmed)
 
 
 def _review_labels(directory: Path) -> dict[str, str | None]:

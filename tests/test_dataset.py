@@ -1,6 +1,7 @@
 """MNIST loaders on small files the tests make, and on the real MNIST files."""
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from digitq.errors import DataError
-from model.dataset import load_dataset, load_image_folder, load_npz, read_idx
+from model.dataset import load_dataset, load_image_folder, load_npz, read_idx, read_labelled_folder
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -95,6 +96,34 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "3" / "broken.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="broken.png"):
         load_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["12", "\u00b3", "\u0663", "\uff13"])  # 12, superscript 3, Arabic-Indic 3, fullwidth 3
+def test_a_label_folder_that_is_not_an_ascii_digit_is_refused(tmp_path, name):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255
+    for folder in ("3", name):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(digit).save(tmp_path / folder / "a.png")
+    with pytest.raises(DataError, match="not digits 0-9"):
+        read_labelled_folder(tmp_path)
+
+
+def test_blank_images_are_skipped_and_counted_not_taught(tmp_path):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255
+    (tmp_path / "4").mkdir()
+    Image.fromarray(digit).save(tmp_path / "4" / "real.png")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "4" / "one-pixel.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "4" / "white.png")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "4" / "black.png")
+    os.mkfifo(tmp_path / "4" / "fifo.png")  # a special file is never read (it would block)
+    folder = read_labelled_folder(tmp_path)
+    assert (len(folder.y), folder.blank) == (1, 3)
+    np.testing.assert_array_equal(folder.x[0], digit)
+    (tmp_path / "4" / "real.png").unlink()
+    with pytest.raises(DataError, match="3 decodable image.* are blank"):
+        read_labelled_folder(tmp_path)
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
