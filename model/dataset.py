@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from digitq.errors import DataError
+from digitq.files import read_file
 
 _IDX_NAMES = {
     "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -37,14 +38,18 @@ class Dataset:
     source: str
 
 
+#: Largest IDX file read (MNIST's training images are 47 MB unpacked, 9.9 MB gzipped).
+MAX_IDX_BYTES = 1 << 30
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one IDX file (gzipped or not) into an array of its declared shape."""
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+        raw = read_file(os.fsencode(path), MAX_IDX_BYTES + 1)  # a regular file only: a FIFO would block
+        if path.name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
@@ -141,7 +146,6 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     not a digit 0-9 (or ``discard``) is an error, since a label cannot be guessed
     from it.
     """
-    from digitq.files import read_file
     from digitq.paths import is_image_name
     from model.preprocess import decode_image
 
@@ -197,7 +201,7 @@ def _review_labels(directory: Path) -> dict[str, str | None]:
     from digitq.paths import REVIEW_MANIFEST
 
     try:
-        manifest = json.loads((directory / REVIEW_MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(read_file(os.fsencode(directory / REVIEW_MANIFEST), 256 << 20).decode("utf-8"))
         return {f["file"]: f.get("exported_to") for f in manifest.get("files", [])}
     except FileNotFoundError:
         return {}
