@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from digitq import blobs, ledger, scores
 from digitq.broker import PREDICT_TASK, client_app, ping, redact
-from digitq.errors import BrokerError, ConfigError
+from digitq.errors import BrokerError, ConfigError, JobError
 from digitq.jobs import FileEntry, Job, Row, create_job
 from digitq.paths import escape_path, unescape_path
 from digitq.settings import Settings
@@ -197,7 +197,12 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
     """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
     and ``max_in_flight_bytes`` of image data sent but not committed. For an incremental job,
     what the index has scored is filled in instead (a batch of nothing else is committed here).
-    ``progress`` gets the files handled so far."""
+    ``progress`` gets the files handled so far.
+
+    A batch that failed for good (``failed/<batch>.json``) will never commit: waiting on it would
+    wait forever, so once any batch of the job has failed this stops sending and raises the
+    :class:`JobError` of :func:`job_failed` (the reason, and ``digitq resume JOB`` to send the rest
+    once the cause is fixed)."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
     sizes = job.batch_sizes
     app = client_app(settings)
@@ -220,8 +225,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                 while in_flight and (sum(n for n, _ in in_flight.values()) + sizes[index] > settings.max_in_flight
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
                     time.sleep(poll)
-                    for done in job.committed() & in_flight.keys():
-                        del in_flight[done]
+                    _release(job, in_flight)
                 app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files, scored)],
                               queue=settings.predict_queue, producer=producer)
                 in_flight[index] = (sizes[index], size)
@@ -238,6 +242,25 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
     if incremental and job.is_complete():
         job.finalize()  # every batch came from the index: no worker will merge
     return Enqueued(sent, from_index)
+
+
+def _release(job: Job, in_flight: dict[int, tuple[int, int]]) -> None:
+    """Release the share of the batches that committed. Raise once any batch of the job failed for good:
+    it never commits, so its share would never come back, and the job is ``failed`` until ``resume``."""
+    committed = job.committed()
+    for done in committed & in_flight.keys():
+        del in_flight[done]
+    failed = job.failed(committed)
+    if failed:
+        raise job_failed(job, failed)
+
+
+def job_failed(job: Job, failed: Mapping[int, str]) -> JobError:
+    """The error of a job with batches that failed for good: the first one's reason, and the advice."""
+    batch, reason = min(failed.items())
+    more = f" (and {len(failed) - 1} more batch(es))" if len(failed) > 1 else ""
+    return JobError(f"job {job.id} failed: batch {batch}{more}: {reason}. "
+                    f"Fix the cause, then run `digitq resume {job.id}`")
 
 
 def _scored(settings: Settings, job: Job, files: Sequence[FileEntry]) -> dict[str, scores.Score]:

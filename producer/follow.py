@@ -87,9 +87,9 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
         if status["state"] == "done":
             return status
         if status["state"] == "failed":
-            first = next(iter(status["failed_batches"].items()))
-            raise JobError(f"job {job.id} failed: batch {first[0]}: {first[1]}. "
-                           f"Fix the cause, then run `digitq resume {job.id}`")
+            from producer.dispatch import job_failed
+
+            raise job_failed(job, {int(b): reason for b, reason in status["failed_batches"].items()})
         if status["done"] != last_done:
             last_done, last_change = status["done"], time.monotonic()
         elif not hinted and time.monotonic() - last_change > 120:

@@ -2,7 +2,9 @@
 
 Sending is Python work (reading files, encoding, publishing) that one core does at about 15,000
 files a second on a small machine; with N senders each takes every Nth batch. Each sender keeps its
-share of the in-flight bounds, and each batch is still sent exactly once.
+share of the in-flight bounds, and each batch is still sent exactly once. A batch that fails for good
+stops every sender that waits for room (see :func:`producer.dispatch.enqueue`), and the scan ends with
+that error, whichever sender saw it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import struct
 from dataclasses import replace
 
-from digitq.errors import BrokerError
+from digitq.errors import BrokerError, DigitqError, JobError
 from digitq.jobs import Job
 from digitq.settings import Settings, available_cores
 from producer.dispatch import Enqueued, Progress, enqueue
@@ -54,9 +56,9 @@ def enqueue_parallel(settings: Settings, job: Job, progress: Progress | None = N
         outcomes = [_reap(pid, fd, job) for pid, fd in children]
     if progress:
         progress(sum(struct.unpack_from(f"{senders}q", counts)))
-    failed = [o for o in outcomes if isinstance(o, BrokerError)]
-    if failed:
-        raise failed[0]
+    failed = [o for o in outcomes if isinstance(o, DigitqError)]
+    if failed:  # a failed job first: its reason says more than the senders it stopped
+        raise next((e for e in failed if isinstance(e, JobError)), failed[0])
     for sent, from_index in outcomes:
         result = Enqueued(result.sent + sent, result.from_index + from_index)
     if job.header.get("incremental") and job.is_complete():
@@ -82,8 +84,8 @@ def _send_share(settings: Settings, job: Job, rank: int, senders: int, counts: m
                        progress=lambda handled: struct.pack_into("q", counts, 8 * rank, handled))
         report = {"sent": done.sent, "from_index": done.from_index}
         code = 0
-    except BrokerError as e:  # its message says what to do
-        report = {"error": str(e)}
+    except DigitqError as e:  # its message says what to do; the parent raises the same kind
+        report = {"error": str(e), "kind": "job" if isinstance(e, JobError) else "broker"}
     except KeyboardInterrupt:
         report = {"error": f"interrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest"}
     except Exception as e:  # anything else still reaches the user, through the parent
@@ -94,7 +96,7 @@ def _send_share(settings: Settings, job: Job, rank: int, senders: int, counts: m
     return code
 
 
-def _reap(pid: int, fd: int, job: Job) -> tuple[int, int] | BrokerError:
+def _reap(pid: int, fd: int, job: Job) -> tuple[int, int] | DigitqError:
     """Wait for a sender; what it sent, or the error to raise."""
     with os.fdopen(fd, "rb") as pipe:
         raw = pipe.read()
@@ -105,5 +107,5 @@ def _reap(pid: int, fd: int, job: Job) -> tuple[int, int] | BrokerError:
         report = {"error": f"a sender process of job {job.id} died ({exit_reason(status)}); the manifest is saved: "
                            f"run `digitq resume {job.id}` to send what is missing"}
     if "error" in report:
-        return BrokerError(report["error"])
+        return (JobError if report.get("kind") == "job" else BrokerError)(report["error"])
     return report["sent"], report["from_index"]
