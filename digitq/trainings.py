@@ -7,6 +7,9 @@
   yet is ``queued`` and can be re-sent (``digitq train --retry ID``);
 - ``run.json``: the host and pid running it, with a heartbeat, rewritten
   every few seconds while it runs (a dead owner means ``interrupted``);
+  written only by the delivery that won the claim: an atomic lease in Redis
+  (``SET NX PX``, see :mod:`digitq.holders`), so that two concurrent deliveries
+  (a duplicate, ``train --retry`` of a message that was not lost) never both train;
 - ``progress.jsonl``: one line per finished epoch (loss, accuracy, validation);
 - ``train.log``: the log of every attempt;
 - ``outcome.json``: how it ended: the published version or the error.
@@ -18,6 +21,7 @@ it does nothing. No TensorFlow here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -28,13 +32,27 @@ from datetime import UTC
 from pathlib import Path
 
 from digitq.errors import TrainingError, TrainingNotFound
+from digitq.holders import Holder, Lease
 from digitq.jobs import JOB_ID_RE, list_ids, new_job_id
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 
-#: A run whose heartbeat is older than this, on another host, is taken as dead.
+#: A run whose heartbeat is older than this, on another host, is taken as dead (and its claim lapses).
 STALE_AFTER_S = 60.0
 HEARTBEAT_S = 5.0
+log = logging.getLogger("digitq.training")
+
+
+class TrainingClaimed(TrainingError):
+    """Another live process holds this training's claim: this delivery is a duplicate."""
+
+    def __init__(self, training_id: str, holder: Holder):
+        super().__init__(f"training {training_id} is already being trained by {holder.describe()}")
+        self.holder = holder
+
+
+def claim_key(training_id: str) -> str:
+    return f"digitq:training:{training_id}:claim"
 ACTIVE_STATES = ("scheduled", "queued", "running")
 
 
@@ -106,9 +124,30 @@ class Training:
             return _pid_alive(int(run.get("pid", 0)))
         return time.time() - float(run.get("heartbeat", 0)) < STALE_AFTER_S
 
+    def claim(self, settings: Settings) -> Lease:
+        """Claim the training for this process, atomically: a lease in Redis that the heartbeat of
+        :meth:`running` keeps. Raises :class:`TrainingClaimed` when a live process holds it.
+
+        A claimant SIGKILLed on this host is known dead at once (its pid), so a redelivery takes the
+        claim over; one on another host is, once its lease lapses (:data:`STALE_AFTER_S`)."""
+        from redis.exceptions import RedisError
+
+        from digitq.broker import redact, redis_client
+
+        lease = Lease(redis_client(settings), claim_key(self.id), STALE_AFTER_S)
+        try:
+            holder = lease.acquire()
+        except RedisError as e:
+            raise TrainingError(f"training {self.id}: cannot claim it in Redis at {redact(settings.redis_url)} "
+                                f"({e}); run `digitq train --retry {self.id}` once Redis is back") from e
+        if holder is not None:
+            raise TrainingClaimed(self.id, holder)
+        return lease
+
     @contextmanager
-    def running(self) -> Iterator[int]:
-        """Claim the training for this process and keep a heartbeat while the block runs.
+    def running(self, lease: Lease | None = None) -> Iterator[int]:
+        """Record this process as running the training (``run.json``) and keep a heartbeat, and the
+        claim ``lease``, while the block runs; give the claim up after it.
 
         Yields the attempt number (1 for the first run)."""
         previous = self.run_record() or {}
@@ -125,6 +164,8 @@ class Training:
                     atomic_write_json(self.dir / "run.json", record)
                 except OSError:
                     pass  # a missed beat only makes the run look older
+                if lease is not None:
+                    _keep(lease, self.id)
 
         thread = threading.Thread(target=beat, name="digitq-training-heartbeat", daemon=True)
         thread.start()
@@ -134,7 +175,16 @@ class Training:
             stop.set()
             thread.join()
             record.update(heartbeat=time.time(), ended=time.time())
-            atomic_write_json(self.dir / "run.json", record)
+            try:
+                atomic_write_json(self.dir / "run.json", record)
+            finally:
+                if lease is not None:
+                    release_claim(lease, self.id)
+
+    def still_claimed(self, lease: Lease) -> bool:
+        """Whether ``lease`` is still this process's claim (False only when another process took it:
+        this one was paused past the lease, and another delivery trains now)."""
+        return _keep(lease, self.id) is None
 
     def add_progress(self, epoch: dict) -> None:
         """Append one finished epoch's figures."""
@@ -216,6 +266,30 @@ class Training:
             "host": (run or {}).get("host"),
             "log": str(self.log_path.resolve()),
         }
+
+
+def _keep(lease: Lease, training_id: str) -> Holder | None:
+    """Refresh the claim: None while it is ours (or Redis cannot say), else the holder that took it."""
+    from redis.exceptions import RedisError
+
+    try:
+        holder = lease.keep()
+    except RedisError as e:
+        log.warning("training %s: could not refresh its claim in Redis (%s)", training_id, e)
+        return None
+    if holder is not None:
+        log.error("training %s: its claim lapsed and %s took it over", training_id, holder.describe())
+    return holder
+
+
+def release_claim(lease: Lease, training_id: str) -> None:
+    """Give the claim up (a delivery that found nothing left to do, or a finished run)."""
+    from redis.exceptions import RedisError
+
+    try:
+        lease.release()
+    except RedisError as e:  # it lapses by itself within STALE_AFTER_S
+        log.warning("training %s: could not release its claim in Redis (%s)", training_id, e)
 
 
 def create_training(trainings_dir: Path, *, sources: list[str], epochs: int, from_version: str | None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ import numpy as np
 from digitq.errors import DigitqError, ModelError
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
-from digitq.trainings import Training
+from digitq.trainings import Training, TrainingClaimed, release_claim
 from model import plots
 from model.evaluation import profile
 from model.export import CALIBRATION_IMAGES, check_agreement, to_int8, to_onnx
@@ -51,18 +50,30 @@ def gate(policy: str, accuracy: float, baseline: float, baseline_version: str, t
 
 
 def run_training(settings: Settings, training_id: str) -> dict:
-    """Run a training request once; a finished or live one is left alone (duplicate delivery)."""
+    """Run a training request once; a finished or live one is left alone (duplicate delivery).
+
+    Of two concurrent deliveries only the one that wins the claim (atomic, in Redis: see
+    :meth:`Training.claim`) trains; the other is acknowledged and touches nothing."""
     training = Training.load(settings.trainings_dir, training_id)
     outcome = training.outcome()
     if outcome:
         log.info("training %s already ended (%s); nothing to do", training_id, outcome.get("state"))
         return {**outcome, "duplicate": True}
-    run = training.run_record()
-    if run and run.get("pid") != os.getpid() and training.owner_alive(run):
-        log.warning("training %s is already running on %s (pid %s); this delivery is a duplicate",
-                    training_id, run.get("host"), run.get("pid"))
+    previous = training.run_record()
+    try:
+        lease = training.claim(settings)
+    except TrainingClaimed as e:
+        log.warning("%s; this delivery is a duplicate", e)
         return {"training_id": training_id, "state": "running", "duplicate": True}
-    with training.running() as attempt, _logging_to(training.log_path):
+    outcome = training.outcome()  # the claimant before us may have finished between our two looks
+    if outcome:
+        release_claim(lease, training_id)
+        log.info("training %s already ended (%s); nothing to do", training_id, outcome.get("state"))
+        return {**outcome, "duplicate": True}
+    if previous and not previous.get("ended"):
+        log.warning("training %s: attempt %s on %s (pid %s) died; running it again", training_id,
+                    previous.get("attempt"), previous.get("host"), previous.get("pid"))
+    with training.running(lease) as attempt, _logging_to(training.log_path):
         log.info("training %s: attempt %d, request %s", training_id, attempt, json.dumps(training.request))
         try:
             outcome = _train_and_publish(settings, training, attempt)
@@ -74,7 +85,11 @@ def run_training(settings: Settings, training_id: str) -> dict:
             outcome = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
         outcome.setdefault("version", None)
         outcome.setdefault("promoted", False)
-        training.finish(outcome)
+        if training.still_claimed(lease):
+            training.finish(outcome)
+        else:  # paused past its lease: the delivery that took the claim over records its own outcome
+            log.error("training %s: this attempt lost its claim; its outcome is not recorded", training_id)
+            outcome = {**outcome, "duplicate": True}
     return outcome
 
 

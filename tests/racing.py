@@ -1,0 +1,58 @@
+"""A Celery app for tests that force the worst interleaving of concurrent deliveries: ``celery -A racing worker``.
+
+Only tests start it (with ``tests/`` on PYTHONPATH). Real barriers (files), no sleeps:
+
+- ``DIGITQ_TEST_BLOCK_MARKER`` and ``DIGITQ_TEST_BLOCK_DIR``: decoding a file whose bytes hold the marker
+  first records this process in the dir (``entered-<pid>``), then waits until the file ``release`` appears
+  there; so copies of one batch can be held, all alive, inside the same file.
+- ``DIGITQ_TEST_CLAIM_BARRIER`` (a dir) and ``DIGITQ_TEST_CLAIM_PARTIES`` (a count): the first time a process
+  reads a training's run record (what it decides to claim on) it records itself in the dir and waits until
+  that many processes have, so that every delivery has looked before any of them claims.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from digitq import trainings
+from worker import inference
+from worker.application import app
+
+__all__ = ["app"]  # what `celery -A racing` runs
+
+_BLOCK = os.environ.get("DIGITQ_TEST_BLOCK_MARKER", "").encode()
+_BLOCK_DIR = os.environ.get("DIGITQ_TEST_BLOCK_DIR")
+_CLAIM_DIR = os.environ.get("DIGITQ_TEST_CLAIM_BARRIER")
+_PARTIES = int(os.environ.get("DIGITQ_TEST_CLAIM_PARTIES", "2"))
+_WAIT_S = 120.0
+_decode = inference.decode_image
+_run_record = trainings.Training.run_record
+_waited: set[int] = set()
+
+
+def _wait_for(predicate) -> None:
+    deadline = time.monotonic() + _WAIT_S
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _blocking_decode(data: bytes, *args, **kwargs):
+    if _BLOCK and _BLOCK_DIR and _BLOCK in data:
+        folder = Path(_BLOCK_DIR)
+        (folder / f"entered-{os.getpid()}-{time.monotonic_ns()}").touch()
+        _wait_for((folder / "release").exists)
+    return _decode(data, *args, **kwargs)
+
+
+def _run_record_after_barrier(self):
+    record = _run_record(self)
+    if _CLAIM_DIR and os.getpid() not in _waited:
+        _waited.add(os.getpid())
+        folder = Path(_CLAIM_DIR)
+        (folder / f"looked-{os.getpid()}").touch()
+        _wait_for(lambda: len(list(folder.glob("looked-*"))) >= _PARTIES)
+    return record
+
+
+inference.decode_image = _blocking_decode
+trainings.Training.run_record = _run_record_after_barrier

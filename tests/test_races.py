@@ -1,0 +1,166 @@
+"""Concurrent deliveries, forced into their worst interleaving by real barriers (tests/racing.py), on a real
+redis-server with real Celery workers: a training is trained once, and live copies of a batch quarantine
+nothing."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import redis
+
+from digitq import csvfile
+from digitq.settings import Settings
+from digitq.trainings import send_training
+from model.dataset import write_image_folder
+from model.registry import Registry
+from producer.dispatch import resume, submit
+from producer.training import request_training
+from worker.process import WorkerProcess
+
+from .conftest import ROOT, worker_env
+from .pipeline_helpers import wait_until
+from .test_poison import marked_png
+
+BLOCK = "DIGITQ-TEST-BLOCKS-HERE"
+
+
+def racing_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for ``celery -A racing`` (tests/racing.py)."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    return {**worker_env(settings), "PYTHONPATH": path, **extra}
+
+
+def test_two_concurrent_deliveries_of_a_training_train_it_once(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/13"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = racing_env(settings, DIGITQ_TEST_CLAIM_BARRIER=str(barrier), DIGITQ_TEST_CLAIM_PARTIES="2")
+    with WorkerProcess(env, tmp_path / "racers.log", queues="train", concurrency=2, app="racing",
+                       name="racers") as racers:
+        training = request_training(settings, sources=[str(folder)], epochs=1, from_version=None, holdout=0.2,
+                                    seed=0, promote="never")
+        send_training(settings, training)  # a second delivery of the same training, as `train --retry` sends
+        wait_until(lambda: racers.log().count("Task digitq.train_model[") >= 4, timeout=240, poll=0.5,
+                   what="both deliveries to be received and acknowledged")  # "received" + "succeeded", twice
+        log = racers.log()
+    # Both deliveries read the training's state before either claimed it: the race was run, not avoided.
+    assert len(list(barrier.glob("looked-*"))) == 2
+    assert log.count(" succeeded in ") == 2, log
+    # One training ran: one epoch line, one attempt in its log, one version, and the winner's outcome.
+    assert len((training.dir / "progress.jsonl").read_text().splitlines()) == 1
+    assert training.log_path.read_text().count(f"training {training.id}: attempt") == 1
+    status = training.status()
+    assert status["state"] == "done" and status["attempt"] == 1, status
+    published = [ref for ref in Registry(settings.models_dir).versions() if ref.meta.get("training_id") == training.id]
+    assert len(published) == 1
+    outcome = json.loads((training.dir / "outcome.json").read_text())
+    assert outcome["state"] == "done" and outcome.get("evaluation_examples")  # a run's outcome, not a duplicate's
+    assert "earlier delivery" not in outcome["reason"]
+    # The other delivery was acknowledged without training, saying why.
+    assert log.count(f"training {training.id} is already being trained by") == 1
+    assert redis.Redis.from_url(url).keys(f"digitq:training:{training.id}:*") == []  # the claim was released
+
+
+def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/14"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
+    slow = folder / str(mnist.y_test[5]) / "slow.png"
+    slow.write_bytes(marked_png(mnist.x_test[5], BLOCK))  # a healthy file that takes its time
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = racing_env(settings, DIGITQ_TEST_BLOCK_MARKER=BLOCK, DIGITQ_TEST_BLOCK_DIR=str(gate))
+
+    def inside() -> int:
+        return len(list(gate.glob("entered-*")))
+
+    with WorkerProcess(env, tmp_path / "w.log", concurrency=4, app="racing") as worker:
+        job = submit(settings, [str(folder)], batch_size=10)  # one batch
+        wait_until(lambda: inside() == 1, timeout=60, what="the first delivery to reach the slow file")
+        # `resume` re-sends the batch that is still running, three times: copies 2-4, the last two careful
+        # deliveries that find the markers of live copies in the same file.
+        for copies in (2, 3, 4):
+            assert resume(settings, job) == [0]
+            wait_until(lambda copies=copies: inside() == copies or job.is_complete(), timeout=60,
+                       what=f"copy {copies} to reach the slow file")
+            assert not job.is_complete(), "a copy skipped the slow file: it was quarantined"
+        (gate / "release").touch()
+        wait_until(lambda: job.is_done(), timeout=60, what="the job")
+        wait_until(lambda: worker.log().count(" succeeded in ") == 4, timeout=60, what="all four copies to end")
+        log = worker.log()
+    rows = csvfile.read(job.csv_path)
+    assert len(rows) == 6 and not [r for r in rows if r["error"]], rows
+    assert log.count("processing file by file") == 3  # copies 2-4 were careful
+    assert "quarantined" not in log
+    assert redis.Redis.from_url(url).keys("digitq:job:*:deliveries") == []
+
+
+def _hold_in_child(code: str) -> subprocess.Popen:
+    """A Python process that runs ``code`` (which prints a line once it holds something), then sleeps."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code) + "\nprint('held', flush=True)\n"
+                              "import time; time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_at_once_when_it_is_killed(redis_server):
+    from digitq.holders import Holder, Lease
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    client = redis.Redis.from_url(url)
+    child = _hold_in_child(f"""
+        import redis
+        from digitq.holders import Lease
+        assert Lease(redis.Redis.from_url({url!r}), "test:lease", 60).acquire() is None
+    """)
+    try:
+        mine = Lease(client, "test:lease", 60)
+        assert mine.acquire().pid == child.pid  # alive: refused
+    finally:
+        child.kill()
+        child.wait()
+    assert mine.acquire() is None  # SIGKILLed on this host: taken over now, not after its 60 s
+    assert client.pttl("test:lease") > 50_000 and mine.refresh()
+    mine.release()
+    # A holder on another host cannot be looked up: its lease must lapse first.
+    far = Lease(client, "test:lease", 0.5, Holder("elsewhere", "", 1, "1"))
+    assert far.acquire() is None
+    assert mine.acquire() == far.holder and not far.holder.local()
+    wait_until(lambda: mine.acquire() is None, timeout=5, what="the far lease to lapse")
+    assert not far.refresh()  # and it knows it lost the claim
+
+
+def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
+    import time
+
+    from digitq import quarantine
+    from digitq.settings import Settings
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    settings = Settings.from_env(redis_url=url)
+    begin = lambda: quarantine.Delivery.begin(settings, "job-z", 0)  # noqa: E731
+    begin()
+    alive = begin()
+    assert alive.careful
+    alive.before(3)  # this process, alive, works on file 3
+    key = "digitq:job:job-z:batch:0:deliveries"
+    client = redis.Redis.from_url(url)
+    client.hset(key, "at:elsewhere|ns|7|1", f"4|{time.time():.0f}")  # another host, marker refreshed just now
+    client.hset(key, "at:faraway|ns|8|1", f"5|{time.time() - 2 * quarantine.MARKER_LEASE_S:.0f}")  # long silent
+    child = _hold_in_child(f"""
+        from digitq import quarantine
+        from digitq.settings import Settings
+        quarantine.Delivery.begin(Settings.from_env(redis_url={url!r}), "job-z", 0).before(6)
+    """)
+    child.kill()  # it dies on file 6
+    child.wait()
+    third, fourth = begin(), begin()  # two deliveries after the death: it is charged once
+    assert third.deaths == {5: 1, 6: 1} and fourth.deaths == {5: 1, 6: 1}
+    assert client.hexists(key, alive._marker) and client.hexists(key, "at:elsewhere|ns|7|1")
+    alive.finish()
