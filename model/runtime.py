@@ -2,16 +2,17 @@
 
 Runtimes behind one :class:`Predictor` interface, chosen by ``DIGITQ_RUNTIME``:
 
-- ``onnx-int8`` (default): ONNX Runtime on the version's ``model.int8.onnx``, a
-  static int8 quantisation (1.5x the fp32 speed on CPUs with VNNI), published
-  only where it agrees with Keras (>= 99.9% of predictions, accuracy within 0.05
-  points); a version without one, or a CPU without VNNI (:func:`int8_exact_here`),
-  is served by ``onnx``.
-- ``onnx``: ONNX Runtime on ``model.onnx``, the float graph (identical predictions
-  to Keras, within 1e-6 in probability). No TensorFlow in the process for either:
-  a third of the memory, a fraction of the start-up time.
+- ``onnx`` (default): ONNX Runtime on the version's ``model.onnx``, the float graph
+  (within 2e-6 of Keras in every probability on the 10,000 MNIST test digits). The same
+  graph on every CPU: which CPU a worker has never changes which graph scores a file.
+  No TensorFlow in the process: a third of the memory, a fraction of the start-up time.
 - ``keras``: the ``.keras`` file through TensorFlow, loaded with ``safe_mode=True``.
   Also used for a version that has no ONNX artifact (published by an older digitq).
+- ``onnx-int8``: the name of the former default, still accepted; it serves the float
+  graph. No int8 graph of the seed CNN keeps every probability within
+  :data:`model.export.MAX_PROBABILITY_DIFF` of the float model (BENCHMARKS.md, "Confidence
+  fidelity"), and int8 results differ between CPUs with and without VNNI. A version
+  published with a ``model.int8.onnx`` keeps it (it still verifies) but is served float.
 
 :class:`ModelCache` is keyed by version, so a worker can serve jobs pinned to
 different versions side by side and load a newly published one without restart.
@@ -19,11 +20,9 @@ different versions side by side and load a newly published one without restart.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
-import platform
 import threading
 import time
 from collections import OrderedDict
@@ -31,10 +30,13 @@ from collections import OrderedDict
 import numpy as np
 
 from digitq.errors import ConfigError, ModelError
-from model.registry import INT8_FILE, ONNX_FILE, ModelRef
+from model.registry import MODEL_FILE, ONNX_FILE, ModelRef
 
 log = logging.getLogger("digitq.model")
-RUNTIMES = ("onnx-int8", "onnx", "keras")
+RUNTIMES = ("onnx", "keras", "onnx-int8")
+DEFAULT_RUNTIME = "onnx"
+#: Runtime names that are still accepted and what they serve now.
+RETIRED = {"onnx-int8": "onnx"}
 #: Images per runtime call: small enough to stay in the CPU's caches (ONNX Runtime, 1 thread:
 #: 19.1k images/s at 32, 17.7k at 64, 16.6k at 128).
 CHUNK = 32
@@ -42,8 +44,8 @@ _tf_configured = False
 
 
 def runtime_name() -> str:
-    """The runtime ``DIGITQ_RUNTIME`` asks for (default ``onnx-int8``)."""
-    name = (os.environ.get("DIGITQ_RUNTIME") or "onnx-int8").strip().lower()
+    """The runtime ``DIGITQ_RUNTIME`` asks for (default ``onnx``)."""
+    name = (os.environ.get("DIGITQ_RUNTIME") or DEFAULT_RUNTIME).strip().lower()
     if name not in RUNTIMES:
         raise ConfigError(f"DIGITQ_RUNTIME={name!r} must be one of {', '.join(RUNTIMES)}")
     return name
@@ -98,9 +100,17 @@ class Predictor:
 
     runtime = "?"
     chunk = CHUNK
+    #: The artifact whose bytes compute the probabilities (a file name of the version).
+    artifact = MODEL_FILE
 
     def __init__(self, ref: ModelRef):
         self.ref = ref
+
+    @property
+    def artifact_sha256(self) -> str | None:
+        """The recorded sha256 of :attr:`artifact` (None for an unrecorded candidate): with the image's
+        bytes, what a row's probabilities follow from."""
+        return self.ref.artifacts().get(self.artifact)
 
     @property
     def version(self) -> str:
@@ -142,11 +152,13 @@ class KerasPredictor(Predictor):
 class OnnxPredictor(Predictor):
     """ONNX Runtime on an exported graph (uint8 in, probabilities out)."""
 
-    def __init__(self, ref: ModelRef, data: bytes, threads: int = 0, runtime: str = "onnx"):
+    runtime = "onnx"
+    artifact = ONNX_FILE
+
+    def __init__(self, ref: ModelRef, data: bytes, threads: int = 0):
         import onnxruntime as ort
 
         super().__init__(ref)
-        self.runtime = runtime
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -163,38 +175,32 @@ class OnnxPredictor(Predictor):
 
 
 def load_predictor(ref: ModelRef, runtime: str | None = None) -> Predictor:
-    """Verify, then load ``ref`` in ``runtime`` (default ``DIGITQ_RUNTIME``)."""
+    """Verify, then load ``ref`` in ``runtime`` (default ``DIGITQ_RUNTIME``).
+
+    Nothing about the CPU enters the choice: a file gets the same row on every worker."""
     runtime = runtime or runtime_name()
-    artifacts = ref.artifacts()
-    if runtime == "onnx-int8" and INT8_FILE in artifacts:
-        if int8_exact_here():
-            return OnnxPredictor(ref, ref.read_verified(INT8_FILE), inference_threads(), "onnx-int8")
-        log.info("model %s: this CPU has no VNNI, where int8 is neither exact nor faster; serving the float graph",
-                 ref.version)
-    if runtime in ("onnx-int8", "onnx"):
-        if ONNX_FILE in artifacts:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} must be one of {', '.join(RUNTIMES)}")
+    if runtime in RETIRED:
+        _note_retired(runtime)
+        runtime = RETIRED[runtime]
+    if runtime == "onnx":
+        if ONNX_FILE in ref.artifacts():
             return OnnxPredictor(ref, ref.read_verified(ONNX_FILE), inference_threads())
         log.warning("model %s has no %s; serving it with Keras (DIGITQ_RUNTIME=keras)", ref.version, ONNX_FILE)
     return KerasPredictor(ref, load_keras(ref))
 
 
-@functools.cache
-def int8_exact_here() -> bool:
-    """Whether this CPU computes the int8 graph exactly as it was checked at publish time.
+_noted: set[str] = set()
 
-    x86 CPUs without VNNI (AVX2 only, AVX-512 before Cascade Lake) multiply uint8 by int8
-    in pairs summed to 16 bits, which 8-bit weights saturate: on an AVX2 AMD EPYC,
-    bundled-1's int8 graph agreed with Keras on only 99.79% of the test digits (99.35%
-    accuracy instead of 99.40%), and ran no faster than the float graph. With VNNI the
-    products add up in 32 bits. Other architectures are taken as exact."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False  # cannot tell: the float graph is the safe choice
-    return not flags.isdisjoint({"avx512_vnni", "avx_vnni"})
+
+def _note_retired(runtime: str) -> None:
+    # Once per process: a worker loads many versions, the setting is the same for all.
+    if runtime not in _noted:
+        _noted.add(runtime)
+        log.warning("DIGITQ_RUNTIME=%s now serves the float graph (%s): no int8 graph keeps every probability "
+                    "within 0.005 of the float model, and int8 rows differ between CPUs; set DIGITQ_RUNTIME=%s "
+                    "to silence this", runtime, RETIRED[runtime], RETIRED[runtime])
 
 
 class ModelCache:
