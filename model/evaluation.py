@@ -1,8 +1,11 @@
-"""Evaluate a model version on the MNIST test split."""
+"""Evaluate a model version on the MNIST test split: accuracy and loss, calibration (ECE), and the
+robustness suite's shifted copies of it (:mod:`model.robustness`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +13,9 @@ from digitq.errors import DataError
 from digitq.settings import Settings
 from model.dataset import load_dataset
 from model.registry import Registry
+
+if TYPE_CHECKING:
+    from model.robustness import ShiftedSet
 
 
 def evaluate_model(settings: Settings, data: str | None, model_version: str | None = None) -> dict:
@@ -50,3 +56,85 @@ def profile(probs: np.ndarray) -> dict:
     return {"class_shares": np.bincount(probs.argmax(axis=1), minlength=10).tolist(),
             "confidence_histogram": np.histogram(probs.max(axis=1), bins=CONFIDENCE_BINS,
                                                  range=(0.0, 1.0))[0].tolist()}
+
+
+#: Equal-width confidence bins for the expected calibration error (Guo et al., 2017: 15).
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins.
+
+    Each prediction falls in the bin ``(k/bins, (k+1)/bins]`` of its top-class probability; the ECE is
+    ``sum over bins of (n_bin / n) * |accuracy_bin - mean confidence_bin|``. 0 for no predictions."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels)
+    if not len(labels):
+        return 0.0
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    # ceil - 1: upper edges inclusive, so 1.0 lands in the last bin and k/bins in bin k-1.
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    # n_bin * |accuracy_bin - confidence_bin| is |sum over the bin of (right - confidence)|.
+    gap = np.bincount(which, weights=correct - confidence, minlength=bins)
+    return float(np.abs(gap).sum() / len(labels))
+
+
+def score_shifts(sets: Sequence[ShiftedSet], predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Accuracy, ECE and mean confidence of ``predict`` (uint8 (N, 28, 28) -> probabilities (N, 10))
+    on each shifted set of :func:`model.robustness.build_suite`, and their averages over the shifts
+    (each shift counts once; ``clean`` is reported but not averaged)."""
+    rows = []
+    for s in sets:
+        probs = np.asarray(predict(s.images)) if len(s.images) else np.zeros((0, 10), np.float32)
+        correct = probs.argmax(axis=1) == s.labels
+        rows.append({
+            "name": s.shift.name,
+            "family": s.shift.family,
+            "description": s.shift.description,
+            "digits": list(s.shift.labels) if s.shift.labels is not None else "all",
+            "examples": int(len(s.labels)),
+            "accuracy": round(float(correct.mean()), 6) if len(correct) else None,
+            "ece": round(expected_calibration_error(probs, s.labels), 6),
+            "mean_confidence": round(float(probs.max(axis=1).mean()), 6) if len(probs) else None,
+        })
+    shifted = [r for r in rows if r["family"] != "none" and r["examples"]]
+    average = {
+        "shifts": len(shifted),
+        "accuracy": round(float(np.mean([r["accuracy"] for r in shifted])), 6) if shifted else None,
+        "ece": round(float(np.mean([r["ece"] for r in shifted])), 6) if shifted else None,
+        "worst": min(shifted, key=lambda r: r["accuracy"])["name"] if shifted else None,
+    }
+    return {"shifts": rows, "average": average}
+
+
+def evaluate_robustness(settings: Settings, data: str | None, model_version: str | None = None,
+                        limit: int | None = None) -> dict:
+    """The robustness suite (:mod:`model.robustness`) on the test split, scored by the served
+    predictor of a (checksum-verified) model version: what ``digitq evaluate --suite robustness`` prints."""
+    from model.robustness import SEED, build_suite
+    from model.runtime import load_predictor
+
+    ref = Registry(settings.models_dir).resolve(model_version)
+    dataset = load_dataset(data if data is not None else settings.mnist)
+    if not len(dataset.x_test):
+        raise DataError(f"{dataset.source} has no test images")
+    predictor = load_predictor(ref)
+    started = time.monotonic()
+    sets = build_suite(dataset.x_test, dataset.y_test, limit=limit)
+    built = time.monotonic()
+    scores = score_shifts(sets, predictor.predict)
+    return {
+        "suite": "robustness",
+        "model_version": ref.version,
+        "runtime": predictor.runtime,
+        "sha256": ref.sha256,
+        "data_source": dataset.source,
+        "seed": SEED,
+        "limit": limit,
+        "ece_bins": ECE_BINS,
+        **scores,
+        "note": "style shifts use only the test digits of their class (digits); the average is over "
+                "the shifts, each counted once, without clean",
+        "seconds": {"build": round(built - started, 2), "predict": round(time.monotonic() - built, 2)},
+    }

@@ -346,12 +346,36 @@ def jobs(ctx, limit, as_json):
 @click.option("--data", envvar="DIGITQ_MNIST", metavar="PATH",
               help="MNIST IDX dir, mnist.npz or DIR/<digit>/ folder. [env DIGITQ_MNIST; default: Keras download]")
 @click.option("--model-version", "-m", metavar="V", help="Model to evaluate (default: production).")
+@click.option("--suite", type=click.Choice(["robustness"]),
+              help="Score named shifts of the test split instead (resolution, stroke, slant, capture, paper, "
+                   "writing styles): accuracy and calibration error (ECE) per shift.")
+@click.option("--limit", "-n", type=click.IntRange(1), metavar="N",
+              help="With --suite: the first N images of one seeded order per shift (default: all 10,000).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
 @click.pass_context
-def evaluate(ctx, data, model_version, as_json):
-    """Accuracy and loss of a model on the MNIST test split."""
-    from model.evaluation import evaluate_model
+def evaluate(ctx, data, model_version, suite, limit, as_json):
+    """Accuracy and loss of a model on the MNIST test split, or on its robustness suite."""
+    from model.evaluation import evaluate_model, evaluate_robustness
 
+    if limit is not None and suite is None:
+        raise click.UsageError("--limit applies to --suite robustness; plain evaluate scores all test images")
+    if suite == "robustness":
+        result = evaluate_robustness(settings_for(ctx), data, model_version, limit)
+        if as_json:
+            emit_json(result)
+            return
+        click.echo(f"model {result['model_version']} ({result['runtime']}) on the robustness suite "
+                   f"({result['data_source']}, seed {result['seed']}):")
+        click.echo(f"  {'SHIFT':<22} {'FAMILY':<11} {'DIGITS':<6} {'N':>6} {'ACCURACY':>9} {'ECE':>6} {'CONF':>6}")
+        for r in result["shifts"]:
+            digits = "all" if r["digits"] == "all" else ",".join(map(str, r["digits"]))
+            click.echo(f"  {r['name']:<22} {r['family']:<11} {digits:<6} {r['examples']:>6} "
+                       f"{r['accuracy']:>9.2%} {r['ece']:>6.1%} {r['mean_confidence']:>6.3f}")
+        avg = result["average"]
+        click.echo(f"  average over {avg['shifts']} shifts (clean excluded): accuracy {avg['accuracy']:.2%}, "
+                   f"ECE {avg['ece']:.1%}; worst: {avg['worst']}")
+        click.echo("  style shifts use only the test digits of their class (DIGITS)")
+        return
     result = evaluate_model(settings_for(ctx), data, model_version)
     if as_json:
         emit_json(result)

@@ -1,0 +1,503 @@
+"""The robustness suite: named, seeded shifts of MNIST digits, as users' files differ from MNIST.
+
+Each :class:`Shift` is a pure function of a 28x28 MNIST digit (white on black, uint8) and a
+generator seeded by (suite seed, shift name, image index): it returns the image a user's file
+would hold (any size, gray or RGB, either polarity), and :meth:`Shift.encode` turns it into the
+bytes of that file (PNG, or JPEG for the JPEG shift). :func:`build_suite` sends those bytes
+through :func:`model.preprocess.decode_image`, so the production preprocessing (polarity, framing,
+resizing) takes part; scoring is in :mod:`model.evaluation`.
+
+The families, and how each shift is made (the README's "Robustness" table lists them too):
+
+- ``none``: ``clean``, the digit as MNIST has it (a 28x28 PNG), the reference row.
+- ``resolution``: ``lowres-8/12/16``, the digit area-averaged (box filter, as a low-dpi sensor
+  integrates) to 8, 12 or 16 px tall, dark on white paper with a margin: faxes, thumbnails.
+- ``stroke``: ``stroke-thin/thick/bold``, the digit upsampled 4x and sharpened into a pen shape,
+  then eroded or dilated with an octagon (a near-disk) at that resolution (so thin strokes stay whole): stroke
+  width -1, +2 and +3 px at MNIST's scale. The 112x112 image is what decode_image frames.
+- ``geometry``: ``slant`` (shear 0.35, italic), ``backslant`` (shear -0.25), ``rotate-25``
+  (25 degrees, clockwise or counter-clockwise by the seed), on a 40x40 canvas.
+- ``canvas``: ``small-noisy-canvas``, the digit 24 px tall at a seeded place on a 128x128 gray
+  paper with Gaussian noise (sigma 6): a crop that was not cropped.
+- ``capture``: ``blur`` (Gaussian, sigma 1.2 at MNIST's scale), ``sensor-noise`` (Gaussian,
+  sigma 20 of 255), ``jpeg-q10`` (JPEG at quality 10), each on a 2x scan (56x56, dark on paper).
+- ``paper``: ``uneven-light`` (illumination falling by 30% across the sheet in a seeded
+  direction, multiplied into paper and ink), ``coloured-paper`` (yellow, pink, blue or green
+  paper, dark ink), ``coloured-ink`` (red, blue, green or purple ink on white), RGB PNGs.
+- ``style``, on the test digits of one class only (``Shift.labels``): ``style-1-flag-base``
+  and ``style-7-crossbar`` edit MNIST's own 1s and 7s (a flag and a base, a crossbar, drawn
+  at 4x with the digit's own stroke width, where its stroke is); ``style-4-open``,
+  ``style-4-closed`` and ``style-9-straight-stem`` are drawn from stroke templates (polylines
+  with seeded proportions, width and pen) in the slant of the MNIST digit they stand for.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from digitq.errors import ConfigError
+
+#: The suite's seed: every shifted image is a function of (SEED, shift name, image index).
+SEED = 15
+FAMILIES = ("none", "resolution", "stroke", "geometry", "canvas", "capture", "paper", "style")
+
+Render = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One named shift: ``render`` maps an MNIST digit and a seeded generator to a user's image."""
+
+    name: str
+    family: str
+    description: str
+    render: Render
+    #: The digits it applies to (style shifts); None: all ten.
+    labels: tuple[int, ...] | None = None
+    #: How the image reaches decode_image: "PNG", or "JPEG" at ``quality``.
+    format: str = "PNG"
+    quality: int = 75
+
+    def rng(self, index: int, seed: int = SEED) -> np.random.Generator:
+        """The generator for one image: independent of the other shifts and of the order of calls."""
+        return np.random.default_rng([seed, zlib.crc32(self.name.encode()), int(index)])
+
+    def image(self, digit: np.ndarray, index: int, seed: int = SEED) -> np.ndarray:
+        """The shifted image (uint8, (H, W) gray or (H, W, 3) RGB) of MNIST digit number ``index``."""
+        return self.render(np.asarray(digit, np.uint8), self.rng(index, seed))
+
+    def encode(self, digit: np.ndarray, index: int, seed: int = SEED) -> bytes:
+        """The bytes of the file a user would send: the shifted image as PNG (or JPEG)."""
+        out = io.BytesIO()
+        img = Image.fromarray(self.image(digit, index, seed))
+        if self.format == "JPEG":
+            img.save(out, format="JPEG", quality=self.quality)
+        else:
+            img.save(out, format="PNG", compress_level=0)  # lossless at any level; 0 is the fastest
+        return out.getvalue()
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def _crop(digit: np.ndarray) -> np.ndarray:
+    """The digit's ink bounding box (the whole image if it has no ink)."""
+    rows, cols = np.flatnonzero(digit.max(axis=1)), np.flatnonzero(digit.max(axis=0))
+    if not len(rows):
+        return digit
+    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """``a`` (float or uint8, 0..255) resized to ``size`` = (width, height), as float32."""
+    img = Image.fromarray(np.asarray(a, np.float32), mode="F")
+    return np.asarray(img.resize(size, resample), np.float32)
+
+
+def _on_paper(ink: np.ndarray, paper: float = 245.0, pen: float = 25.0) -> np.ndarray:
+    """White-on-black ``ink`` (0..255) drawn dark on light paper, as float32."""
+    return paper - (paper - pen) * (np.clip(ink, 0, 255) / 255.0)
+
+
+def _u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _pad(digit: np.ndarray, size: int) -> np.ndarray:
+    """The 28x28 digit centred on a black ``size`` x ``size`` canvas."""
+    out = np.zeros((size, size), np.float32)
+    top = (size - digit.shape[0]) // 2
+    left = (size - digit.shape[1]) // 2
+    out[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return out
+
+
+def _scan(digit: np.ndarray, factor: int = 2) -> np.ndarray:
+    """The digit as a ``factor``x scan would see it: upsampled (bicubic), white on black, float32."""
+    side = digit.shape[0] * factor
+    return np.clip(_resize(digit, (side, side), Image.Resampling.BICUBIC), 0, 255)
+
+
+def _neighbours(out: np.ndarray, src: np.ndarray, pick: np.ufunc) -> None:
+    """``out[i] = pick(out[i], src[i - 1], src[i + 1])`` along the first axis, in place."""
+    pick(out[1:], src[:-1], out=out[1:])
+    pick(out[:-1], src[1:], out=out[:-1])
+
+
+def _morph(a: np.ndarray, radius: int, grow: bool) -> np.ndarray:
+    """Gray-level dilation (``grow``) or erosion of ``a`` by an octagon of ``radius`` pixels: 3x3
+    crosses and squares in turn, a near-disk at a few array operations per step."""
+    pick = np.maximum if grow else np.minimum
+    out = _u8(a)
+    for step in range(radius):
+        if step % 2 == 0:  # a cross: both axes from the same source
+            src = out.copy()
+            _neighbours(out, src, pick)
+            _neighbours(out.T, src.T, pick)
+        else:  # a square: one axis, then the other from that result
+            _neighbours(out, out.copy(), pick)
+            _neighbours(out.T, out.T.copy(), pick)
+    return out
+
+
+def _slant_of(digit: np.ndarray) -> float:
+    """How far the digit leans forward: -dx/dy of its ink's principal axis (second moments)."""
+    ink = digit.astype(np.float64)
+    total = ink.sum()
+    if total <= 0:
+        return 0.0
+    ys, xs = np.indices(ink.shape)
+    cy, cx = (ys * ink).sum() / total, (xs * ink).sum() / total
+    var_y = (((ys - cy) ** 2) * ink).sum() / total
+    cov = ((ys - cy) * (xs - cx) * ink).sum() / total
+    return float(np.clip(-cov / var_y, -0.3, 0.5)) if var_y > 0 else 0.0
+
+
+def stroke_width(digit: np.ndarray) -> float:
+    """The digit's pen width in pixels: the median length of its horizontal ink runs (> 50% ink)."""
+    ink = digit > 127
+    edges = np.diff(np.pad(ink, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    runs = np.flatnonzero(edges.ravel() == -1) - np.flatnonzero(edges.ravel() == 1)
+    return float(np.clip(np.median(runs), 1.5, 4.0)) if len(runs) else 2.5
+
+
+# -- the shifts -----------------------------------------------------------------------------------
+
+def _clean(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return digit
+
+
+def low_resolution(height: int) -> Render:
+    """The digit area-averaged to ``height`` px tall, dark on white paper with a margin."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        crop = _crop(digit)
+        h, w = crop.shape
+        small = _resize(crop, (max(1, round(w * height / h)), height), Image.Resampling.BOX)
+        margin = max(2, height // 4)
+        canvas = np.zeros((height + 2 * margin, small.shape[1] + 2 * margin), np.float32)
+        canvas[margin : margin + height, margin : margin + small.shape[1]] = small
+        return _u8(_on_paper(canvas, paper=250.0, pen=20.0))
+
+    return render
+
+
+#: Pixels per MNIST pixel where strokes are thinned or thickened.
+STROKE_SCALE = 4
+
+
+def stroke(radius: int, grow: bool) -> Render:
+    """The digit at 4x, sharpened into a pen shape, then dilated (``grow``) or eroded by ``radius`` px."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        up = _scan(digit, STROKE_SCALE)
+        # A steep ramp around a low level: the pen's full extent with a 1-px soft edge, so the
+        # morphology moves edges instead of dimming them.
+        pen = np.clip((up - 64.0) * 4.0, 0, 255)
+        return _morph(pen, radius, grow)
+
+    return render
+
+
+def _affine(digit: np.ndarray, matrix: tuple[float, ...], size: int = 40) -> np.ndarray:
+    """The digit on a black ``size`` canvas under the affine map (output -> input) about its centre."""
+    a, b, c, d = matrix
+    mid = size / 2
+    # PIL's AFFINE maps output (x, y) to input (a x + b y + c0, d x + e y + f0).
+    coeffs = (a, b, mid - a * mid - b * mid, c, d, mid - c * mid - d * mid)
+    img = Image.fromarray(_pad(digit, size), mode="F")
+    out = img.transform((size, size), Image.Transform.AFFINE, coeffs, Image.Resampling.BICUBIC)
+    return _u8(np.asarray(out))
+
+
+def shear(factor: float) -> Render:
+    """Slant: rows above the centre move right by ``factor`` px per px (left when negative)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _affine(digit, (1.0, factor, 0.0, 1.0))  # input x = x + factor * (y - mid)
+
+    return render
+
+
+def rotate(degrees: float) -> Render:
+    """Rotation by ``degrees``, clockwise or counter-clockwise by the seed."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        theta = np.radians(degrees) * (1 if rng.random() < 0.5 else -1)
+        cos, sin = float(np.cos(theta)), float(np.sin(theta))
+        return _affine(digit, (cos, -sin, sin, cos))
+
+    return render
+
+
+def small_in_canvas(canvas: int = 128, height: int = 24, noise: float = 6.0) -> Render:
+    """The digit ``height`` px tall at a seeded place on a ``canvas`` px noisy gray paper."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        crop = _crop(digit)
+        h, w = crop.shape
+        ink = np.clip(_resize(crop, (max(1, round(w * height / h)), height), Image.Resampling.BILINEAR), 0, 255)
+        sheet = np.zeros((canvas, canvas), np.float32)
+        top = int(rng.integers(0, canvas - ink.shape[0] + 1))
+        left = int(rng.integers(0, canvas - ink.shape[1] + 1))
+        sheet[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+        paper = _on_paper(sheet, paper=float(rng.uniform(200, 230)), pen=35.0)
+        return _u8(paper + noise * rng.standard_normal(paper.shape, np.float32))
+
+    return render
+
+
+def blur(sigma: float) -> Render:
+    """A 2x scan on paper, Gaussian-blurred by ``sigma`` MNIST pixels."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = Image.fromarray(_u8(_on_paper(_scan(digit))))
+        return np.asarray(img.filter(ImageFilter.GaussianBlur(sigma * 2)))
+
+    return render
+
+
+def sensor_noise(sigma: float) -> Render:
+    """A 2x scan on paper with Gaussian noise of ``sigma`` gray levels."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        paper = _on_paper(_scan(digit))
+        return _u8(paper + sigma * rng.standard_normal(paper.shape, np.float32))
+
+    return render
+
+
+def _paper_scan(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 2x scan on paper: what the JPEG shift compresses (the format is the shift)."""
+    return _u8(_on_paper(_scan(digit)))
+
+
+def uneven_light(falloff: float) -> Render:
+    """A 2x scan lit unevenly: light falls by ``falloff`` across the sheet, in a seeded direction."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        reflectance = _on_paper(_scan(digit), paper=1.0, pen=0.1)
+        side = reflectance.shape[0]
+        angle = rng.uniform(0, 2 * np.pi)
+        ys, xs = (np.indices((side, side), dtype=np.float32) / (side - 1)) - 0.5
+        along = (xs * np.cos(angle) + ys * np.sin(angle)) / np.sqrt(0.5) + 0.5  # 0..1 corner to corner
+        light = 250.0 * (1.0 - falloff * np.clip(along, 0, 1))
+        return _u8(reflectance * light)
+
+    return render
+
+
+#: (paper, ink) RGB pairs: legal-pad yellow, pink, pale blue and recycled green paper, dark pens.
+PAPERS = (((250, 236, 150), (30, 40, 90)), ((250, 205, 215), (40, 30, 40)),
+          ((200, 225, 250), (25, 30, 35)), ((215, 230, 200), (20, 40, 30)))
+#: Inks on white paper: red and green ballpoint, blue ballpoint, purple felt pen.
+INKS = ((200, 30, 40), (30, 130, 60), (40, 60, 200), (120, 40, 150))
+
+
+def coloured(pairs: Sequence[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> Render:
+    """A 2x scan in colour: a seeded (paper, ink) pair from ``pairs``, as an RGB image."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        paper, ink = pairs[int(rng.integers(len(pairs)))]
+        alpha = (_scan(digit) / 255.0)[..., None]
+        return _u8(np.asarray(paper, np.float32) * (1 - alpha) + np.asarray(ink, np.float32) * alpha)
+
+    return render
+
+
+# -- writing styles -------------------------------------------------------------------------------
+
+def _draw(canvas: Image.Image, points: Sequence[tuple[float, float]], width: float) -> None:
+    """A polyline with round joints and caps, in white."""
+    draw = ImageDraw.Draw(canvas)
+    pen = max(1, round(width))
+    draw.line([tuple(p) for p in points], fill=255, width=pen, joint="curve")
+    r = pen / 2
+    for x, y in (points[0], points[-1]):
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+
+
+def _edit_at_4x(digit: np.ndarray, strokes: list[list[tuple[float, float]]], width: float) -> np.ndarray:
+    """The MNIST digit at 4x with ``strokes`` (in MNIST pixel coordinates) drawn in its pen width."""
+    up = Image.fromarray(_u8(_scan(digit, STROKE_SCALE)))
+    for points in strokes:
+        _draw(up, [(STROKE_SCALE * x + 1.5, STROKE_SCALE * y + 1.5) for x, y in points], width * STROKE_SCALE)
+    return np.asarray(up.filter(ImageFilter.GaussianBlur(1.2)))  # the pen's soft edge, as MNIST's
+
+
+def _ink_band(digit: np.ndarray, top: float, bottom: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and ink-centre columns of the digit between fractions ``top`` and ``bottom`` of its height."""
+    rows = np.flatnonzero(digit.max(axis=1) > 127)
+    if not len(rows):
+        return np.zeros(0), np.zeros(0)
+    r0, r1 = rows[0], rows[-1]
+    band = np.arange(int(r0 + top * (r1 - r0)), int(r0 + bottom * (r1 - r0)) + 1)
+    weights = digit[band].astype(np.float64)
+    mass = weights.sum(axis=1)
+    keep = mass > 0
+    centres = (weights[keep] * np.arange(digit.shape[1])).sum(axis=1) / mass[keep]
+    return band[keep].astype(np.float64), centres
+
+
+def one_with_flag_and_base(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST 1 given a flag (down-left from its top) and a base (centred under its foot)."""
+    rows, centres = _ink_band(digit, 0.0, 1.0)
+    if len(rows) < 2:
+        return _u8(_scan(digit, STROKE_SCALE))
+    height = rows[-1] - rows[0] + 1
+    (x_top, y_top), (x_foot, y_foot) = (centres[0], rows[0]), (centres[-1], rows[-1])
+    flag = rng.uniform(0.25, 0.35) * height
+    drop = rng.uniform(0.15, 0.3) * height
+    half_base = rng.uniform(0.25, 0.35) * height
+    strokes = [[(x_top - flag, y_top + drop), (x_top, y_top)],
+               [(x_foot - half_base, y_foot), (x_foot + half_base, y_foot)]]
+    return _edit_at_4x(digit, strokes, stroke_width(digit))
+
+
+def seven_with_crossbar(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST 7 given a horizontal crossbar through its stem, a little below half its height."""
+    rows, centres = _ink_band(digit, 0.45, 0.65)
+    if not len(rows):
+        return _u8(_scan(digit, STROKE_SCALE))
+    at = int(rng.integers(len(rows)))
+    y, x = rows[at], centres[at]
+    all_rows = np.flatnonzero(digit.max(axis=1) > 127)
+    half = rng.uniform(0.2, 0.28) * (all_rows[-1] - all_rows[0] + 1)
+    return _edit_at_4x(digit, [[(x - half, y), (x + half, y)]], stroke_width(digit))
+
+
+Template = Callable[[np.random.Generator], list[list[tuple[float, float]]]]
+
+
+def four_open(rng: np.random.Generator) -> list[list[tuple[float, float]]]:
+    """A 4 open at the top, in a unit box (x right, y down): a down-and-across stroke, then a stem
+    that starts well right of it, so the two never meet above the bar."""
+    u = rng.uniform
+    left, bar, right, stem = u(0.0, 0.15), u(0.52, 0.68), u(0.72, 0.88), u(0.5, 0.62)
+    return [[(left, u(0.0, 0.12)), (left + u(-0.06, 0.04), bar), (right, bar + u(-0.03, 0.03))],
+            [(stem, u(-0.02, 0.1)), (stem + u(-0.03, 0.03), 1.0)]]
+
+
+def four_closed(rng: np.random.Generator) -> list[list[tuple[float, float]]]:
+    """A 4 closed at the top, a triangle: from the stem's top down-left to the bar, across, and the stem."""
+    u = rng.uniform
+    top = (u(0.5, 0.62), u(0.0, 0.08))
+    bar = u(0.56, 0.7)
+    return [[top, (u(0.0, 0.1), bar), (u(0.72, 0.88), bar + u(-0.03, 0.03))],
+            [top, (top[0] + u(-0.03, 0.03), 1.0)]]
+
+
+def nine_straight_stem(rng: np.random.Generator) -> list[list[tuple[float, float]]]:
+    """A 9 whose stem is a straight line down from the right of its loop (drawn in one stroke)."""
+    u = rng.uniform
+    cx, cy, rx, ry = u(0.3, 0.38), u(0.24, 0.3), u(0.22, 0.3), u(0.2, 0.28)
+    wobble, phase = u(0.0, 0.08), u(0, 2 * np.pi)  # a hand-drawn, not quite elliptic loop
+    loop = [(cx + rx * (1 + wobble * np.sin(a + phase)) * np.cos(a),
+             cy - ry * (1 + wobble * np.sin(a + phase)) * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 33)]
+    start = loop[0]
+    return [loop + [(start[0] + u(-0.02, 0.02), 1.0)]]
+
+
+def from_template(template: Template) -> Render:
+    """A digit drawn from a stroke ``template`` (seeded proportions) at 4x, in the slant of the MNIST
+    digit it stands for, with a seeded width (0.85 to 1.15) and pen (1.8 to 3.2 MNIST pixels)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        side = 28 * STROKE_SCALE
+        height = 20 * STROKE_SCALE * rng.uniform(0.9, 1.0)
+        width = rng.uniform(0.85, 1.15)
+        slant = _slant_of(digit) + rng.normal(0, 0.05)
+        pen = rng.uniform(1.8, 3.2) * STROKE_SCALE
+        canvas = Image.new("L", (side, side), 0)
+        for line in template(rng):
+            _draw(canvas, [(side / 2 + ((x - 0.4) * width + slant * (0.5 - y)) * height,
+                            side / 2 + (y - 0.5) * height) for x, y in line], pen)
+        return np.asarray(canvas.filter(ImageFilter.GaussianBlur(1.2)))
+
+    return render
+
+
+def _named(*shifts: Shift) -> dict[str, Shift]:
+    return {s.name: s for s in shifts}
+
+
+SHIFTS: dict[str, Shift] = _named(
+    Shift("clean", "none", "MNIST as it is: a 28x28 PNG (the reference, not in the suite's average)", _clean),
+    Shift("lowres-8", "resolution", "8 px tall, box-filtered, dark on paper (a fax)", low_resolution(8)),
+    Shift("lowres-12", "resolution", "12 px tall (a thumbnail)", low_resolution(12)),
+    Shift("lowres-16", "resolution", "16 px tall (a low-dpi scan)", low_resolution(16)),
+    Shift("stroke-thin", "stroke", "pen 1 px thinner (4x erosion, octagon r=2)", stroke(2, grow=False)),
+    Shift("stroke-thick", "stroke", "pen 2 px thicker (4x dilation, octagon r=4)", stroke(4, grow=True)),
+    Shift("stroke-bold", "stroke", "pen 3 px thicker (4x dilation, octagon r=6)", stroke(6, grow=True)),
+    Shift("slant", "geometry", "italic: sheared 0.35 (19 degrees) to the right", shear(0.35)),
+    Shift("backslant", "geometry", "sheared 0.25 (14 degrees) to the left", shear(-0.25)),
+    Shift("rotate-25", "geometry", "rotated 25 degrees either way", rotate(25.0)),
+    Shift("small-noisy-canvas", "canvas", "24 px tall on 128x128 gray paper, noise sigma 6", small_in_canvas()),
+    Shift("blur", "capture", "2x scan, Gaussian blur sigma 1.2 (MNIST px)", blur(1.2)),
+    Shift("sensor-noise", "capture", "2x scan, Gaussian noise sigma 20", sensor_noise(20.0)),
+    Shift("jpeg-q10", "capture", "2x scan as a JPEG at quality 10", _paper_scan, format="JPEG", quality=10),
+    Shift("uneven-light", "paper", "2x scan, light falling 30% across the sheet", uneven_light(0.3)),
+    Shift("coloured-paper", "paper", "yellow, pink, blue or green paper, dark ink (RGB)", coloured(PAPERS)),
+    Shift("coloured-ink", "paper", "red, green, blue or purple ink on white (RGB)",
+          coloured([((255, 255, 255), ink) for ink in INKS])),
+    Shift("style-1-flag-base", "style", "MNIST 1s given a flag and a base", one_with_flag_and_base, labels=(1,)),
+    Shift("style-7-crossbar", "style", "MNIST 7s given a crossbar", seven_with_crossbar, labels=(7,)),
+    Shift("style-4-open", "style", "4s drawn open at the top (strokes)", from_template(four_open), labels=(4,)),
+    Shift("style-4-closed", "style", "4s drawn closed, a triangle (strokes)", from_template(four_closed),
+          labels=(4,)),
+    Shift("style-9-straight-stem", "style", "9s drawn with a straight stem (strokes)",
+          from_template(nine_straight_stem), labels=(9,)),
+)
+
+
+def resolve(names: Iterable[str] | None = None) -> list[Shift]:
+    """The shifts called ``names`` (default: all, ``clean`` first), or a ConfigError naming the known ones."""
+    if names is None:
+        return list(SHIFTS.values())
+    unknown = [n for n in names if n not in SHIFTS]
+    if unknown:
+        raise ConfigError(f"unknown shift {', '.join(unknown)}; the suite has: {', '.join(SHIFTS)}")
+    return [SHIFTS[n] for n in names]
+
+
+@dataclass(frozen=True)
+class ShiftedSet:
+    """One shift applied to (part of) a test split and decoded as production decodes it."""
+
+    shift: Shift
+    indices: np.ndarray  # into the test split
+    images: np.ndarray  # uint8 (N, 28, 28): decode_image's output, what the model sees
+    labels: np.ndarray
+
+
+def pick(labels: np.ndarray, shift: Shift, limit: int | None = None, seed: int = SEED) -> np.ndarray:
+    """The test indices a shift uses: its classes' images, in one seeded order, the first ``limit``
+    (the same subset for every shift, so a CI run is a fair sample), sorted."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    if shift.labels is not None:
+        order = order[np.isin(labels[order], shift.labels)]
+    return np.sort(order[:limit] if limit is not None else order)
+
+
+def build_suite(x: np.ndarray, y: np.ndarray, shifts: Sequence[Shift] | None = None,
+                limit: int | None = None, seed: int = SEED) -> list[ShiftedSet]:
+    """Every shift applied to test images ``x`` (uint8 (N, 28, 28)) with labels ``y``: each image
+    encoded as a file and decoded by :func:`model.preprocess.decode_image`. Scoring several models
+    on one suite builds it once (building is most of the cost)."""
+    from model.preprocess import decode_image
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: give at least 1 image per shift")
+    sets = []
+    for shift in shifts if shifts is not None else resolve():
+        indices = pick(y, shift, limit, seed)
+        images = np.empty((len(indices), 28, 28), np.uint8)
+        for row, index in enumerate(indices):
+            images[row] = decode_image(shift.encode(x[index], int(index), seed))
+        sets.append(ShiftedSet(shift, indices, images, np.asarray(y[indices])))
+    return sets
