@@ -9,8 +9,10 @@
  * (DC * q + 4) >> 3, plus 128, through libjpeg's range limit.
  *
  * It reads only the common case: 8-bit baseline or extended Huffman, one interleaved scan, one
- * component or three (YCbCr, luma at full resolution), restart markers allowed. For anything else,
- * or anything damaged, it returns None and the caller decodes with Pillow, which words the error.
+ * component or three (YCbCr, luma at full resolution), restart markers allowed, and in the header
+ * only APPn (not Adobe's APP14), COM, DQT, DHT, DRI, SOF0/1 and SOS. For anything else, or anything
+ * damaged, it returns None and the caller decodes with Pillow, which words the error. The rule that
+ * a file it reads gives libjpeg's pixels is fuzzed in CI (scripts/fuzz-jpegdc.sh, tests/fuzz/).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,8 +43,15 @@ typedef struct {
     int count;     /* valid bits in the buffer, at least 56 after a refill */
 } Reader;
 
-/* Bytes of zeros after the copied data: more than one MCU can read (10 blocks of 64 31-bit symbols). */
+/* libjpeg's limit on the blocks in an MCU (D_MAX_BLOCKS_IN_MCU); the reader refuses more. */
+#define MAX_MCU_BLOCKS 10
+/* Bytes of zeros after the copied data. The scan is checked against the data's end only between MCUs,
+ * so an MCU of damaged data may run into the padding: at most MAX_MCU_BLOCKS blocks of 64 symbols of
+ * at most 31 bits (a 16-bit code and 15 value bits), plus the bit buffer's 8 bytes of look-ahead and a
+ * refill's 8-byte load. That is the one invariant that keeps every read in bounds. */
 #define PAD 4096
+_Static_assert(PAD >= (MAX_MCU_BLOCKS * 64 * 31 + 7) / 8 + 8 + 8,
+               "PAD must hold what one MCU of MAX_MCU_BLOCKS blocks can read past the data");
 
 static int build_table(Table *t, const uint8_t *counts, const uint8_t *vals, int nvals, int ac) {
     int code = 0, k = 0;
@@ -56,7 +65,7 @@ static int build_table(Table *t, const uint8_t *counts, const uint8_t *vals, int
             lengths[k] = (uint8_t)len;
             codes[k++] = (uint16_t)code++;
         }
-        if (code > (1 << len)) return -1; /* over-subscribed */
+        if (code >= (1 << len)) return -1; /* over-subscribed, or an all-ones code: libjpeg refuses both */
         t->maxcode[len] = counts[len - 1] ? code - 1 : -1;
         code <<= 1;
     }
@@ -297,12 +306,17 @@ static PyObject *luma_dc(PyObject *self, PyObject *arg) {
             if (ss[0] != 0 || ss[1] != 63 || ss[2] != 0) goto unsupported;
             p = next;
             break;
-        } else if (marker == 0xD9 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
+        } else if (!(marker >= 0xE0 && marker <= 0xEF) && marker != 0xFE) {
+            /* Only APPn and COM are skipped. Anything else (FF 00, a second SOI, EOI, RSTn, DNL, DHP, EXP,
+             * JPGn, TEM, reserved codes) is libjpeg's to judge: it refuses most, and skips FF 00 as stray
+             * bytes, so that what we would take for a segment can hide one it reads (a DQT). */
             goto unsupported;
         }
         p = next;
     }
-    if (!quant_defined[comp_q[0]]) goto unsupported;
+    /* libjpeg refuses a scan with any component's table undefined, chroma included. */
+    for (int c = 0; c < ncomp; c++)
+        if (!quant_defined[comp_q[c]]) goto unsupported;
     if (ncomp == 3) {
         /* libjpeg guesses YCbCr for ids 1,2,3 (JFIF) and RGB for 'R','G','B'; read only the first. */
         if (!(comp_id[0] == 1 && comp_id[1] == 2 && comp_id[2] == 3)) goto unsupported;
@@ -312,7 +326,7 @@ static PyObject *luma_dc(PyObject *self, PyObject *arg) {
             /* luma at full size, chroma at a whole fraction of it: what libjpeg upsamples */
             if (comp_h[0] % comp_h[c] || comp_v[0] % comp_v[c]) goto unsupported;
         }
-        if (blocks > 10) goto unsupported; /* libjpeg's limit on blocks in an MCU */
+        if (blocks > MAX_MCU_BLOCKS) goto unsupported; /* libjpeg's limit, and what PAD is sized for */
     } else {
         comp_h[0] = comp_v[0] = 1; /* a single component's scan is one block per MCU */
     }

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from digitq.errors import ImageError
 from model import preprocess
 from model.preprocess import decode_image
+from tests.fuzz import fuzz_jpegdc, make_corpus
 
-jpegdc = preprocess._jpegdc
+try:
+    from model import _jpegdc as jpegdc  # the reader itself, whatever DIGITQ_JPEG_READER says
+except ImportError:
+    jpegdc = None
+
+ROOT = Path(__file__).resolve().parent.parent
+FINDINGS = ROOT / "tests" / "data" / "jpeg-findings"
 
 
 def _jpeg(img: Image.Image, **options) -> bytes:
@@ -82,7 +93,8 @@ def test_other_jpegs_and_other_bytes_are_left_to_libjpeg():
 
 
 def test_damaged_jpegs_give_libjpeg_pixels_or_are_left_to_it():
-    """A damaged file is never read into pixels libjpeg would not give, nor where Pillow fails on it."""
+    """Each of these 300 damaged files is read into exactly libjpeg's pixels, or left to libjpeg; none is
+    read where Pillow fails on it. Beyond these, the same rule is fuzzed in CI (scripts/fuzz-jpegdc.sh)."""
     rng = np.random.default_rng(3)
     outcomes = {"left": 0, "read": 0}
     for i in range(30):
@@ -125,3 +137,91 @@ def test_phone_photos_decode_the_same_with_or_without_the_reader(mnist, monkeypa
     for data, got in zip(photos, fast, strict=True):
         np.testing.assert_array_equal(got, decode_image(data))
     assert not np.array_equal(fast[2], fast[0])  # the orientation was applied
+
+
+#: The five files of the outside fuzzing run (issue 14): what libjpeg says of each through Pillow.
+LIBJPEG_REFUSES = {
+    "diff_all_ones_code.jpg": True,  # Bogus Huffman table definition
+    "diff_chroma_qtable_undefined.jpg": True,  # Quantization table 0x03 was not defined
+    "diff_exp_marker.jpg": True,  # Unsupported marker type
+    "diff_second_soi.jpg": True,  # two SOI markers
+    "diff_ff00_hidden_dqt.jpg": False,  # reads it, with the DQT behind FF 00: other pixels
+}
+
+
+@pytest.mark.parametrize("name", list(LIBJPEG_REFUSES))
+def test_the_outside_findings_are_left_to_libjpeg(name):
+    data = (FINDINGS / name).read_bytes()
+    assert jpegdc.luma_dc(data) is None
+    if LIBJPEG_REFUSES[name]:
+        with pytest.raises(OSError):
+            fuzz_jpegdc.pillow_eighth(data)
+    else:
+        fuzz_jpegdc.pillow_eighth(data)
+
+
+@pytest.mark.parametrize("name", list(LIBJPEG_REFUSES))
+def test_the_outside_findings_through_decode_image(name, monkeypatch):
+    """decode_image asks the reader (the files are 4000x3000: 1/8 scale), which declines, so libjpeg
+    decides: an error row where it refuses the file, its own pixels where it reads it."""
+    data = (FINDINGS / name).read_bytes()
+    answers = []
+    monkeypatch.setattr(preprocess, "_jpegdc", type("Spy", (), {
+        "luma_dc": staticmethod(lambda d: answers.append(jpegdc.luma_dc(d)) or answers[-1])}))
+    if LIBJPEG_REFUSES[name]:
+        with pytest.raises(ImageError, match="cannot decode image"):
+            decode_image(data)
+        assert answers == [None]
+        return
+    got = decode_image(data)
+    monkeypatch.setattr(preprocess, "_jpegdc", None)
+    np.testing.assert_array_equal(got, decode_image(data))  # e9b8552: 240 of the 784 pixels differed
+    assert answers == [None]
+
+
+@pytest.mark.parametrize("name", list(make_corpus.FINDINGS))
+def test_each_kind_of_finding_on_other_images(name):
+    """The five mutations, applied to fresh files of other sizes and tables, are left to libjpeg too,
+    while the unmutated files are read into libjpeg's pixels."""
+    for seed, size in enumerate([(120, 90), (333, 41)]):
+        img = make_corpus.digit_photo(*size, seed, "RGB" if name == "chroma_qtable_undefined" else "L")
+        for options in ({}, {"restart_marker_blocks": 5}, {"quality": 30}):
+            plain = make_corpus.encode(img, **options)
+            assert fuzz_jpegdc.check(plain, jpegdc)
+            assert jpegdc.luma_dc(make_corpus.FINDINGS[name](plain)) is None
+
+
+def test_only_the_markers_the_reader_understands_are_read():
+    """Any marker but APPn, COM, DQT, DHT, DRI, SOF0/1 and SOS in the header leaves the file to libjpeg.
+    Here each marker comes with a 2-byte payload, which only an APPn, a COM or a DRI can have."""
+    plain = make_corpus.encode(make_corpus.digit_photo(64, 48, 1, "L"))
+    read = {m for m in range(256) if jpegdc.luma_dc(make_corpus.reserved_marker(plain, m)) is not None}
+    assert read == (set(range(0xE0, 0xF0)) - {0xEE}) | {0xFE, 0xDD}  # APP14 (Adobe) sets the colour space
+
+
+def test_the_seed_corpus_agrees_with_libjpeg():
+    """The fuzzer's seeds (tests/fuzz/corpus) pass its differential check; the findings among them are declined."""
+    seeds = sorted(fuzz_jpegdc.CORPUS.glob("*.jpg"))
+    assert len(seeds) >= 20 and sum(p.stat().st_size for p in seeds) < 200_000
+    read = {p.stem: fuzz_jpegdc.check(p.read_bytes(), jpegdc) for p in seeds}
+    assert read["gray"] and read["420"] and read["restart3"]
+    assert not any(v for k, v in read.items() if k.startswith("finding_"))
+
+
+def test_pad_is_tied_to_the_block_limit(tmp_path):
+    """PAD must hold what one MCU of damaged data can read past the end (at most 10 blocks x 64 symbols x
+    31 bits): raising the block limit without PAD fails the build."""
+    source = (ROOT / "model" / "jpegdc.c").read_text()
+    assert "#define MAX_MCU_BLOCKS 10\n" in source
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    include = sysconfig.get_paths()["include"]
+
+    def compiles(text: str) -> subprocess.CompletedProcess:
+        (tmp_path / "jpegdc.c").write_text(text)
+        return subprocess.run([cc, "-fsyntax-only", "-std=c11", f"-I{include}", str(tmp_path / "jpegdc.c")],
+                              capture_output=True, text=True)
+
+    assert compiles(source).returncode == 0
+    assert compiles(source.replace("#define MAX_MCU_BLOCKS 10\n", "#define MAX_MCU_BLOCKS 16\n")).returncode == 0
+    raised = compiles(source.replace("#define MAX_MCU_BLOCKS 10\n", "#define MAX_MCU_BLOCKS 17\n"))
+    assert raised.returncode != 0 and "PAD must hold" in raised.stderr
