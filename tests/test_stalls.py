@@ -2,7 +2,9 @@
 a correctly configured worker then finishes the job, with no `resume`."""
 
 import json
+import re
 
+import redis
 from click.testing import CliRunner
 
 from digitq import csvfile, stalls
@@ -90,11 +92,20 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
         assert 3 <= done_by_first < job.n_batches
     finally:
         first.stop()
-    with WorkerProcess(worker_env(settings), tmp_path / "second.log", name="second"):
+    with WorkerProcess(worker_env(settings), tmp_path / "second.log", name="second") as second:
         status = wait_for(job, timeout=120)
+        # Nothing left to run: no message queued, none held unacknowledged (running or prefetched).
+        broker = redis.Redis.from_url(url)
+        wait_until(lambda: broker.llen(settings.predict_queue) == 0 and broker.hlen("unacked") == 0, timeout=30,
+                   what="the queue drained and every message acknowledged")
+    logs = first.log() + second.log()  # both stopped: complete
     rows = csvfile.read(job.csv_path)
-    assert status["state"] == "done" and len(rows) == 600 and len({r["path"] for r in rows}) == 600
+    assert status["state"] == "done" and len(rows) == 600
     assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 590
+    # Duplicates nothing: the rows the two workers predicted, batch by batch, add up to 600, not more (the
+    # CSV cannot show a batch run twice: its second result overwrites the first).
+    predicted = [int(n) for n in re.findall(r" succeeded in [^\n]*'rows': (\d+)", logs)]
+    assert len(predicted) == job.n_batches and sum(predicted) == 600
 
 
 def test_only_an_old_invisible_job_is_given_up():
@@ -125,8 +136,15 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
     try:
         job_id = last_json(cli("scan", str(folder), "--batch-size", "10", "--json"))["job_id"]  # one batch
         wait_until(lambda: "Task digitq.predict_batch" in doomed.log(), timeout=30, what="the batch taken")
-        time.sleep(2.5)  # past --stall-after: only the live worker's hold keeps the job from "stalled"
-        assert json.loads(cli("status", job_id, "--json").stdout)["state"] == "queued"
+
+        def status_past_stall_after() -> dict | None:
+            # A status computed when the job had been idle past --stall-after: it looked for orphans.
+            asked = time.time()
+            status = json.loads(cli("status", job_id, "--json").stdout)
+            return status if asked - status["created"] > 2 else None
+
+        status = wait_until(status_past_stall_after, timeout=30, poll=0.2, what="a status past --stall-after")
+        assert status["state"] == "queued"  # only the live worker's hold keeps it from "stalled"
         assert stalls.orphaned(settings, job_id, {0}) is False  # known held, not merely unknown
         os.killpg(doomed.proc.pid, 9)  # the whole host dies: parent and pool, the batch unacked
     finally:

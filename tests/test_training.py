@@ -240,13 +240,26 @@ def test_failed_training_can_be_retried(trainer, tsettings, tmp_path, mnist):
     assert refused.exit_code == 1 and "already published" in refused.stderr
 
 
-def test_a_request_redis_lost_stays_queued_and_can_be_resent(trainer, tsettings, labelled):
-    from digitq.trainings import create_training
+def test_a_request_redis_lost_stays_queued_and_can_be_resent(trainer, tsettings, labelled, tmp_path):
+    import redis
 
-    # Written but never sent: what a training looks like after Redis restarted empty.
-    lost = create_training(tsettings.trainings_dir, sources=[str(labelled)], epochs=1, from_version=None,
-                           holdout=0.2, seed=3, promote="never", by="test")
-    time.sleep(1)
+    queue = redis.Redis.from_url(tsettings.redis_url)
+    # The trainer is busy with another training, so the next request waits in the `train` queue...
+    busy = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2, seed=4,
+                            promote="never")
+    wait_until(lambda: busy.status()["state"] == "running", timeout=120, what="the trainer to be busy")
+    lost = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2, seed=3,
+                            promote="never")
+    (tmp_path / "empty").mkdir()
+    after = request_training(tsettings, sources=[str(tmp_path / "empty")], epochs=1, from_version=None, holdout=0.2,
+                             seed=0, promote="never")  # fails at once: it only shows the trainer went on
+    messages = queue.lrange(tsettings.train_queue, 0, -1)
+    mine = [m for m in messages if lost.id.encode() in m]
+    assert len(messages) == 2 and len(mine) == 1, "the trainer took the request before Redis could lose it"
+    # ...where Redis loses it (as a restart without persistence would).
+    assert queue.lrem(tsettings.train_queue, 1, mine[0]) == 1
+    # The trainer had its chance: it finished the busy training, then took the queue in order, up to `after`.
+    wait_until(lambda: after.status()["state"] == "failed", timeout=180, what="the trainer to reach the next request")
     assert json.loads(cli(tsettings, "training", lost.id, "--json").stdout)["state"] == "queued"
     listed = json.loads(cli(tsettings, "trainings", "--json").stdout)
     assert next(t for t in listed if t["training_id"] == lost.id)["state"] == "queued"
@@ -303,6 +316,7 @@ def _publish_copy(models_dir: str, source: str, training_id: str, barrier_path: 
     meta = json.loads((staging / "model.json").read_text())
     meta["training_id"] = training_id
     (staging / "model.json").write_text(json.dumps(meta))
+    Path(barrier_path).with_name(f"ready-{os.getpid()}").touch()
     while not os.path.exists(barrier_path):
         time.sleep(0.001)
     ref, created = reg.publish(staging, training_id)
@@ -318,7 +332,8 @@ def test_concurrent_publishes_get_distinct_versions_and_a_training_publishes_onc
     ids = ["20990101-000000-aaaaaa", "20990101-000000-bbbbbb", "20990101-000000-cccccc", "20990101-000000-aaaaaa"]
     procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tsettings.models_dir), source, tid,
                                str(barrier)], stdout=subprocess.PIPE, text=True) for tid in ids]
-    time.sleep(3)
+    # Every process has staged its copy and waits at the barrier: then all publish at once.
+    wait_until(lambda: len(list(tmp_path.glob("ready-*"))) == len(ids), timeout=60, what="every publisher ready")
     barrier.write_text("go")
     results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     by_id = {}
