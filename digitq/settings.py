@@ -81,6 +81,8 @@ class Settings:
     retrain_data: tuple[str, ...] = ()
     retrain_epochs: int = 20
     retrain_promote: str = "auto"
+    #: "off": libjpeg decodes every JPEG, the C reader of phone photos (model/jpegdc.c) none (README, Security).
+    jpeg_reader: str = "on"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             retrain_data=tuple(p for p in (env.get("DIGITQ_RETRAIN_DATA") or "").split(os.pathsep) if p),
             retrain_epochs=_int("DIGITQ_RETRAIN_EPOCHS", cls.retrain_epochs),
             retrain_promote=_choice("DIGITQ_RETRAIN_PROMOTE", cls.retrain_promote, PROMOTE_CHOICES),
+            jpeg_reader=_choice("DIGITQ_JPEG_READER", cls.jpeg_reader, ("on", "off")),
         )
         known = {f.name for f in fields(cls)}
         changes = {k: v for k, v in overrides.items() if v is not None and k in known}

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from digitq.errors import ImageError
+from digitq.settings import Settings
 
 try:
     import pyspng as _spng
@@ -23,6 +24,8 @@ except ImportError:  # optional: Pillow decodes every PNG without it
 try:
     from model import _jpegdc  # C, built at install where a compiler is (model/jpegdc.c)
 except ImportError:  # optional: Pillow decodes every JPEG without it, to the same pixels
+    _jpegdc = None
+if Settings.from_env().jpeg_reader == "off":  # DIGITQ_JPEG_READER=off, read as a worker starts: libjpeg only
     _jpegdc = None
 
 #: Pillow's own bomb check fires above this; we make it an error, not a warning.

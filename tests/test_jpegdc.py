@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from digitq.errors import ImageError
+from digitq.errors import ConfigError, ImageError
+from digitq.settings import Settings
 from model import preprocess
 from model.preprocess import decode_image
 from tests.fuzz import fuzz_jpegdc, make_corpus
@@ -225,3 +229,51 @@ def test_pad_is_tied_to_the_block_limit(tmp_path):
     assert compiles(source.replace("#define MAX_MCU_BLOCKS 10\n", "#define MAX_MCU_BLOCKS 16\n")).returncode == 0
     raised = compiles(source.replace("#define MAX_MCU_BLOCKS 10\n", "#define MAX_MCU_BLOCKS 17\n"))
     assert raised.returncode != 0 and "PAD must hold" in raised.stderr
+
+
+_DECODE_OFF = """
+import json, sys
+import numpy as np
+from model import _jpegdc
+
+def refuse(data):
+    raise AssertionError("the C reader was called with DIGITQ_JPEG_READER=off")
+
+_jpegdc.luma_dc = refuse  # before preprocess loads: with the switch off it must never get here
+from model.preprocess import decode_image
+print(json.dumps([decode_image(open(p, "rb").read()).tolist() for p in sys.argv[1:]]))
+"""
+
+
+def test_the_reader_can_be_turned_off(mnist, tmp_path, monkeypatch):
+    """DIGITQ_JPEG_READER=off, read when a process loads preprocess (a worker, as it starts): libjpeg
+    decodes every JPEG, to the same pixels, and the C reader is never called."""
+    from model.synthetic import phone_photo
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"photo{i}.jpg")
+        paths[-1].write_bytes(phone_photo(mnist.x_test[i], rng))
+    calls = []
+    monkeypatch.setattr(preprocess, "_jpegdc", type("Spy", (), {
+        "luma_dc": staticmethod(lambda data: calls.append(1) or jpegdc.luma_dc(data))}))
+    on = [decode_image(p.read_bytes()) for p in paths]
+    assert len(calls) == len(paths)  # on by default: the reader read them
+    env = {**os.environ, "DIGITQ_JPEG_READER": "off", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _DECODE_OFF, *map(str, paths)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    off = [np.array(a, np.uint8) for a in json.loads(done.stdout)]
+    for a, b in zip(on, off, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_reader_setting_is_checked(monkeypatch):
+    monkeypatch.delenv("DIGITQ_JPEG_READER", raising=False)
+    assert Settings.from_env().jpeg_reader == "on"
+    monkeypatch.setenv("DIGITQ_JPEG_READER", "off")
+    assert Settings.from_env().jpeg_reader == "off"
+    monkeypatch.setenv("DIGITQ_JPEG_READER", "no")
+    with pytest.raises(ConfigError, match="DIGITQ_JPEG_READER"):
+        Settings.from_env()
