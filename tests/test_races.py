@@ -152,7 +152,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     key = "digitq:job:job-z:batch:0:deliveries"
     client = redis.Redis.from_url(url)
     client.hset(key, "at:elsewhere|ns|7|1", f"4|{time.time():.0f}")  # another host, marker refreshed just now
-    client.hset(key, "at:faraway|ns|8|1", f"5|{time.time() - 2 * quarantine.MARKER_LEASE_S:.0f}")  # long silent
+    client.hset(key, "at:faraway|ns|8|1", f"5|{time.time() - 3600:.0f}")  # silent for an hour
     child = _hold_in_child(f"""
         from digitq import quarantine
         from digitq.settings import Settings
