@@ -180,7 +180,8 @@ def _draft(img: Image.Image) -> None:
 def _luma_at_eighth(img: Image.Image, data: bytes) -> Image.Image | None:
     """A JPEG drafted to grayscale at 1/8 scale, read from its DC coefficients alone (model/jpegdc.c):
     the same pixels libjpeg gives, at about 40% of its cost, since it skips the AC coefficients
-    several at a time. None where the reader is not built or leaves the file to libjpeg."""
+    several at a time. None where the reader is not built, is turned off (DIGITQ_JPEG_READER=off) or
+    leaves the file to libjpeg."""
     if _jpegdc is None or img.format != "JPEG" or img.mode != "L" or img.decoderconfig != (8, 0):
         return None
     decoded = _jpegdc.luma_dc(data)
