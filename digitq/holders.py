@@ -141,8 +141,8 @@ class Lease:
             # contenders cannot both take it over.
             if self.client.eval(_TAKE_OVER, 1, self.key, raw, self.value, self.ttl_ms):
                 return None
-        raw = self.client.get(self.key)
-        return _holder_of(raw) if raw else Holder("?", "", 0, "")
+        # Three contenders in a row took it first: someone holds it, even if we cannot say who.
+        return _holder_of(self.client.get(self.key) or b"") or Holder("?", "", 0, "")
 
     def refresh(self) -> bool:
         """Extend the lease; False when it is no longer ours (it lapsed, and maybe another took it)."""
