@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from digitq.errors import ConfigError
+from digitq.redisurl import normalise
 
 MiB = 1024 * 1024
 
@@ -89,7 +90,7 @@ class Settings:
         """Read ``DIGITQ_*`` variables; keyword arguments that are not None win."""
         env = os.environ
         settings = cls(
-            redis_url=env.get("DIGITQ_REDIS_URL") or cls.redis_url,
+            redis_url=normalise(env.get("DIGITQ_REDIS_URL") or cls.redis_url),
             data_dir=Path(env.get("DIGITQ_DATA_DIR") or cls.data_dir).expanduser(),
             mnist=env.get("DIGITQ_MNIST") or None,
             batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),
@@ -109,6 +110,8 @@ class Settings:
         )
         known = {f.name for f in fields(cls)}
         changes = {k: v for k, v in overrides.items() if v is not None and k in known}
+        if "redis_url" in changes:
+            changes["redis_url"] = normalise(str(changes["redis_url"]))
         if "data_dir" in changes:
             changes["data_dir"] = Path(changes["data_dir"]).expanduser()
         return replace(settings, **changes)
