@@ -458,5 +458,61 @@ def write_benchmarks(table: str) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+
+# -- the robustness suite: a section of its own (`benchmark.py robustness`), apart from run_all ----
+
+ROBUSTNESS_START, ROBUSTNESS_END = "<!-- robustness:start -->", "<!-- robustness:end -->"
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1), help="Images per shift (default: all 10,000).")
+@click.option("--data", envvar="DIGITQ_MNIST", default=str(ROOT.parent / "shared" / "mnist"), show_default=True)
+@click.option("--write/--no-write", default=True, help="Write the table into BENCHMARKS.md's robustness section.")
+def robustness(limit: int | None, data: str, write: bool) -> None:
+    """The production model on the whole robustness suite (`digitq evaluate --suite robustness`),
+    timed end to end in a fresh process: accuracy and ECE per shift, and the average."""
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh data dir: the bundled model is production
+        args = [*DIGITQ, "--data-dir", tmp, "evaluate", "--suite", "robustness", "--data", data, "--json"]
+        started = time.monotonic()
+        proc = subprocess.run(args + (["--limit", str(limit)] if limit else []), capture_output=True, text=True,
+                              cwd=ROOT)
+        wall = time.monotonic() - started
+    if proc.returncode:
+        raise SystemExit(f"digitq evaluate --suite robustness failed:\n{proc.stderr[-3000:]}")
+    table = render_robustness(json.loads(proc.stdout.strip().splitlines()[-1]), wall)
+    print(table)
+    if write:
+        write_robustness(table)
+
+
+def render_robustness(r: dict, wall: float) -> str:
+    """The suite's table, in Markdown."""
+    images = sum(row["examples"] for row in r["shifts"])
+    scope = "all test images" if r["limit"] is None else f"the first {r['limit']} of the seeded order"
+    lines = [f"Model {r['model_version']} ({r['runtime']}), seed {r['seed']}, {scope} per shift: {images:,} images "
+             f"in {wall:.0f} s ({r['seconds']['build']} s making and decoding them, {r['seconds']['predict']} s "
+             f"predicting), {time.strftime('%Y-%m-%d')}, {_cpu()}.", "",
+             "| shift | family | digits | images | accuracy | ECE | mean confidence |", "|---|---|---|---|---|---|---|"]
+    for row in r["shifts"]:
+        digits = row["digits"] if row["digits"] == "all" else ",".join(map(str, row["digits"]))
+        lines.append(f"| {row['name']} | {row['family']} | {digits} | {row['examples']:,} | {row['accuracy']:.2%} "
+                     f"| {row['ece']:.1%} | {row['mean_confidence']:.3f} |")
+    avg = r["average"]
+    lines.append(f"| **average of {avg['shifts']} shifts** (without clean) | | | | **{avg['accuracy']:.2%}** "
+                 f"| **{avg['ece']:.1%}** | |")
+    return "\n".join(lines)
+
+
+def write_robustness(table: str) -> None:
+    """Replace BENCHMARKS.md's robustness section (added at the end the first time)."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    if ROBUSTNESS_START not in text:
+        text = (text.rstrip("\n") + "\n\n## Robustness suite\n\n`.venv/bin/python scripts/benchmark.py robustness` "
+                "(see README, \"Robustness: the suite\"):\n\n" + f"{ROBUSTNESS_START}\n{ROBUSTNESS_END}\n")
+    head, rest = text.split(ROBUSTNESS_START, 1)
+    path.write_text(f"{head}{ROBUSTNESS_START}\n{table}\n{ROBUSTNESS_END}{rest.split(ROBUSTNESS_END, 1)[1]}")
+    print(f"wrote {path}", file=sys.stderr)
+
 if __name__ == "__main__":
     cli()
