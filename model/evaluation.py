@@ -92,7 +92,7 @@ def score_shifts(sets: Sequence[ShiftedSet], predict: Callable[[np.ndarray], np.
             "name": s.shift.name,
             "family": s.shift.family,
             "description": s.shift.description,
-            "digits": list(s.shift.labels) if s.shift.labels is not None else "all",
+            "digits": list(s.shift.labels) if s.shift.labels is not None else list(range(10)),
             "examples": int(len(s.labels)),
             "accuracy": round(float(correct.mean()), 6) if len(correct) else None,
             "ece": round(expected_calibration_error(probs, s.labels), 6),

@@ -64,6 +64,10 @@ class Shift:
     format: str = "PNG"
     quality: int = 75
 
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"shift {self.name}: family {self.family!r} is not one of {FAMILIES}")
+
     def rng(self, index: int, seed: int = SEED) -> np.random.Generator:
         """The generator for one image: independent of the other shifts and of the order of calls."""
         return np.random.default_rng([seed, zlib.crc32(self.name.encode()), int(index)])

@@ -368,7 +368,7 @@ def evaluate(ctx, data, model_version, suite, limit, as_json):
                    f"({result['data_source']}, seed {result['seed']}):")
         click.echo(f"  {'SHIFT':<22} {'FAMILY':<11} {'DIGITS':<6} {'N':>6} {'ACCURACY':>9} {'ECE':>6} {'CONF':>6}")
         for r in result["shifts"]:
-            digits = "all" if r["digits"] == "all" else ",".join(map(str, r["digits"]))
+            digits = "all" if len(r["digits"]) == 10 else ",".join(map(str, r["digits"]))
             click.echo(f"  {r['name']:<22} {r['family']:<11} {digits:<6} {r['examples']:>6} "
                        f"{r['accuracy']:>9.2%} {r['ece']:>6.1%} {r['mean_confidence']:>6.3f}")
         avg = result["average"]

@@ -494,7 +494,7 @@ def render_robustness(r: dict, wall: float) -> str:
              f"predicting), {time.strftime('%Y-%m-%d')}, {_cpu()}.", "",
              "| shift | family | digits | images | accuracy | ECE | mean confidence |", "|---|---|---|---|---|---|---|"]
     for row in r["shifts"]:
-        digits = row["digits"] if row["digits"] == "all" else ",".join(map(str, row["digits"]))
+        digits = "all" if len(row["digits"]) == 10 else ",".join(map(str, row["digits"]))
         lines.append(f"| {row['name']} | {row['family']} | {digits} | {row['examples']:,} | {row['accuracy']:.2%} "
                      f"| {row['ece']:.1%} | {row['mean_confidence']:.3f} |")
     avg = r["average"]

@@ -328,7 +328,7 @@ def test_score_shifts_reports_each_shift_and_averages_without_clean(mnist):
     assert list(rows) == ["clean", "blur", "style-7-crossbar"]
     assert rows["blur"]["accuracy"] == pytest.approx(0.95) and rows["blur"]["ece"] == pytest.approx(0.05)
     assert rows["blur"]["mean_confidence"] == pytest.approx(0.9)
-    assert rows["style-7-crossbar"]["digits"] == [7] and rows["clean"]["digits"] == "all"
+    assert rows["style-7-crossbar"]["digits"] == [7] and rows["clean"]["digits"] == list(range(10))
     assert all(r["examples"] == 20 for r in rows.values())
     assert result["average"] == {"shifts": 2, "accuracy": pytest.approx(0.95), "ece": pytest.approx(0.05),
                                  "worst": "blur"}
