@@ -63,6 +63,8 @@ def run_training(settings: Settings, training_id: str) -> dict:
     try:
         lease = training.claim(settings)
     except TrainingClaimed as e:
+        if not e.holder.local():
+            raise  # alive, or dead with its lease still running: the task looks again later
         log.warning("%s; this delivery is a duplicate", e)
         return {"training_id": training_id, "state": "running", "duplicate": True}
     outcome = training.outcome()  # the claimant before us may have finished between our two looks

@@ -164,3 +164,37 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     assert third.deaths == {5: 1, 6: 1} and fourth.deaths == {5: 1, 6: 1}
     assert client.hexists(key, alive._marker) and client.hexists(key, "at:elsewhere|ns|7|1")
     alive.finish()
+
+
+def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server, tmp_path):
+    import pytest
+
+    from digitq.broker import redis_client
+    from digitq.holders import Holder, Lease
+    from digitq.settings import Settings
+    from digitq.trainings import TrainingClaimed, claim_key, create_training
+    from model.training import run_training
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path))
+    settings.trainings_dir.mkdir(parents=True)
+    training = create_training(settings.trainings_dir, sources=[str(tmp_path)], epochs=1, from_version=None,
+                               holdout=0.2, seed=0, promote="never", by="test")
+    key = claim_key(training.id)
+    child = _hold_in_child(f"""
+        import redis
+        from digitq.holders import Lease
+        assert Lease(redis.Redis.from_url({url!r}), {key!r}, 60).acquire() is None
+    """)
+    try:  # held by a live process on this host: acknowledged as a duplicate
+        assert run_training(settings, training.id) == {"training_id": training.id, "state": "running",
+                                                       "duplicate": True}
+    finally:
+        child.kill()
+        child.wait()
+    redis_client(settings).delete(key)
+    far = Lease(redis_client(settings), key, 60, Holder("elsewhere", "", 1, "1"))
+    assert far.acquire() is None
+    with pytest.raises(TrainingClaimed, match="already being trained by elsewhere"):  # the task retries later
+        run_training(settings, training.id)
+    assert sorted(p.name for p in training.dir.iterdir()) == ["request.json"]  # no run.json, no outcome.json

@@ -14,6 +14,7 @@ from digitq.broker import PREDICT_TASK, TRAIN_TASK, redis_client
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
 from digitq.jobs import Job
 from digitq.settings import Settings
+from digitq.trainings import STALE_AFTER_S, TrainingClaimed
 from worker import inference
 from worker.application import app
 
@@ -109,6 +110,11 @@ def train_model(self, training_id: str) -> dict | None:
     settings = Settings.from_env()
     try:
         return run_training(settings, training_id)
+    except TrainingClaimed as e:
+        # Claimed from another host, whose process cannot be looked up from here: it trains, or it died
+        # and its lease has yet to lapse. Look again once it could have (the outcome ends the loop).
+        log.info("%s; looking again in %.0f s", e, STALE_AFTER_S)
+        raise self.retry(exc=e, countdown=STALE_AFTER_S, max_retries=None) from e
     except TrainingNotFound as e:
         _hand_back(settings, "training", training_id, e, self.request.hostname)
         return None
