@@ -177,7 +177,8 @@ class OnnxPredictor(Predictor):
 def load_predictor(ref: ModelRef, runtime: str | None = None) -> Predictor:
     """Verify, then load ``ref`` in ``runtime`` (default ``DIGITQ_RUNTIME``).
 
-    Nothing about the CPU enters the choice: a file gets the same row on every worker."""
+    Nothing about the CPU enters the choice: every worker scores a file with the same graph (its rows agree to
+    within one unit of the 6th decimal across instruction sets, BENCHMARKS.md)."""
     runtime = runtime or runtime_name()
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} must be one of {', '.join(RUNTIMES)}")
