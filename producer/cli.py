@@ -380,8 +380,9 @@ def evaluate(ctx, data, model_version, suite, limit, as_json):
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"model {result['model_version']}: accuracy {result['accuracy']:.4%}, loss {result['loss']:.4f} "
-                   f"on {result['examples']} test images ({result['data_source']}), {result['params']:,} params")
+        click.echo(f"model {result['model_version']}: accuracy {result['accuracy']:.4%}, loss {result['loss']:.4f}, "
+                   f"ECE {result['ece']:.2%} on {result['examples']} test images ({result['data_source']}), "
+                   f"{result['params']:,} params")
 
 
 @main.command()

@@ -490,8 +490,8 @@ def render_robustness(r: dict, wall: float) -> str:
     images = sum(row["examples"] for row in r["shifts"])
     scope = "all test images" if r["limit"] is None else f"the first {r['limit']} of the seeded order"
     lines = [f"Model {r['model_version']} ({r['runtime']}), seed {r['seed']}, {scope} per shift: {images:,} images "
-             f"in {wall:.0f} s ({r['seconds']['build']} s making and decoding them, {r['seconds']['predict']} s "
-             f"predicting), {time.strftime('%Y-%m-%d')}, {_cpu()}.", "",
+             f"in {wall:.0f} s ({r['build_seconds']} s making and decoding them, "
+             f"{r['seconds'] - r['build_seconds']:.2f} s predicting), {time.strftime('%Y-%m-%d')}, {_cpu()}.", "",
              "| shift | family | digits | images | accuracy | ECE | mean confidence |", "|---|---|---|---|---|---|---|"]
     for row in r["shifts"]:
         digits = "all" if len(row["digits"]) == 10 else ",".join(map(str, row["digits"]))

@@ -365,6 +365,24 @@ def test_evaluate_suite_end_to_end_on_mnist(tmp_path, mnist):
 
     again = evaluate_robustness(Settings.from_env(data_dir=str(tmp_path)), mnist_source(), None, 30)
     assert again["shifts"] == result["shifts"] and again["average"] == average
+    assert 0 < result["build_seconds"] <= result["seconds"]
+
+
+def test_plain_evaluate_reports_the_clean_ece(tmp_path, mnist):
+    """evaluate_model's ECE is the clean row's: the same images, the same predictor."""
+    from digitq.settings import Settings
+    from model.evaluation import evaluate_model
+
+    settings = Settings.from_env(data_dir=str(tmp_path))
+    clean = evaluate_model(settings, mnist_source())
+    suite = build_suite(mnist.x_test, mnist.y_test, resolve(["clean"]))
+    assert np.array_equal(suite[0].images, mnist.x_test)  # a 28x28 PNG decodes to its own pixels
+    from model.registry import Registry
+    from model.runtime import load_predictor
+
+    row = score_shifts(suite, load_predictor(Registry(settings.models_dir).resolve(None)).predict)["shifts"][0]
+    assert clean["ece"] == row["ece"] and clean["accuracy"] == row["accuracy"]
+    assert 0 < clean["ece"] < 0.02 and clean["mean_confidence"] > 0.98
 
 
 def test_evaluate_limit_needs_the_suite(tmp_path):
