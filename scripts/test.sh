@@ -10,12 +10,14 @@ missing=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# qemu-user runs the serving graph on an emulated AVX2 CPU: rows must not depend on the CPU.
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian's ${missing[*]} for the tests..." >&2
         apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
     else
-        echo "warning: ${missing[*]} missing and no root to install them: the report and TLS tests will fail" >&2
+        echo "warning: ${missing[*]} missing and no root to install them: the report, TLS and CPU tests will fail" >&2
     fi
 fi
 .venv/bin/ruff check .
