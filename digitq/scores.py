@@ -1,6 +1,6 @@
 """The content-hash index: which model version scored which bytes, and what it said.
 
-``DIGITQ_DATA_DIR/index/scores.sqlite3`` maps (sha256 of a file's bytes, model
+``DIGITQ_DATA_DIR/index/scores-2.sqlite3`` maps (sha256 of a file's bytes, model
 version) to (prediction, confidence). ``digitq scan --incremental`` fills rows
 from it for files whose bytes the pinned version has already scored, and sends
 only the rest; workers record what they predict for such scans. An entry is never
@@ -41,8 +41,11 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _path(data_dir: Path) -> Path:
-    return Path(data_dir) / "index" / "scores.sqlite3"
+def index_path(data_dir: Path) -> Path:
+    """The index file. Its name changes with what its entries mean: ``scores.sqlite3``, written before
+    2026-12, holds rows of the int8 graph and rows keyed by a hash the scan took before the worker read
+    the file, so it is never read again (delete it at will)."""
+    return Path(data_dir) / "index" / "scores-2.sqlite3"
 
 
 def is_corrupt(error: sqlite3.Error) -> bool:
@@ -56,7 +59,7 @@ def repair(data_dir: Path) -> Path | None:
 
     Cheap: it opens the index and reads one entry. A page damaged deeper down is found by a lookup,
     which the producer hands here too (:func:`set_aside`)."""
-    path = _path(data_dir)
+    path = index_path(data_dir)
     if not path.exists():
         return None
     try:
@@ -74,9 +77,9 @@ def repair(data_dir: Path) -> Path | None:
 
 
 def set_aside(data_dir: Path) -> Path | None:
-    """Rename the index (and its journal) to ``scores.sqlite3.corrupt-<time>``; None when another process
+    """Rename the index (and its journal) to ``scores-2.sqlite3.corrupt-<time>``; None when another process
     already did: of concurrent callers exactly one moves it, and says so."""
-    path = _path(data_dir)
+    path = index_path(data_dir)
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}")
     try:
         os.rename(path, target)
@@ -89,7 +92,7 @@ def set_aside(data_dir: Path) -> Path | None:
 
 
 def _connect(data_dir: Path, create: bool) -> sqlite3.Connection | None:
-    path = _path(data_dir)
+    path = index_path(data_dir)
     if not create and not path.exists():
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
