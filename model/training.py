@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from digitq.errors import DigitqError, ModelError
+from digitq.errors import DigitqError
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 from digitq.trainings import Training, TrainingClaimed, release_claim
 from model import plots
 from model.evaluation import profile
-from model.export import CALIBRATION_IMAGES, check_agreement, to_int8, to_onnx
-from model.registry import INT8_FILE, MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
+from model.export import check_agreement, to_onnx
+from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
 from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
 from model.sources import TrainingData, load_training_data
 from model.train import ARCHITECTURE, Recipe, fit, rounded_history, score
@@ -182,7 +182,6 @@ def _stage_and_publish(staging: Path, registry: Registry, training: Training, da
     (staging / ONNX_FILE).write_bytes(onnx_bytes)
     agreement = check_agreement(probs, OnnxPredictor(saved, onnx_bytes).predict(data.x_eval), data.y_eval)
     log.info("ONNX export agrees with Keras on %.2f%% of the evaluation set", agreement["agreement"] * 100)
-    int8_agreement = _int8(staging, saved, onnx_bytes, data, probs, recipe.seed)
     baseline = registry.resolve("production")
     base_acc, base_loss = score(load_predictor(baseline, "keras").predict(data.x_eval), data.y_eval)
     log.info("candidate accuracy %.4f loss %.4f; production %s accuracy %.4f on %d images",
@@ -191,30 +190,14 @@ def _stage_and_publish(staging: Path, registry: Registry, training: Training, da
                "loss": round(loss, 6), "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
                                                     "loss": round(base_loss, 6)}}
     meta = _metadata(training, data, recipe, parent, model, history, probs, figures)
-    meta["onnx_agreement"], meta["int8_agreement"] = agreement, int8_agreement
-    serving = [name for name in (ONNX_FILE, INT8_FILE) if (staging / name).exists()]
-    meta["artifacts"] = {**{name: sha256_file(staging / name) for name in serving},
+    meta["onnx_agreement"] = agreement
+    # The float graph only: no int8 graph kept every probability within 0.005 of Keras (BENCHMARKS.md).
+    meta["artifacts"] = {ONNX_FILE: sha256_file(staging / ONNX_FILE),
                          **_plots(staging, history, data, probs, training.id)}
     meta["sha256"] = sha256_file(staging / MODEL_FILE)
     atomic_write_json(staging / "model.json", meta)
     ref, created = registry.publish(staging, training.id)
     return ref, created, figures
-
-
-def _int8(staging: Path, saved: ModelRef, onnx_bytes: bytes, data: TrainingData, probs: np.ndarray,
-          seed: int) -> dict:
-    """Quantise to int8 and keep it only where it agrees with Keras; workers fall back to float otherwise."""
-    rng = np.random.default_rng(seed)
-    sample = data.x_train[rng.permutation(len(data.x_train))[:CALIBRATION_IMAGES]]
-    int8 = to_int8(onnx_bytes, sample)
-    try:
-        report = check_agreement(probs, OnnxPredictor(saved, int8).predict(data.x_eval), data.y_eval)
-    except ModelError as e:
-        log.warning("int8 model not published (served as float ONNX): %s", e)
-        return {"published": False, "reason": str(e)}
-    (staging / INT8_FILE).write_bytes(int8)
-    log.info("int8 export agrees with Keras on %.2f%% of the evaluation set", report["agreement"] * 100)
-    return {**report, "published": True}
 
 
 def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str, training: Training,

@@ -140,7 +140,8 @@ def test_review_and_report_skip_files_whose_bytes_are_not_those_scored(stack, tm
     folder = tmp_path / "in"
     folder.mkdir()
     # Two digits blended: doubtful (below 1.0) whatever the model, so --below 1 takes every one.
-    pictures = [np.maximum(a, b) for a, b in zip(_digits(mnist, 0, 1, 2, 3, 4), _digits(mnist, 8, 7, 3, 5, 9))]
+    pairs = zip(_digits(mnist, 0, 1, 2, 3, 4), _digits(mnist, 8, 7, 3, 5, 9), strict=True)
+    pictures = [np.maximum(a, b) for a, b in pairs]
     for i, pixels in enumerate(pictures):
         (folder / f"d{i}.png").write_bytes(_png(pixels))
     scanned = _scanned(stack, folder)
