@@ -42,18 +42,18 @@ FORMAT = 1
 
 class FileEntry(NamedTuple):
     """One file of a job: its display path, size, any error known at scan time, and (for
-    ``--incremental`` scans) the sha256 of its bytes. A tuple: a million are built per scan, at a
-    fifth of a frozen dataclass's cost."""
+    ``--incremental`` scans) the digest of its bytes (:data:`digitq.scores.DIGEST`). A tuple: a
+    million are built per scan, at a fifth of a frozen dataclass's cost."""
 
     path: str
     size: int = 0
     error: str | None = None
-    sha256: str | None = None
+    digest: str | None = None
 
     def to_json(self) -> str:
         # What json.dumps([path, size, error]) writes, without its per-call set-up (a million lines a scan).
         error = "null" if self.error is None else _json_string(self.error)
-        sha = "" if self.sha256 is None else f", {_json_string(self.sha256)}"
+        sha = "" if self.digest is None else f", {_json_string(self.digest)}"
         return f"[{_json_string(self.path)}, {int(self.size)}, {error}{sha}]"
 
     @classmethod

@@ -83,7 +83,7 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
             out: str | None = None, incremental: bool = False) -> Job:
     """Pin the model version and write the job's manifest (nothing is sent yet).
 
-    ``incremental`` records the sha256 of every file's bytes in the manifest, so that
+    ``incremental`` records the digest of every file's bytes in the manifest, so that
     :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.scores`)."""
     ref = Registry(settings.models_dir).resolve(model_version)
     entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
@@ -102,7 +102,7 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
 
 
 def _with_digests(entries: Iterable[FileEntry], limit: int) -> Iterator[FileEntry]:
-    """The entries with the sha256 of each file's bytes (read now; an unreadable file is an error)."""
+    """The entries with the digest of each file's bytes (read now; an unreadable file is an error)."""
     for entry in entries:
         if entry.error:
             yield entry
@@ -148,12 +148,12 @@ def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[Fi
     out, large = [], {}
     for index, entry in enumerate(files):
         item: dict = {"path": entry.path}
-        if entry.sha256:
-            item["sha256"] = entry.sha256
+        if entry.digest:
+            item["digest"] = entry.digest
         if entry.error:
             item["error"] = entry.error
-        elif scored and entry.sha256 in scored:
-            item["scored"] = list(scored[entry.sha256])
+        elif scored and entry.digest in scored:
+            item["scored"] = list(scored[entry.digest])
         elif job.header.get("by_path"):
             item["ref"] = escape_path(source_path(job, entry))
         else:
@@ -196,13 +196,13 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
             for index, files in job.batches(wanted):
                 scored = _scored(settings, job, files) if incremental else {}
                 handled += sizes[index]
-                from_index += sum(1 for f in files if not f.error and f.sha256 in scored)
-                if scored and all(f.error or f.sha256 in scored for f in files):
+                from_index += sum(1 for f in files if not f.error and f.digest in scored)
+                if scored and all(f.error or f.digest in scored for f in files):
                     _commit_scored(settings, job, index, files, scored)  # nothing left for a worker
                     if progress:
                         progress(handled)
                     continue
-                files_to_send = [f for f in files if not f.error and f.sha256 not in scored]
+                files_to_send = [f for f in files if not f.error and f.digest not in scored]
                 size = sum(f.size for f in files_to_send)
                 while in_flight and (sum(n for n, _ in in_flight.values()) + sizes[index] > settings.max_in_flight
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
@@ -248,7 +248,7 @@ def job_failed(job: Job, failed: Mapping[int, str]) -> JobError:
 def _scored(settings: Settings, job: Job, files: Sequence[FileEntry]) -> dict[str, scores.Score]:
     """What the index holds for these files under the job's pinned version."""
     try:
-        return scores.lookup(settings.data_dir, job.model_version, [f.sha256 for f in files if f.sha256])
+        return scores.lookup(settings.data_dir, job.model_version, [f.digest for f in files if f.digest])
     except sqlite3.Error as e:
         if scores.is_corrupt(e):  # damaged deeper than the check at scan time saw
             _say_set_aside(e, scores.set_aside(settings.data_dir))
@@ -275,7 +275,7 @@ def _say_set_aside(why: object, moved: os.PathLike | None) -> None:
 def _commit_scored(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
                    scored: Mapping[str, scores.Score]) -> None:
     """Commit a batch whose every file the index has scored, here, as a worker would."""
-    rows = [Row(f.path, error=f.error) if f.error else Row(f.path, *scored[f.sha256], digest=f.sha256) for f in files]
+    rows = [Row(f.path, error=f.error) if f.error else Row(f.path, *scored[f.digest], digest=f.digest) for f in files]
     job.commit(batch, rows, model_version=job.model_version, started=time.time())
     try:
         ledger.record(settings, job.id, batch)

@@ -2,7 +2,7 @@
 
 ``DIR/<predicted digit>/<name>`` for each image below the confidence threshold, the
 decodable images that got an error row at the top of ``DIR`` (unlabelled), and
-``DIR/review.json`` recording each file's source path, sha256, prediction, confidence
+``DIR/review.json`` recording each file's source path, digest, prediction, confidence
 and job. Only files whose bytes are still those their row scored are exported; the
 rest are skipped and listed. A person moves every mislabelled file into its right digit folder (or into
 ``DIR/discard/``); ``digitq train --data MNIST --data DIR`` then learns from the folder
@@ -64,7 +64,7 @@ def scored_bytes(settings: Settings, job: Job, entry: FileEntry, digest: str | N
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
     if scores.digest(data) != digest:
-        return None, f"changed since it was scanned (its {scores.DIGEST} differs from the row's)"
+        return None, f"changed since it was scanned (its {scores.DIGEST} digest differs from the row's)"
     return data, None
 
 
@@ -109,7 +109,7 @@ def export_review(settings: Settings, job: Job, below: float, limit: int | None,
         target.parent.mkdir(exist_ok=True)
         with open(target, "xb") as f:  # "x": never over a file already there
             f.write(data)
-        files.append({"file": name, "exported_to": folder, "source": entry.path, "sha256": row["digest"],
+        files.append({"file": name, "exported_to": folder, "source": entry.path, "digest": row["digest"],
                       "prediction": int(row["prediction"]) if folder else None,
                       "confidence": float(row["confidence"]) if folder else None, "error": row["error"] or None})
     manifest = {"job_id": job.id, "model_version": job.model_version, "below": below, "created": time.time(),

@@ -53,7 +53,7 @@ def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path
         assert manifest["job_id"] == job["job_id"] and manifest["model_version"] == job["model_version"]
         for f in manifest["files"]:
             assert (review / f["exported_to"] / f["file"]).is_file() and f["confidence"] < 0.999
-            assert len(f["sha256"]) == 64 and f["source"].rsplit("/", 1)[-1] in truth
+            assert len(f["digest"]) == 64 and manifest["digest"] == "blake3" and f["source"].rsplit("/", 1)[-1] in truth
         confidences = [f["confidence"] for f in manifest["files"]]
         assert confidences == sorted(confidences)  # least confident first
 

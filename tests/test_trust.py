@@ -83,7 +83,7 @@ def test_the_index_records_the_digest_of_the_bytes_the_worker_decoded(stack, tmp
     z.write_bytes(_png(seven))
     old = scores.digest(z.read_bytes())
     job = make_job(stack, folder, 1, send=False, incremental=True)  # the manifest hashes the 7 now
-    assert next(job.batches())[1][0].sha256 == old
+    assert next(job.batches())[1][0].digest == old
     z.write_bytes(_png(two))  # ... and a 2 is what the sender reads and the worker decodes
     enqueue(stack, job)
     (row,) = _done(stack, job)
@@ -168,7 +168,7 @@ def test_review_and_report_skip_files_whose_bytes_are_not_those_scored(stack, tm
     assert len(on_disk) == summary["exported"] == len(manifest["files"]) == 2
     assert all(b"not-for-export" not in p.read_bytes() for p in on_disk)
     for f in manifest["files"]:
-        assert scores.digest((review / f["exported_to"] / f["file"]).read_bytes()) == f["sha256"]
+        assert scores.digest((review / f["exported_to"] / f["file"]).read_bytes()) == f["digest"]
     human = cli("review", job, "--below", "1", "--out", str(tmp_path / "review2"))
     assert human.stderr.count("skipped: ") == 3 and "d0.png" in human.stderr
 

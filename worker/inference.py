@@ -76,7 +76,7 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
         if "scored" in entry:  # these bytes were scored by this version before (scan --incremental)
             prediction, confidence, error = entry["scored"]
             rows.append(Row(path, None if prediction is None else int(prediction),
-                            None if confidence is None else float(confidence), error, digest=str(entry["sha256"])))
+                            None if confidence is None else float(confidence), error, digest=str(entry["digest"])))
             continue
         refused = before(index) if before else None
         if refused:
@@ -134,7 +134,7 @@ def _index(settings: Settings, version: str, entries: Sequence[Mapping[str, obje
     """Record what this batch predicted for files of an incremental scan, under the digest of the bytes
     this worker decoded: the file may have changed since the scan hashed it for the manifest."""
     scored = [(r.digest, r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
-              if e.get("sha256") and "scored" not in e and r.lasting and r.digest]
+              if e.get("digest") and "scored" not in e and r.lasting and r.digest]
     try:
         scores.record(settings.data_dir, version, scored)
     except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
