@@ -14,6 +14,11 @@ Runtimes behind one :class:`Predictor` interface, chosen by ``DIGITQ_RUNTIME``:
   fidelity"), and int8 results differ between CPUs with and without VNNI. A version
   published with a ``model.int8.onnx`` keeps it (it still verifies) but is served float.
 
+Every runtime applies the version's recorded calibration (``model.json``'s ``calibration``, a
+temperature) through the one function :func:`model.calibration.apply_temperature`, in float64,
+so the runtimes' calibrated probabilities agree as their raw ones do; a version with none is served
+as published (``T = 1``).
+
 :class:`ModelCache` is keyed by version, so a worker can serve jobs pinned to
 different versions side by side and load a newly published one without restart.
 """
@@ -30,6 +35,7 @@ from collections import OrderedDict
 import numpy as np
 
 from digitq.errors import ConfigError, ModelError
+from model.calibration import apply_temperature, temperature_of
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef
 
 log = logging.getLogger("digitq.model")
@@ -105,6 +111,8 @@ class Predictor:
 
     def __init__(self, ref: ModelRef):
         self.ref = ref
+        #: The version's calibration (1.0: none recorded); read once, at load.
+        self.temperature = temperature_of(ref.meta)
 
     @property
     def artifact_sha256(self) -> str | None:
@@ -117,6 +125,11 @@ class Predictor:
         return self.ref.version
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: what a row's confidence is."""
+        return apply_temperature(self.predict_raw(images), self.temperature)
+
+    def predict_raw(self, images: np.ndarray) -> np.ndarray:
+        """The artifact's own probabilities, before calibration (what a temperature is fitted on)."""
         if len(images) == 0:
             return np.zeros((0, 10), np.float32)
         images = np.ascontiguousarray(images, dtype=np.uint8)
