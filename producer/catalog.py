@@ -24,12 +24,24 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def calibration_summary(meta: dict) -> dict:
+    """A version's calibration and robustness figures (None where it records none: published before them):
+    its temperature, its ECE on the evaluation set, and its accuracy and ECE averaged over the robustness
+    suite's shifts."""
+    calibration = meta.get("calibration") or {}
+    average = (meta.get("robustness") or {}).get("average") or {}
+    return {"temperature": calibration.get("temperature"), "ece": (meta.get("evaluation") or {}).get("ece"),
+            "suite_accuracy": average.get("accuracy"), "suite_ece": average.get("ece"),
+            "suite_worst": average.get("worst")}
+
+
 def describe(ref: ModelRef, production: str) -> dict:
     """The summary `models list` shows for one version."""
     meta = ref.meta
     return {
         "version": ref.version,
         "accuracy": meta.get("accuracy", meta.get("test_accuracy")),
+        **calibration_summary(meta),
         "evaluation": meta.get("evaluation", {}).get("description") or "MNIST test split",
         "created": meta.get("created"),
         "parent": meta.get("parent"),
@@ -92,10 +104,38 @@ def show(ctx, version, as_json):
                    f"{source['eval_images']} eval{skipped}")
     click.echo(f"recipe      {meta.get('epochs')} epochs, {meta.get('params', 0):,} params, "
                f"{meta.get('training_seconds', '?')} s")
+    _echo_calibration(meta, info)
     for a in artifacts.values():
         click.echo(f"artifact    {a['path']}  {'ok' if a['check'] == 'ok' else 'FAILS ITS CHECKSUM'}")
     if any(a["check"] != "ok" for a in artifacts.values()):
         raise ModelError(f"version {ref.version} has tampered or corrupt artifacts; do not promote it")
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.2%}" if value is not None else "-"
+
+
+def _echo_calibration(meta: dict, info: dict) -> None:
+    """The calibration line and the robustness suite's table, where the version records them."""
+    calibration = meta.get("calibration")
+    if calibration:
+        click.echo(f"calibration temperature {calibration['temperature']:g}, fitted on {calibration.get('fitted_on')} "
+                   f"({calibration.get('examples', '?'):,} images)")
+    else:
+        click.echo("calibration none recorded: confidences are served as the model gives them (T = 1)")
+    if info["ece"] is not None:
+        click.echo(f"ece         {_pct(info['ece'])} on {info['evaluation']} (15 bins)")
+    robustness = meta.get("robustness")
+    if not robustness:
+        click.echo("robustness  not recorded (published before the suite): `digitq evaluate --suite robustness`")
+        return
+    limit = robustness.get("limit")
+    click.echo(f"robustness  suite on {robustness.get('set')}, "
+               f"{f'{limit:,} images per shift at most' if limit else 'every image'}: average accuracy "
+               f"{_pct(info['suite_accuracy'])}, ECE {_pct(info['suite_ece'])}, worst {info['suite_worst']}")
+    click.echo(f"  {'SHIFT':<22} {'IMAGES':>7} {'ACCURACY':>9} {'ECE':>6}")
+    for row in robustness.get("shifts", []):
+        click.echo(f"  {row['name']:<22} {row['examples']:>7,} {_pct(row['accuracy']):>9} {_pct(row['ece']):>6}")
 
 
 @models.command()

@@ -24,6 +24,7 @@ from digitq.settings import Settings
 from digitq.storage import atomic_write
 from model.evaluation import CONFIDENCE_BINS
 from model.registry import Registry
+from producer.catalog import calibration_summary
 from producer.review import scored_bytes
 
 
@@ -116,9 +117,11 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
     confidences = np.array([float(r["confidence"]) for r in predicted])
     below = int((confidences < threshold).sum())
     try:
-        evaluation = Registry(settings.models_dir).resolve(job.model_version).meta.get("evaluation")
+        meta = Registry(settings.models_dir).resolve(job.model_version).meta
     except DigitqError:
-        evaluation = None
+        meta = {}
+    evaluation = meta.get("evaluation")
+    model_figures = _model_figures(meta)
     if evaluation and not {"class_shares", "confidence_histogram"} <= evaluation.keys():
         evaluation = None
     figures = {
@@ -126,6 +129,7 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
         "model_version": job.model_version, "threshold": threshold, "below_threshold": below,
         "below_share": round(below / max(1, len(predicted)), 6), "elapsed_s": status["elapsed_s"],
         "rate_per_s": status["rate_per_s"], "class_counts": np.bincount(classes, minlength=10).tolist(),
+        "model": model_figures,
     }
     plots = _plots(classes, confidences, evaluation, threshold)
     lowest = sorted(predicted, key=lambda r: float(r["confidence"]))[:gallery]
@@ -136,6 +140,32 @@ def build_report(settings: Settings, job: Job, threshold: float = 0.9, gallery: 
     atomic_write(path, page.encode("utf-8"))
     return {**figures, "report": str(path.resolve()), "gallery": len(cards) - len(not_shown),
             "not_shown": len(not_shown), "not_shown_files": not_shown}
+
+
+def _model_figures(meta: dict) -> dict:
+    """How far the job's model version can be trusted, as recorded at publish time: its temperature, its ECE
+    on its evaluation set, and accuracy and ECE on each robustness shift and on average (None: not recorded)."""
+    robustness = meta.get("robustness") or {}
+    return {**calibration_summary(meta), "suite_limit": robustness.get("limit"),
+            "shifts": [{"name": r["name"], "accuracy": r["accuracy"], "ece": r["ece"]}
+                       for r in robustness.get("shifts", [])]}
+
+
+def _model_table(model: dict) -> str:
+    """The model's calibration and robustness figures as a small HTML section."""
+    def pct(value: float | None) -> str:
+        return f"{value:.2%}" if value is not None else "-"
+
+    temperature = f"temperature {model['temperature']:g}" if model["temperature"] else "no calibration recorded"
+    if not model["shifts"]:
+        return (f'<p id="model-ece">Confidence: {temperature}; ECE {pct(model["ece"])} on the evaluation set. '
+                "No robustness suite recorded for this version.</p>")
+    rows = "".join(f"<tr><td>{html.escape(r['name'])}</td><td>{pct(r['accuracy'])}</td><td>{pct(r['ece'])}</td></tr>"
+                   for r in model["shifts"])
+    return (f'<p id="model-ece">Confidence: {temperature}; ECE (15 bins) {pct(model["ece"])} on the evaluation set, '
+            f'{pct(model["suite_ece"])} averaged over the robustness suite, where accuracy averages '
+            f'{pct(model["suite_accuracy"])}: a confidence of 0.9 means right about 90% of the time.</p>'
+            f'<table id="robustness"><tr><th>shift</th><th>accuracy</th><th>ECE</th></tr>{rows}</table>')
 
 
 def _card(settings: Settings, job: Job, row: dict, not_shown: list[dict]) -> str:
@@ -194,6 +224,8 @@ model {html.escape(figures['model_version'])}</p>
 <div class="plots"><img src="{plots['classes']}" alt="class histogram">
 <img src="{plots['confidence']}" alt="confidence distribution"></div>
 <p>{eval_note}</p>
+<h2>The model's confidence</h2>
+{_model_table(figures["model"])}
 <h2>Lowest confidence ({len(cards)})</h2>
 <div class="gallery">{''.join(cards)}</div>
 <h2>Errors ({figures['errors']:,}{', first 50' if figures['errors'] > 50 else ''})</h2>
