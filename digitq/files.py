@@ -35,11 +35,14 @@ def file_kind(mode: int) -> str:
 def read_file(path: bytes | str, limit: int, expected: int = 0) -> bytes:
     """At most ``limit`` bytes of a regular file, with plain system calls (half the cost of ``open().read()``).
 
-    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer (or of a device for its
-    line); the open file is then checked before a byte is read. ``expected`` (the size seen by the
-    walk) sizes the first read: one right-sized buffer, where reading a 3 MB photo in 1 MB chunks
-    and joining them cost ten times as much (5.5 ms vs 0.5 ms). Raises :class:`OSError`
+    The path is checked before it is opened, and the open file again before a byte is read (a FIFO
+    swapped in between); ``O_NONBLOCK`` keeps that open from waiting for a FIFO's writer. ``expected``
+    (the size seen by the walk) sizes the first read: one right-sized buffer, where reading a 3 MB
+    photo in 1 MB chunks and joining them cost ten times as much (5.5 ms vs 0.5 ms). Raises :class:`OSError`
     (:class:`NotRegularFile` for other kinds)."""
+    mode = os.stat(path).st_mode  # before opening: opening some devices acts on them (a watchdog, a tape)
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(path, file_kind(mode))
     fd = os.open(path, _FLAGS)
     try:
         mode = os.fstat(fd).st_mode

@@ -38,6 +38,8 @@ _json_decode = json.JSONDecoder().decode
 JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl\Z")
 FORMAT = 1
+#: A committed batch: a JSON head line, a JSON line of the rows' digests, then the rows as CSV lines.
+RESULT_FORMAT = "csv+digests"
 
 
 class FileEntry(NamedTuple):
@@ -240,7 +242,9 @@ class Job:
             raise JobError(f"job {self.id} batch {batch}: {len(rows)} rows for {self.batch_sizes[batch]} files")
         head = {
             "batch": batch,
-            "format": "csv",  # the rows follow as finished CSV lines: the merge only concatenates
+            # The rows' digests on one line, then the rows as finished CSV lines: the merge only concatenates.
+            # Not "csv", which an older digitq would merge with the digests line as a row.
+            "format": RESULT_FORMAT,
             "rows": len(rows),
             "errors": sum(1 for r in rows if r.error),
             "model_version": model_version,
@@ -248,7 +252,7 @@ class Job:
             "finished": time.time(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            # The second line lists, row by row, the digest of the bytes each row scored (review and report
+            # The digests line lists, row by row, the digest of the bytes each row scored (review and report
             # show a file only while its bytes still have it). Not in the CSV: it is for digitq, not readers.
             "digest": DIGEST,
         }
@@ -278,10 +282,11 @@ class Job:
         """The committed rows of one batch as CSV lines (no header)."""
         with open(self.result_path(batch), "rb") as f:
             head = json.loads(f.readline())
-            if head.get("digest"):
-                f.readline()
+            if head.get("format") == RESULT_FORMAT:
+                f.readline()  # the digests
+                return f.read()
             body = f.read()
-        if head.get("format") == "csv":
+        if head.get("format") == "csv":  # digitq before 2026-12: no digests line
             return body
         # Written by digitq 0.1's first releases: JSON lines, rendered here.
         version = head.get("model_version", self.model_version)
@@ -294,7 +299,7 @@ class Job:
         read no bytes, and for every row of a result written before digitq recorded digests)."""
         with open(self.result_path(batch), "rb") as f:
             head = json.loads(f.readline())
-            if head.get("digest") == DIGEST:
+            if head.get("format") == RESULT_FORMAT and head.get("digest") == DIGEST:
                 return json.loads(f.readline())
         return [None] * int(head.get("rows", 0))
 

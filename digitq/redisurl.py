@@ -29,9 +29,12 @@ def normalise(url: str) -> str:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError as e:
-        raise ConfigError(f"DIGITQ_REDIS_URL {redact(url)!r} is not a URL ({e}); e.g. redis://:PASSWORD@host:6379/0"
-                          ) from e
+    except ValueError as e:  # its text may quote part of a password: not shown
+        raise ConfigError(f"DIGITQ_REDIS_URL {redact(url)!r} is not a valid URL; e.g. redis://:PASSWORD@host:6379/0 "
+                          "(percent-encode '#', '?', '/' and '@' in a password: %23, %3F, %2F, %40)") from e
+    if parts.scheme != "unix" and "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        raise ConfigError(f"DIGITQ_REDIS_URL {redact(url)!r} has an '@' the URL parser does not see as the end of "
+                          "the password: percent-encode '#', '?' and '/' in a password (%23, %3F, %2F)")
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = {k: v for k, v in query if k in _CREDENTIALS}
     if not given or parts.scheme == "unix":  # unix:// keeps redis-py's own query form (kombu does not take it)
@@ -52,15 +55,18 @@ def redact(url: str) -> str:
 
 
 def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest and not rest.startswith("/"):  # unix:///path@x.sock: an '@' in a socket's path
+        # Everything up to the last '@' is userinfo, wherever a parser would end the netloc: an unescaped
+        # '#', '?' or '/' in a password moves it into the fragment, query or path of urlsplit's reading.
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        url = f"{scheme}://{user}:{_HIDDEN}@{host}" if colon and "/" not in user else f"{scheme}://{_HIDDEN}@{host}"
     try:
         parts = urlsplit(url)
     except ValueError:
         return _HIDDEN
     out = url
-    if "@" in parts.netloc:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        out = out.replace(parts.netloc, f"{user}:{_HIDDEN}@{host}" if colon else f"{_HIDDEN}@{host}", 1)
     if parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         if any(k == "password" for k, _ in pairs):

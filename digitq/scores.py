@@ -51,8 +51,9 @@ def index_path(data_dir: Path) -> Path:
 
 
 def is_corrupt(error: sqlite3.Error) -> bool:
-    """Whether an error says the index file is damaged (not merely busy or unwritable)."""
-    return isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError)
+    """Whether an error says the index file is damaged ("file is not a database", "database disk image is
+    malformed"), not merely busy, unwritable or misused (its subclasses)."""
+    return type(error) is sqlite3.DatabaseError
 
 
 def repair(data_dir: Path) -> Path | None:
@@ -116,10 +117,19 @@ def lookup(data_dir: Path, version: str, digests: Sequence[str]) -> dict[str, Sc
             marks = ",".join("?" * len(chunk))
             query = f"SELECT digest, prediction, confidence, error FROM scores WHERE version = ? AND digest IN ({marks})"  # noqa: S608,E501 - only placeholders
             for sha, prediction, confidence, error in db.execute(query, [version, *chunk]):
-                found[sha] = (prediction, confidence, error)
+                if _plausible(prediction, confidence, error):  # the index is shared: trust no odd entry
+                    found[sha] = (prediction, confidence, error)
     finally:
         db.close()
     return found
+
+
+def _plausible(prediction: object, confidence: object, error: object) -> bool:
+    """A prediction 0-9 with a confidence in [0, 1], or an error text: what a worker records, nothing else."""
+    if prediction is None:
+        return confidence is None and isinstance(error, str) and bool(error)
+    return (type(prediction) is int and 0 <= prediction <= 9 and isinstance(confidence, float)
+            and 0.0 <= confidence <= 1.0 and error is None)
 
 
 def record(data_dir: Path, version: str, scored: Iterable[tuple[str, int | None, float | None, str | None]]) -> int:

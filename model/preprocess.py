@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from digitq.errors import ImageError
-from digitq.settings import Settings
+from digitq.settings import jpeg_reader_setting
 
 try:
     import pyspng as _spng
@@ -25,7 +25,7 @@ try:
     from model import _jpegdc  # C, built at install where a compiler is (model/jpegdc.c)
 except ImportError:  # optional: Pillow decodes every JPEG without it, to the same pixels
     _jpegdc = None
-if Settings.from_env().jpeg_reader == "off":  # DIGITQ_JPEG_READER=off, read as a worker starts: libjpeg only
+if jpeg_reader_setting() == "off":  # DIGITQ_JPEG_READER=off, read as a worker starts: libjpeg only
     _jpegdc = None
 
 #: Pillow's own bomb check fires above this; we make it an error, not a warning.

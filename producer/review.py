@@ -27,6 +27,7 @@ from digitq.storage import atomic_write
 from producer.dispatch import source_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DIGITS = frozenset(str(d) for d in range(10))
 
 
 def _name(digest: str, path: str, taken: set[str]) -> str:
@@ -87,8 +88,8 @@ def export_review(settings: Settings, job: Job, below: float, limit: int | None,
     from model.preprocess import decode_image
 
     out = Path(out)
+    rows = job.rows()  # first: a job that is not done leaves no folder behind
     _prepare(out)
-    rows = job.rows()
     doubtful = sorted(((entry, row) for entry, row in rows if not row["error"] and float(row["confidence"]) < below),
                       key=lambda pair: float(pair[1]["confidence"]))[:limit]
     failed = [(entry, row) for entry, row in rows if row["error"]]
@@ -104,11 +105,18 @@ def export_review(settings: Settings, job: Job, below: float, limit: int | None,
         if row["error"] and not _decodable(data, decode_image):
             continue  # not an image anyone could label
         folder = None if row["error"] else row["prediction"]
+        if folder is not None and folder not in _DIGITS:  # a CSV edited by hand: never a path
+            skipped.append({"source": entry.path, "reason": f"prediction {folder!r} is not a digit"})
+            continue
         name = _name(row["digest"], entry.path, taken)
         target = out / folder / name if folder else out / name
-        target.parent.mkdir(exist_ok=True)
-        with open(target, "xb") as f:  # "x": never over a file already there
-            f.write(data)
+        try:
+            target.parent.mkdir(exist_ok=True)
+            with open(target, "xb") as f:  # "x": never over a file already there, nor through a planted link
+                f.write(data)
+        except OSError as e:
+            raise ConfigError(f"cannot write {target} ({e.strerror or e}); {len(files)} image(s) exported so far "
+                              f"to {out}: free space or give --out a new folder, and run review again") from e
         files.append({"file": name, "exported_to": folder, "source": entry.path, "digest": row["digest"],
                       "prediction": int(row["prediction"]) if folder else None,
                       "confidence": float(row["confidence"]) if folder else None, "error": row["error"] or None})

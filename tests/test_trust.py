@@ -234,6 +234,20 @@ def test_a_fifo_given_or_found_is_skipped_and_one_swapped_in_is_an_error_row(sta
 # -- 4. one line with advice, never a traceback -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("url", ["redis://:pw#zq9x@127.0.0.1:1/0", "redis://:pw/zq9x@127.0.0.1:1/0",
+                                 "redis://user:pw?zq9x@127.0.0.1:1/0"])
+def test_a_password_with_url_delimiters_is_never_printed(url, tmp_path):
+    from click.testing import CliRunner
+
+    from digitq.redisurl import redact
+    from producer.cli import main
+
+    assert "zq9x" not in redact(url)
+    result = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(tmp_path), "workers"])
+    assert result.exit_code == 2 and "percent-encode" in result.stderr, result.output
+    assert "zq9x" not in result.output
+
+
 def test_careless_input_gets_one_line_of_advice(stack, tmp_path, mnist):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -263,7 +277,7 @@ def test_workers_and_scan_with_an_unreachable_redis_say_so_in_one_line(tmp_path)
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     for args in (["workers"], ["scan", str(tmp_path / "a.png")]):
         result = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(tmp_path / "data"), *args])
-        assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         assert "cannot reach Redis" in result.stderr and "hunter2" not in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "data" / "jobs").exists() or not any((tmp_path / "data" / "jobs").iterdir())
@@ -279,7 +293,7 @@ def test_a_password_in_the_query_string_works_end_to_end(tmp_path, mnist):
         folder.mkdir()
         (folder / "a.png").write_bytes(_png(_digits(mnist, 4)[0]))
         env = {"DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(settings.data_dir)}
-        with WorkerProcess(env, tmp_path / "w.log", name="pw"):
+        with WorkerProcess(env, tmp_path / "w.log", name="pw") as worker:
             from click.testing import CliRunner
 
             from producer.cli import main
@@ -291,5 +305,7 @@ def test_a_password_in_the_query_string_works_end_to_end(tmp_path, mnist):
             wrong = CliRunner().invoke(main, ["--redis-url", url.replace("s3cr3t-pw", "wrong-pw"), "--data-dir",
                                               str(settings.data_dir), "workers"])
             assert wrong.exit_code == 1 and "wrong-pw" not in wrong.output and "Traceback" not in wrong.output
+            log = worker.log() + (tmp_path / "w.stderr").read_text()
+            assert "s3cr3t-pw" not in log and "redis://" in log  # the worker's banner shows the URL, masked
     finally:
         server.stop()
