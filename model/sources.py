@@ -43,6 +43,11 @@ class TrainingData:
     y_eval: np.ndarray
     sources: list[dict] = field(default_factory=list)
     eval_parts: list[str] = field(default_factory=list)
+    #: The calibration split: training examples held out of training, that a temperature is fitted on
+    #: (:mod:`model.calibration`); empty when no source gives one.
+    x_cal: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
+    y_cal: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    cal_parts: list[str] = field(default_factory=list)
 
     @property
     def evaluation(self) -> dict:
@@ -53,6 +58,11 @@ class TrainingData:
     @property
     def skipped(self) -> int:
         return sum(s.get("undecodable", 0) for s in self.sources)
+
+
+#: MNIST training digits held out (seeded) as the calibration split: 3.3% of the 60,000, enough to fit one
+#: number. Only MNIST gives one: a labelled folder is small and a review folder's corrections must be learnt.
+CALIBRATION_MNIST = 2000
 
 
 #: A `digitq review` folder is repeated in training until it makes about this share of the examples:
@@ -75,24 +85,36 @@ def _weigh_reviews(xs: list[np.ndarray], ys: list[np.ndarray], sources: list[dic
         source["repeated"] = repeat
 
 
-def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0) -> TrainingData:
-    """Combine every source; a missing or unusable source is a :class:`DataError` naming it."""
+def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0,
+                       calibration: int = CALIBRATION_MNIST) -> TrainingData:
+    """Combine every source; a missing or unusable source is a :class:`DataError` naming it.
+
+    ``calibration`` training digits of each MNIST source (a split seeded with ``seed``) are held out of
+    training as the calibration split."""
     if not paths:
         raise DataError("no training data: give --data (an MNIST folder or a labelled DIR/<digit>/ folder)")
     xs, ys, xe, ye, sources, parts = [], [], [], [], [], []
+    xc, yc, cal_parts = [], [], []
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
             raise DataError(f"training source {path} does not exist")
         if is_mnist_source(path):
             data = load_dataset(path)
-            xs.append(data.x_train)
-            ys.append(data.y_train)
+            order = np.random.default_rng(seed).permutation(len(data.y_train))
+            held = holdout_count(len(data.y_train), calibration) if calibration else 0
+            cal, train = np.sort(order[:held]), np.sort(order[held:])
+            xs.append(data.x_train[train])
+            ys.append(data.y_train[train])
+            xc.append(data.x_train[cal])
+            yc.append(data.y_train[cal])
+            if held:
+                cal_parts.append(f"seeded split (seed {seed}) of {held} MNIST training digits of {path}")
             xe.append(data.x_test)
             ye.append(data.y_test)
             parts.append(f"MNIST test split of {path} ({len(data.y_test)})")
-            sources.append({"path": str(path), "kind": "mnist", "train_images": int(len(data.y_train)),
-                            "eval_images": int(len(data.y_test)),
+            sources.append({"path": str(path), "kind": "mnist", "train_images": int(len(train)),
+                            "eval_images": int(len(data.y_test)), "calibration_images": int(held),
                             "fingerprint": fingerprint(np.concatenate([data.x_train, data.x_test]),
                                                        np.concatenate([data.y_train, data.y_test]))})
             continue
@@ -115,6 +137,8 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0)
     _weigh_reviews(xs, ys, sources)
     data = TrainingData(np.concatenate(xs), np.concatenate(ys), np.concatenate(xe), np.concatenate(ye),
                         sources, parts)
+    if xc:
+        data.x_cal, data.y_cal, data.cal_parts = np.concatenate(xc), np.concatenate(yc), cal_parts
     if not len(data.y_eval):
         raise DataError("nothing to evaluate on: add MNIST as a source, or give each labelled folder at least "
                         "two images (a share is held out with --holdout)")

@@ -21,8 +21,8 @@ from digitq.errors import DigitqError
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 from digitq.trainings import Training, TrainingClaimed, release_claim
-from model import plots
-from model.evaluation import profile
+from model import calibration, plots
+from model.evaluation import expected_calibration_error, profile, score_shifts
 from model.export import check_agreement, to_onnx
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
 from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
@@ -34,19 +34,71 @@ log = logging.getLogger("digitq.training")
 FINE_TUNE_LR_FACTOR = 0.1
 
 
+#: The robustness gate: a candidate may trail production by at most this many points on any one shift.
+SHIFT_TOLERANCE_PTS = 0.5
+#: A shift is judged on its own only with at least this many images: below 200, one image is more than
+#: 0.5 points, and a single digit flipping would decide (a training on a small folder's hold-out).
+MIN_SHIFT_IMAGES = 200
+
+
+def robustness_problems(candidate: dict, production: dict, tolerance_pts: float) -> list[str]:
+    """Why a candidate loses robustness, from both versions' :func:`model.evaluation.score_shifts` on the
+    same suite build: every shift of at least :data:`MIN_SHIFT_IMAGES` images where it trails production
+    by more than :data:`SHIFT_TOLERANCE_PTS` points, and its average over the shifts when that trails by
+    more than ``tolerance_pts`` (the accuracy gate's tolerance: "worse" means the same for both) and the
+    suite has a shift of that size. Empty: no loss."""
+    theirs = {r["name"]: r["accuracy"] for r in production["shifts"] if r["accuracy"] is not None}
+    problems = []
+    for row in candidate["shifts"]:
+        base = theirs.get(row["name"])
+        if row["family"] == "none" or row["accuracy"] is None or base is None:
+            continue  # clean is the accuracy gate's
+        if row["examples"] >= MIN_SHIFT_IMAGES and row["accuracy"] < base - SHIFT_TOLERANCE_PTS / 100 - 1e-12:
+            problems.append(f"{row['name']} {row['accuracy']:.2%} vs {base:.2%} "
+                            f"({(base - row['accuracy']) * 100:.2f} points below, more than {SHIFT_TOLERANCE_PTS:g})")
+    mine, base = candidate["average"]["accuracy"], production["average"]["accuracy"]
+    judged = max((r["examples"] for r in candidate["shifts"]), default=0) >= MIN_SHIFT_IMAGES
+    if judged and mine is not None and base is not None and mine < base - tolerance_pts / 100 - 1e-12:
+        problems.append(f"the suite's average {mine:.2%} vs {base:.2%} ({(base - mine) * 100:.2f} points below, "
+                        f"more than {tolerance_pts:g})")
+    return problems
+
+
+def suite_figures(candidate: dict, production: dict) -> str:
+    """Both versions' accuracy on every shift and on average, for a gate's reason."""
+    theirs = {r["name"]: r["accuracy"] for r in production["shifts"]}
+    rows = [f"{r['name']} {r['accuracy']:.2%}/{theirs.get(r['name'], 0) or 0:.2%}"
+            + ("" if r["examples"] >= MIN_SHIFT_IMAGES else f" ({r['examples']} images: not judged alone)")
+            for r in candidate["shifts"] if r["family"] != "none" and r["accuracy"] is not None]
+    return (f"robustness suite (candidate/production, {max(r['examples'] for r in candidate['shifts'])} images per "
+            f"shift at most): average {candidate['average']['accuracy']:.2%}/{production['average']['accuracy']:.2%}; "
+            + ", ".join(rows))
+
+
 def gate(policy: str, accuracy: float, baseline: float, baseline_version: str, tolerance_pts: float,
-         examples: int) -> tuple[bool, str]:
-    """The promotion decision and its reason, with both figures."""
+         examples: int, robustness: tuple[dict, dict] | None = None) -> tuple[bool, str]:
+    """The promotion decision and its reason, with both figures.
+
+    ``robustness``: ``(candidate, production)`` scores on one build of the robustness suite
+    (:func:`model.evaluation.score_shifts`); ``auto`` then also refuses a candidate that loses a shift
+    (:func:`robustness_problems`), and the reason carries both versions' per-shift figures."""
     figures = (f"accuracy {accuracy:.2%} vs production {baseline_version} {baseline:.2%} "
                f"on the same {examples} evaluation images")
+    if robustness is not None:
+        figures += "; " + suite_figures(*robustness)
     if policy == "never":
         return False, f"--promote never: published as a candidate ({figures})"
     if policy == "always":
         return True, f"--promote always ({figures})"
-    if accuracy >= baseline - tolerance_pts / 100 - 1e-12:
-        return True, f"passed the gate: {figures}, tolerance {tolerance_pts:g} points"
-    return False, (f"refused by the gate: {figures}, {(baseline - accuracy) * 100:.2f} points below; "
-                   f"the tolerance is {tolerance_pts:g} points (DIGITQ_PROMOTE_TOLERANCE). Kept as a candidate")
+    if accuracy < baseline - tolerance_pts / 100 - 1e-12:
+        return False, (f"refused by the gate: {figures}, {(baseline - accuracy) * 100:.2f} points below; "
+                       f"the tolerance is {tolerance_pts:g} points (DIGITQ_PROMOTE_TOLERANCE). Kept as a candidate")
+    problems = robustness_problems(*robustness, tolerance_pts) if robustness is not None else []
+    if problems:
+        return False, (f"refused by the gate on the robustness suite: {'; '.join(problems)}. Figures: {figures}. "
+                       "Kept as a candidate (--promote always to promote it anyway)")
+    return True, f"passed the gate: {figures}, tolerance {tolerance_pts:g} points" + (
+        f", {SHIFT_TOLERANCE_PTS:g} per shift" if robustness is not None else "")
 
 
 def run_training(settings: Settings, training_id: str) -> dict:
@@ -87,9 +139,8 @@ def run_training(settings: Settings, training_id: str) -> dict:
             outcome = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
         outcome.setdefault("version", None)
         outcome.setdefault("promoted", False)
-        if training.still_claimed(lease):
-            training.finish(outcome)
-        else:  # paused past its lease: the delivery that took the claim over records its own outcome
+        if not (training.still_claimed(lease) and training.finish(outcome)):
+            # Its claim was lost (or an outcome is there already): the holder of the claim records its own.
             log.error("training %s: this attempt lost its claim; its outcome is not recorded", training_id)
             outcome = {**outcome, "duplicate": True}
     return outcome
@@ -148,8 +199,8 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
 
     staging = registry.staging_dir(training.id)
     try:
-        ref, created, figures = _stage_and_publish(staging, registry, training, data, recipe, parent, model,
-                                                   history, seconds, ema)
+        ref, created, figures, suite = _stage_and_publish(settings, staging, registry, training, data, recipe,
+                                                          parent, model, history, seconds, ema)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed training leaves nothing behind
         raise
@@ -157,38 +208,67 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
         return _published_outcome(registry, ref)
     accuracy, baseline = figures["accuracy"], figures["baseline"]
     log.info("published version %s", ref.version)
-    promoted, reason = _promote(settings, registry, ref, req.get("promote", "auto"), training, data,
-                                accuracy, baseline["version"], baseline["accuracy"])
+    training.check_claim()
+    promoted, reason, against = _promote(settings, registry, ref, req.get("promote", "auto"), training, data,
+                                         accuracy, baseline["version"], baseline["accuracy"], suite,
+                                         (figures["robustness"], figures.pop("baseline_robustness")))
     log.info("%s: %s", "promoted" if promoted else "not promoted", reason)
     return {"state": "done", "version": ref.version, "promoted": promoted, "accuracy": accuracy,
-            "loss": figures["loss"], "baseline_version": baseline["version"],
+            "loss": figures["loss"], "ece": figures["ece"], "temperature": figures["calibration"]["temperature"],
+            "baseline_version": baseline["version"],
             "baseline_accuracy": baseline["accuracy"], "reason": reason,
+            "robustness": _compare_shifts(*against),
             "evaluation_examples": int(len(data.y_eval)), "skipped_files": data.skipped,
             "training_seconds": figures["training_seconds"]}
 
 
-def _stage_and_publish(staging: Path, registry: Registry, training: Training, data: TrainingData, recipe: Recipe,
-                       parent: ModelRef | None, model, history: dict, seconds: float,
-                       ema: bool) -> tuple[ModelRef, bool, dict]:
-    """Assemble the version in ``staging`` (model, serving exports checked against Keras, plots, metadata),
-    score production on the same set, then publish. Returns ``(version, created, figures)``."""
+def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, training: Training,
+                       data: TrainingData, recipe: Recipe, parent: ModelRef | None, model, history: dict,
+                       seconds: float, ema: bool) -> tuple[ModelRef, bool, dict, list]:
+    """Assemble the version in ``staging`` (model, serving exports checked against Keras, calibration, plots,
+    metadata with the robustness suite's table), score production on the same sets, then publish.
+    Returns ``(version, created, figures, suite)``: ``suite`` is the build both versions were scored on."""
     model.save(staging / MODEL_FILE)
     # Score what will be published: the saved file, loaded back as workers load it, in both runtimes.
     saved = ModelRef("candidate", staging / MODEL_FILE, sha256_file(staging / MODEL_FILE))
     keras_model = load_keras(saved)
-    probs = KerasPredictor(saved, keras_model).predict(data.x_eval)
-    accuracy, loss = score(probs, data.y_eval)
+    candidate = KerasPredictor(saved, keras_model)
+    raw = candidate.predict_raw(data.x_eval)
     onnx_bytes = to_onnx(keras_model.get_weights())
     (staging / ONNX_FILE).write_bytes(onnx_bytes)
-    agreement = check_agreement(probs, OnnxPredictor(saved, onnx_bytes).predict(data.x_eval), data.y_eval)
+    agreement = check_agreement(raw, OnnxPredictor(saved, onnx_bytes).predict_raw(data.x_eval), data.y_eval)
     log.info("ONNX export agrees with Keras on %.2f%% of the evaluation set", agreement["agreement"] * 100)
+    started = time.monotonic()
+    fitted = _calibrate(settings, data, candidate, parent)
+    fitted["seconds"] = round(time.monotonic() - started, 1)
+    temperature = fitted["temperature"]
+    log.info("calibration: temperature %.3f fitted on %d images (NLL %.4f -> %.4f) in %.1f s", temperature,
+             fitted["examples"], fitted["nll_before"], fitted["nll_after"], fitted["seconds"])
+    # What the version will serve: every runtime applies the recorded temperature (model/runtime.py).
+    probs = calibration.apply_temperature(raw, temperature)
+    accuracy, loss = score(probs, data.y_eval)
     baseline = registry.resolve("production")
-    base_acc, base_loss = score(load_predictor(baseline, "keras").predict(data.x_eval), data.y_eval)
+    base_predictor = load_predictor(baseline, "keras")
+    base_probs = base_predictor.predict(data.x_eval)
+    base_acc, base_loss = score(base_probs, data.y_eval)
     log.info("candidate accuracy %.4f loss %.4f; production %s accuracy %.4f on %d images",
              accuracy, loss, baseline.version, base_acc, len(data.y_eval))
+    started = time.monotonic()
+    suite = _suite(settings, data)
+    mine = score_shifts(suite, lambda x: calibration.apply_temperature(candidate.predict_raw(x), temperature))
+    theirs = score_shifts(suite, base_predictor.predict)
+    suite_seconds = round(time.monotonic() - started, 1)
+    log.info("robustness suite (%d images): average accuracy %.2f%% vs production %.2f%%, in %.1f s",
+             sum(len(s.labels) for s in suite), mine["average"]["accuracy"] * 100,
+             theirs["average"]["accuracy"] * 100, suite_seconds)
     figures = {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
-               "loss": round(loss, 6), "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
-                                                    "loss": round(base_loss, 6)}}
+               "loss": round(loss, 6), "ece": round(expected_calibration_error(probs, data.y_eval), 6),
+               "calibration": fitted,
+               "robustness": _robustness_record(settings, data, mine, suite_seconds),
+               "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
+                            "loss": round(base_loss, 6),
+                            "ece": round(expected_calibration_error(base_probs, data.y_eval), 6),
+                            "robustness": _robustness_record(settings, data, theirs, suite_seconds)}}
     meta = _metadata(training, data, recipe, parent, model, history, probs, figures)
     meta["onnx_agreement"] = agreement
     # The float graph only: no int8 graph kept every probability within 0.005 of Keras (BENCHMARKS.md).
@@ -196,24 +276,83 @@ def _stage_and_publish(staging: Path, registry: Registry, training: Training, da
                          **_plots(staging, history, data, probs, training.id)}
     meta["sha256"] = sha256_file(staging / MODEL_FILE)
     atomic_write_json(staging / "model.json", meta)
+    training.check_claim()  # a run that lost its claim publishes nothing
     ref, created = registry.publish(staging, training.id)
-    return ref, created, figures
+    return ref, created, {**figures, "baseline_robustness": theirs, "robustness": mine}, suite
+
+
+#: Images of the training data the calibration falls back to when no source gives a calibration split.
+CALIBRATION_FALLBACK = 2000
+
+
+def _calibrate(settings: Settings, data: TrainingData, candidate: KerasPredictor, parent: ModelRef | None) -> dict:
+    """Fit the candidate's temperature on the calibration split (clean, and the suite's shifts of it made
+    with another seed than the evaluation suite's); without one (no MNIST source), on a seeded sample of
+    the training images, whose shifted copies at least were never trained on (the bundled model's way)."""
+    shifts = f"clean and the robustness suite's shifts (seed {calibration.CALIBRATION_SEED}, {settings.suite_limit} " \
+             "images per shift at most)"
+    if len(data.y_cal):
+        x, y = data.x_cal, data.y_cal
+        where = " + ".join(data.cal_parts) + ", held out of this training"
+        if parent is not None:
+            where += f" (its parent {parent.version} may have trained on them)"
+    else:
+        pick = np.random.default_rng(calibration.CALIBRATION_SEED).permutation(len(data.y_train))
+        pick = np.sort(pick[:CALIBRATION_FALLBACK])
+        x, y = data.x_train[pick], data.y_train[pick]
+        where = (f"{len(pick)} of this training's own images (no MNIST source, so no calibration split: "
+                 "the clean ones were trained on, their shifted copies never)")
+    images, labels = calibration.calibration_images(x, y, settings.suite_limit)
+    return calibration.fit(candidate.predict_raw, images, labels, f"{where}; {shifts}")
+
+
+def _suite(settings: Settings, data: TrainingData) -> list:
+    """The robustness suite on the evaluation set, the same build for both versions."""
+    from model.robustness import build_suite
+
+    return build_suite(data.x_eval, data.y_eval, limit=settings.suite_limit)
+
+
+def _robustness_record(settings: Settings, data: TrainingData, scores: dict, seconds: float) -> dict:
+    """The suite's table as ``model.json`` keeps it: accuracy, ECE and mean confidence per shift, the average."""
+    from model.robustness import SEED
+
+    keep = ("name", "family", "examples", "accuracy", "ece", "mean_confidence")
+    return {"suite": "robustness", "set": data.evaluation["description"], "seed": SEED,
+            "limit": settings.suite_limit, "ece_bins": 15, "seconds": seconds,
+            "shifts": [{k: row[k] for k in keep} for row in scores["shifts"]], "average": scores["average"]}
+
+
+def _compare_shifts(candidate: dict, production: dict) -> dict:
+    """Both versions' accuracy and ECE per shift and on average, for a training's outcome."""
+    theirs = {r["name"]: r for r in production["shifts"]}
+    return {"shifts": [{"name": r["name"], "accuracy": r["accuracy"], "ece": r["ece"],
+                        "baseline_accuracy": theirs.get(r["name"], {}).get("accuracy"),
+                        "baseline_ece": theirs.get(r["name"], {}).get("ece")} for r in candidate["shifts"]],
+            "average": {"accuracy": candidate["average"]["accuracy"], "ece": candidate["average"]["ece"],
+                        "baseline_accuracy": production["average"]["accuracy"],
+                        "baseline_ece": production["average"]["ece"]}}
 
 
 def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str, training: Training,
-             data: TrainingData, accuracy: float, baseline_version: str, base_acc: float) -> tuple[bool, str]:
-    """Apply the gate; if production moved while we trained, score the new one on the same set and decide again."""
+             data: TrainingData, accuracy: float, baseline_version: str, base_acc: float, suite: list,
+             robustness: tuple[dict, dict]) -> tuple[bool, str, tuple[dict, dict]]:
+    """Apply the gate; if production moved while we trained, score the new one on the same sets and decide
+    again. Returns ``(promoted, reason, (candidate, production) suite scores the decision used)``."""
     for _ in range(3):
-        ok, reason = gate(policy, accuracy, base_acc, baseline_version, settings.promote_tolerance, len(data.y_eval))
+        ok, reason = gate(policy, accuracy, base_acc, baseline_version, settings.promote_tolerance,
+                          len(data.y_eval), robustness)
         if not ok:
-            return False, reason
+            return False, reason, robustness
         moved = registry.promote(ref.version, reason=reason, by=f"training {training.id}", expect=baseline_version)
         if moved["moved"]:
-            return True, reason
+            return True, reason, robustness
         baseline_version = moved["from"]
-        base_acc, _ = score(load_predictor(registry.resolve(baseline_version), "keras").predict(data.x_eval),
-                            data.y_eval)
-    return False, "production kept moving while this training was promoted; promote it by hand if still wanted"
+        other = load_predictor(registry.resolve(baseline_version), "keras")
+        base_acc, _ = score(other.predict(data.x_eval), data.y_eval)
+        robustness = (robustness[0], score_shifts(suite, other.predict))
+    return False, "production kept moving while this training was promoted; promote it by hand if still wanted", \
+        robustness
 
 
 def _progress_callback(training: Training, attempt: int, epochs: int):
@@ -221,6 +360,7 @@ def _progress_callback(training: Training, attempt: int, epochs: int):
 
     class EpochProgress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            training.check_claim()  # its claim lost: stop here (TrainingLost), train and write nothing more
             figures = {k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}
             training.add_progress({"attempt": attempt, "epoch": epoch + 1, "epochs": epochs, **figures})
             log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k} {v:.4f}" for k, v in figures.items()))
@@ -259,7 +399,9 @@ def _metadata(training: Training, data: TrainingData, recipe: Recipe, parent: Mo
         "corrections": sum(int(source.get("corrections", 0)) for source in data.sources),
         "train_examples": int(len(data.y_train)),
         "skipped_files": data.skipped,
-        "evaluation": {**data.evaluation, "accuracy": figures["accuracy"], "loss": figures["loss"], **profile(probs)},
+        # Of the calibrated probabilities: what the version serves, and what a job's report compares with.
+        "evaluation": {**data.evaluation, "accuracy": figures["accuracy"], "loss": figures["loss"],
+                       "ece": figures["ece"], **profile(probs)},
         **figures,
         "history": rounded_history(history),
         "keras_version": keras.__version__,

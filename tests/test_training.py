@@ -18,6 +18,7 @@ from digitq.settings import Settings
 from digitq.trainings import Training, send_training
 from model.dataset import write_image_folder
 from model.registry import Registry, sha256_file
+from model.runtime import load_predictor
 from producer.cli import main
 from producer.dispatch import enqueue
 from producer.follow import wait_for
@@ -103,6 +104,22 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert set(ref.artifacts()) == {"model.keras", "model.onnx", "curves.png", "confusion.png", "samples.png"}
     assert meta["onnx_agreement"]["agreement"] >= 0.999 and meta["onnx_agreement"]["examples"] == 60
     assert "int8_agreement" not in meta and not (ref.directory / "model.int8.onnx").exists()
+    # calibrated: a temperature fitted on shifted images it never trained on (no MNIST source: its own digits'
+    # shifted copies), served by every runtime; the suite's table for it and for production on the same build
+    calibration = meta["calibration"]
+    assert calibration["method"] == "temperature" and 0.25 <= calibration["temperature"] <= 8
+    assert calibration["nll_after"] <= calibration["nll_before"] and "no calibration split" in calibration["fitted_on"]
+    outcome = Training.load(tsettings.trainings_dir, out["training_id"]).outcome()  # outcome.json
+    assert calibration["examples"] > 240 * 10 and outcome["temperature"] == calibration["temperature"]
+    assert load_predictor(ref, "onnx").temperature == calibration["temperature"]
+    robustness = meta["robustness"]
+    assert [r["name"] for r in robustness["shifts"]][:2] == ["clean", "lowres-8"] and len(robustness["shifts"]) == 22
+    assert robustness["shifts"][0]["examples"] == 60 and robustness["average"]["shifts"] == 21
+    assert meta["baseline"]["robustness"]["set"] == robustness["set"] == meta["evaluation"]["description"]
+    assert 0 <= meta["evaluation"]["ece"] <= 1 and outcome["ece"] == meta["ece"] == meta["evaluation"]["ece"]
+    assert {r["name"] for r in outcome["robustness"]["shifts"]} == {r["name"] for r in robustness["shifts"]}
+    assert outcome["robustness"]["average"]["baseline_accuracy"] == \
+        meta["baseline"]["robustness"]["average"]["accuracy"]
     for name, sha in ref.artifacts().items():
         assert sha256_file(ref.directory / name) == sha
         if name.endswith(".png"):
@@ -165,6 +182,14 @@ def test_models_commands(tsettings, trainer):
     assert all({"version", "accuracy", "created", "production", "parent"} <= v.keys() for v in listed)
     shown = json.loads(cli(tsettings, "models", "show", "1", "--json").stdout)
     assert all(a["check"] == "ok" for a in shown["artifacts"].values()) and len(shown["plots"]) == 3
+    meta = shown["metadata"]
+    assert shown["ece"] == meta["evaluation"]["ece"] and shown["temperature"] == meta["calibration"]["temperature"]
+    assert shown["suite_accuracy"] == meta["robustness"]["average"]["accuracy"] and shown["suite_ece"] is not None
+    human = cli(tsettings, "models", "show", "1").stdout
+    assert f"temperature {meta['calibration']['temperature']:g}" in human and "style-7-crossbar" in human
+    assert f"ECE {shown['suite_ece']:.2%}" in human
+    old = cli(tsettings, "models", "show", "bundled-1").stdout  # recorded by hand: the same lines
+    assert "temperature 1.1485" in old and "ece         0.23% on MNIST test split" in old
     start = registry(tsettings).current()
     assert cli(tsettings, "models", "promote", "1", "--reason", "try it").exit_code == 0
     history = json.loads(cli(tsettings, "models", "history", "--json").stdout)
