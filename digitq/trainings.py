@@ -10,9 +10,12 @@
   written only by the delivery that won the claim: an atomic lease in Redis
   (``SET NX PX``, see :mod:`digitq.holders`), so that two concurrent deliveries
   (a duplicate, ``train --retry`` of a message that was not lost) never both train;
+  a run that finds its lease taken (or lapsed: Redis silent, the process paused for
+  longer than :data:`STALE_AFTER_S`) stops at its next epoch and publishes nothing;
 - ``progress.jsonl``: one line per finished epoch (loss, accuracy, validation);
 - ``train.log``: the log of every attempt;
-- ``outcome.json``: how it ended: the published version or the error.
+- ``outcome.json``: how it ended: the published version or the error; written
+  once (``os.link``, atomic and exclusive), never overwritten.
 
 Only the outcome says a training is over; a duplicate delivery that finds
 it does nothing. No TensorFlow here.
@@ -32,7 +35,7 @@ from datetime import UTC
 from pathlib import Path
 
 from digitq.errors import TrainingError, TrainingNotFound
-from digitq.holders import Holder, Lease
+from digitq.holders import UNKNOWN, Holder, Lease
 from digitq.jobs import JOB_ID_RE, list_ids, new_job_id
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
@@ -51,8 +54,18 @@ class TrainingClaimed(TrainingError):
         self.holder = holder
 
 
+class TrainingLost(TrainingError):
+    """This run's claim was taken over, or may have been: it must stop, and publish nothing."""
+
+    def __init__(self, training_id: str, holder: Holder | None):
+        who = holder.describe() if holder is not None else "another delivery"
+        super().__init__(f"training {training_id}: this run lost its claim (now: {who}); it stopped and "
+                         "published nothing, the delivery holding the claim records the outcome")
+
+
 def claim_key(training_id: str) -> str:
     return f"digitq:training:{training_id}:claim"
+
 ACTIVE_STATES = ("scheduled", "queued", "running")
 
 
@@ -89,6 +102,7 @@ class Training:
     def __init__(self, directory: Path, request: dict):
         self.dir = Path(directory)
         self.request = request
+        self.lease: Lease | None = None  # this process's claim, while :meth:`running`
 
     @classmethod
     def load(cls, trainings_dir: Path, training_id: str) -> Training:
@@ -120,7 +134,11 @@ class Training:
         run = self.run_record() if run is None else run
         if not run or run.get("ended"):
             return False
-        if run.get("host") == socket.gethostname():
+        holder = Holder.from_token(run["holder"]) if run.get("holder") else None
+        if holder is not None:
+            if holder.local():
+                return holder.running()
+        elif run.get("host") == socket.gethostname():  # written before run.json named its holder
             return _pid_alive(int(run.get("pid", 0)))
         return time.time() - float(run.get("heartbeat", 0)) < STALE_AFTER_S
 
@@ -152,20 +170,23 @@ class Training:
         Yields the attempt number (1 for the first run)."""
         previous = self.run_record() or {}
         attempt = int(previous.get("attempt", 0)) + 1
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt,
+        holder = lease.holder if lease is not None else Holder.me()
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "holder": holder.token(), "attempt": attempt,
                   "started": time.time(), "heartbeat": time.time()}
         atomic_write_json(self.dir / "run.json", record)
+        self.lease = lease
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
+                # The claim first: a run that lost it no longer writes anything the new holder owns.
+                if lease is not None and _keep(lease, self.id) is not None:
+                    return
                 record["heartbeat"] = time.time()
                 try:
                     atomic_write_json(self.dir / "run.json", record)
                 except OSError:
                     pass  # a missed beat only makes the run look older
-                if lease is not None:
-                    _keep(lease, self.id)
 
         thread = threading.Thread(target=beat, name="digitq-training-heartbeat", daemon=True)
         thread.start()
@@ -174,17 +195,46 @@ class Training:
         finally:
             stop.set()
             thread.join()
-            record.update(heartbeat=time.time(), ended=time.time())
+            self.lease = None
+            if lease is not None and lease.lost.is_set():
+                self._end_lost_run(record, lease.taker)
+            else:
+                record.update(heartbeat=time.time(), ended=time.time())
+                try:
+                    atomic_write_json(self.dir / "run.json", record)
+                finally:
+                    if lease is not None:
+                        release_claim(lease, self.id)
+
+    def _end_lost_run(self, record: dict, taker: Holder | None) -> None:
+        """A run that lost its claim: mark ``run.json`` ended only if it is still this run's (the new holder
+        rewrites its own every beat), and say so in the log."""
+        log.error("training %s: attempt %d (pid %d) was superseded: its claim is held by %s; it published "
+                  "nothing and records no outcome", self.id, record["attempt"], record["pid"],
+                  (taker or UNKNOWN).describe())
+        current = self.run_record() or {}
+        if current.get("holder") == record["holder"] and current.get("started") == record["started"]:
             try:
-                atomic_write_json(self.dir / "run.json", record)
-            finally:
-                if lease is not None:
-                    release_claim(lease, self.id)
+                atomic_write_json(self.dir / "run.json", {**record, "heartbeat": time.time(), "ended": time.time(),
+                                                          "lost": True})
+            except OSError:
+                pass
+
+    def claim_lost(self) -> bool:
+        """Whether the claim of this process's run is lost (checked by every epoch, and before publishing)."""
+        lease = self.lease
+        return lease is not None and lease.lost.is_set()
+
+    def check_claim(self) -> None:
+        """Raise :class:`TrainingLost` when this run's claim is lost: it must not train on, publish or promote."""
+        lease = self.lease
+        if lease is not None and lease.lost.is_set():
+            raise TrainingLost(self.id, lease.taker)
 
     def still_claimed(self, lease: Lease) -> bool:
-        """Whether ``lease`` is still this process's claim (False only when another process took it:
-        this one was paused past the lease, and another delivery trains now)."""
-        return _keep(lease, self.id) is None
+        """Whether ``lease`` is still this process's claim: refreshed now, never taken again once another
+        holder was seen in it or it could have lapsed (see :meth:`Lease.keep`); False for good after that."""
+        return _keep(lease, self.id, may_retake=lambda: self.outcome() is None) is None
 
     def add_progress(self, epoch: dict) -> None:
         """Append one finished epoch's figures."""
@@ -206,9 +256,22 @@ class Training:
         attempt = max((p.get("attempt", 1) for p in out), default=1)
         return [p for p in out if p.get("attempt", 1) == attempt]
 
-    def finish(self, outcome: dict) -> None:
-        """Record how the training ended; from now on it is over."""
-        atomic_write_json(self.dir / "outcome.json", {**outcome, "training_id": self.id, "finished": time.time()})
+    def finish(self, outcome: dict) -> bool:
+        """Record how the training ended; from now on it is over. Never replaces an outcome already there
+        (written whole to a temporary file, then hard-linked into place: atomic and exclusive). Returns
+        whether this outcome is the one recorded."""
+        path = self.dir / "outcome.json"
+        tmp = self.dir / f".outcome.{os.getpid()}.{threading.get_ident()}.tmp"
+        atomic_write_json(tmp, {**outcome, "training_id": self.id, "finished": time.time()})
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            log.error("training %s: an outcome is already recorded (%s); this one (%s) is not", self.id,
+                      (self.outcome() or {}).get("state"), outcome.get("state"))
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def reopen(self) -> None:
         """Forget a failed outcome so the training can run again (``--retry``)."""
@@ -268,17 +331,21 @@ class Training:
         }
 
 
-def _keep(lease: Lease, training_id: str) -> Holder | None:
-    """Refresh the claim: None while it is ours (or Redis cannot say), else the holder that took it."""
+def _keep(lease: Lease, training_id: str, may_retake=None) -> Holder | None:
+    """Refresh the claim: None while it is ours (or Redis cannot say yet, within the lease's TTL), else the
+    holder that took it (:data:`digitq.holders.UNKNOWN` when it lapsed); lost for good from then on."""
     from redis.exceptions import RedisError
 
+    was_lost = lease.lost.is_set()
     try:
-        holder = lease.keep()
+        holder = lease.keep(may_retake)
     except RedisError as e:
-        log.warning("training %s: could not refresh its claim in Redis (%s)", training_id, e)
+        log.warning("training %s: could not refresh its claim in Redis (%s); it is lost once that lasts %.0f s",
+                    training_id, e, lease.ttl_s)
         return None
-    if holder is not None:
-        log.error("training %s: its claim lapsed and %s took it over", training_id, holder.describe())
+    if holder is not None and not was_lost:
+        log.error("training %s: this run lost its claim (now: %s); it stops and publishes nothing", training_id,
+                  holder.describe())
     return holder
 
 

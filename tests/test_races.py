@@ -166,6 +166,79 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     alive.finish()
 
 
+def test_a_holder_of_another_boot_is_never_taken_for_a_local_one(redis_server):
+    import socket
+
+    from digitq.holders import Holder, Lease, _pid_namespace, boot_id
+
+    assert boot_id() and Holder.me().boot == boot_id()
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs here
+    # Two hosts with the same host name (a fixed container `hostname:`) and the init pid namespace, whose
+    # inode is the same on every Linux host: only the boot id tells them apart.
+    twin = Holder(socket.gethostname(), _pid_namespace(), gone.pid, "1", "another-boot")
+    assert Holder.from_token(twin.token()) == twin and not twin.local()
+    far = Lease(client, "test:twin", 60, twin)
+    assert far.acquire() is None
+    assert Lease(client, "test:twin", 60).acquire() == twin  # alive for all we know: not taken over
+    client.delete("test:twin")
+    here = Holder(socket.gethostname(), _pid_namespace(), gone.pid, "1", boot_id())
+    assert here.local() and not here.running()
+    assert Lease(client, "test:twin", 60, here).acquire() is None
+    assert Lease(client, "test:twin", 60).acquire() is None  # this host's dead holder: taken over at once
+    client.delete("test:twin")
+
+
+def test_a_lost_lease_is_never_taken_again(redis_server):
+    import pytest
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+
+    from digitq.holders import UNKNOWN, Holder, Lease
+    from digitq.redisserver import free_port
+
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    # Another holder took it (after a lapse): lost, and lost for good even once the key is free again.
+    mine = Lease(client, "test:keep", 60)
+    assert mine.acquire() is None and mine.keep() is None
+    client.delete("test:keep")
+    other = Lease(client, "test:keep", 60, Holder("elsewhere", "", 1, "1", "b"))
+    assert other.acquire() is None
+    assert mine.keep() == other.holder and mine.lost.is_set()
+    other.release()
+    assert mine.keep() == other.holder and client.get("test:keep") is None
+    # It lapsed (a pause longer than its TTL), nobody in it: lost, not taken again.
+    short = Lease(client, "test:keep", 0.3)
+    assert short.acquire() is None
+    wait_until(lambda: client.pttl("test:keep") == -2, timeout=5, what="the lease to lapse")
+    assert short.keep() == UNKNOWN and client.get("test:keep") is None
+    # Gone sooner than it could have lapsed (Redis restarted without persistence): taken again, unless told not.
+    for retake in (True, False):
+        again = Lease(client, "test:keep", 60)
+        assert again.acquire() is None
+        client.delete("test:keep")
+        assert (again.keep(lambda retake=retake: retake) is None) == retake
+        assert (client.get("test:keep") == again.value.encode()) == retake
+        client.delete("test:keep")
+    # Redis silent: still ours within the TTL (the error is raised), lost once the lease could have lapsed.
+    silent = Lease(client, "test:keep", 0.5)
+    assert silent.acquire() is None
+    silent.client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # nothing listens there
+    with pytest.raises(RedisError):
+        silent.keep()
+
+    def lost() -> bool:
+        try:
+            return silent.keep() == UNKNOWN
+        except RedisError:
+            return False
+
+    wait_until(lost, timeout=5, what="the silent lease to count as lost")
+    client.delete("test:keep")
+
+
 def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server, tmp_path):
     import pytest
 
@@ -198,3 +271,57 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
     with pytest.raises(TrainingClaimed, match="already being trained by elsewhere"):  # the task retries later
         run_training(settings, training.id)
     assert sorted(p.name for p in training.dir.iterdir()) == ["request.json"]  # no run.json, no outcome.json
+
+
+def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_overwrites_nothing(
+        redis_server, tmp_path, mnist, monkeypatch):
+    from digitq import trainings
+    from digitq.holders import Holder, Lease
+    from digitq.storage import atomic_write_json
+    from digitq.trainings import Training, claim_key, create_training
+    from model.training import run_training
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    settings.trainings_dir.mkdir(parents=True)
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    training = create_training(settings.trainings_dir, sources=[str(folder)], epochs=3, from_version=None,
+                               holdout=0.2, seed=0, promote="never", by="test")
+    monkeypatch.setattr(trainings, "HEARTBEAT_S", 0.05)
+    client = redis.Redis.from_url(url)
+    key = claim_key(training.id)
+    other = Lease(client, key, 60, Holder("elsewhere", "ns", 7, "1", "boot"))
+    theirs = {"host": "elsewhere", "pid": 7, "holder": other.holder.token(), "attempt": 2, "started": 1.0,
+              "heartbeat": 1.0}
+    add_progress = Training.add_progress
+
+    def first_epoch_then_taken_over(self, epoch):
+        add_progress(self, epoch)
+        if epoch["epoch"] != 1:
+            return
+        # This run's lease lapsed (Redis partitioned, the VM paused); another delivery took the claim ...
+        client.delete(key)
+        assert other.acquire() is None
+        assert self.lease.lost.wait(10), "the heartbeat did not notice"
+        # ... ran, recorded its outcome and let the claim go, all before this run looks again.
+        atomic_write_json(self.dir / "run.json", theirs)
+        assert Training(self.dir, self.request).finish({"state": "done", "version": "theirs", "reason": "B"})
+        other.release()
+
+    monkeypatch.setattr(Training, "add_progress", first_epoch_then_taken_over)
+    result = run_training(settings, training.id)
+    assert result["duplicate"] and result["state"] == "failed" and "lost its claim" in result["error"]
+    # It stopped at the next epoch's end: one epoch of three, nothing published, their outcome and run stand.
+    assert len((training.dir / "progress.jsonl").read_text().splitlines()) == 1
+    assert Registry(settings.models_dir).find_training(training.id) is None
+    assert not (settings.models_dir / ".staging").exists() or not any((settings.models_dir / ".staging").iterdir())
+    outcome = json.loads((training.dir / "outcome.json").read_text())
+    assert outcome["version"] == "theirs" and outcome["reason"] == "B"
+    assert training.run_record() == theirs
+    assert client.get(key) is None  # the free claim was not taken again
+    assert "this attempt lost its claim; its outcome is not recorded" in training.log_path.read_text()
+    # An outcome is written once: a later one never replaces it.
+    assert not training.finish({"state": "failed", "error": "late"})
+    assert json.loads((training.dir / "outcome.json").read_text())["version"] == "theirs"
+    assert sorted(p.name for p in training.dir.iterdir() if p.name.startswith(".")) == []
