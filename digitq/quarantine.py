@@ -11,18 +11,25 @@ Whatever kills a batch outside any one file is bounded by :data:`MAX_DELIVERIES`
 
 Copies of one batch may run at once (``resume`` re-sends batches that are still
 running), so each careful delivery records its marker under its own name (host, pid
-namespace, pid and process start time: :class:`digitq.holders.Holder`), with the time
-it wrote it. A marker counts as a death only when its process is known dead: on its
-own host, when that process no longer runs; from another host, when it has not been
-refreshed for :data:`MARKER_LEASE_S` (each file refreshes it). A live copy's marker
-never charges the file it is working on.
+namespace, boot, pid and process start time: :class:`digitq.holders.Holder`), and keeps
+an *alive* key in Redis while it runs (``SET ... PX``, :data:`ALIVE_TTL_MS`, refreshed
+every :data:`ALIVE_EVERY_S` by a small thread and with each marker, deleted when it ends).
+A marker counts as a death only when its delivery is known dead: on its own host, when
+its process no longer runs; from another host, when its alive key is gone (Redis's own
+expiry: no two clocks are compared). A marker whose alive key still exists is watched,
+for at most the key's TTL and a margin, until the key expires (a death: charged) or is
+refreshed, or the marker moves on or is cleared (a live copy: not a death). So a batch
+killed on one host and redelivered at once to another charges the file it died on,
+within the TTL; and a live copy's marker never charges the file it is working on.
 
-This costs one small Redis write per delivery, and one per file only on redeliveries.
+This costs one small Redis write per delivery, and one per file (marker and alive key,
+one pipelined round trip) only on redeliveries.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,9 +45,12 @@ DEATHS = 2
 MAX_DELIVERIES = 10
 #: The count outlives any redelivery (the visibility timeout is an hour by default).
 TTL_S = 7 * 24 * 3600
-#: A marker written on another host counts as its delivery's death once it is this old (no file took
-#: that long); on the marker's own host the process itself is looked up instead.
-MARKER_LEASE_S = 120.0
+#: A careful delivery's alive key expires this long after its last refresh (Redis's clock) ...
+ALIVE_TTL_MS = 10_000
+#: ... and is refreshed this often while the delivery runs.
+ALIVE_EVERY_S = 2.0
+#: How often a delivery looks at the alive key of a marker from another host it waits on.
+_POLL_S = 0.1
 _MARKER = b"at:"
 
 
@@ -48,24 +58,95 @@ def _key(job_id: str, batch: int) -> str:
     return f"digitq:job:{job_id}:batch:{batch}:deliveries"
 
 
-def _dead_marker(name: bytes, value: bytes, now: float) -> int | None:
-    """The file index of a marker whose delivery died, or None while that delivery may be alive."""
+def _alive_key(job_id: str, batch: int, token: str) -> str:
+    return f"digitq:job:{job_id}:batch:{batch}:alive:{token}"
+
+
+def _index_of(value: bytes) -> int | None:
     try:
-        index, _, written = value.decode().partition("|")
-        index_ = int(index)
+        return int(value.decode().partition("|")[0])  # "index" (earlier: "index|written at")
     except (UnicodeDecodeError, ValueError):
         return None
-    if name == b"at":  # written by a digitq before markers were named: any leftover counted
-        return index_
-    holder = Holder.from_token(name[len(_MARKER):].decode(errors="replace"))
-    if holder is None:
-        return None
-    if holder.local():
-        return None if holder.running() else index_
-    try:
-        return index_ if now - float(written) > MARKER_LEASE_S else None
-    except ValueError:
-        return index_
+
+
+def _dead_markers(client, job_id: str, batch: int, fields: dict[bytes, bytes]) -> dict[bytes, int]:
+    """The markers (name: file index) whose careful delivery died; waits on remote ones still in doubt."""
+    key = _key(job_id, batch)
+    dead: dict[bytes, int] = {}
+    remote: dict[bytes, tuple[bytes, str]] = {}  # name: (value first seen, alive key)
+    for name, value in fields.items():
+        index = _index_of(value)
+        if index is None:
+            continue
+        if name == b"at":  # written by a digitq before markers were named: any leftover counted
+            dead[name] = index
+            continue
+        token = name[len(_MARKER):].decode(errors="replace")
+        holder = Holder.from_token(token)
+        if holder is None:
+            continue
+        if holder.local():  # its process can be looked up: dead exactly when it no longer runs
+            if not holder.running():
+                dead[name] = index
+        else:
+            remote[name] = (value, _alive_key(job_id, batch, token))
+    # Another host's delivery: its alive key expires (Redis's clock) within ALIVE_TTL_MS of its death.
+    # Watch each until it expires (dead), its TTL goes up (refreshed: alive), or the marker moves on or is
+    # cleared (alive, or ended well). Past the TTL and a margin, a key still there has been refreshed.
+    last: dict[bytes, int] = {}
+    deadline = time.monotonic() + ALIVE_TTL_MS / 1000 + 2.0
+    while remote:
+        pipe = client.pipeline(transaction=False)
+        names = list(remote)
+        for name in names:
+            pipe.hget(key, name).pttl(remote[name][1])
+        answers = pipe.execute()
+        for i, name in enumerate(names):
+            value, ttl = answers[2 * i], int(answers[2 * i + 1])
+            if value != remote[name][0] or ttl == -1 or (name in last and ttl > last[name]):
+                del remote[name]  # moved on, ended, or refreshed: alive (a key without expiry is no death)
+            elif ttl == -2:
+                dead[name] = _index_of(value)  # no alive key (any more): its delivery died
+                del remote[name]
+            else:
+                last[name] = ttl
+        if not remote or time.monotonic() > deadline:
+            break
+        time.sleep(_POLL_S)
+    return dead
+
+
+class _Alive(threading.Thread):
+    """Keeps a careful delivery's alive key while the delivery runs (dies with its process)."""
+
+    def __init__(self, client, key: str, markers: str, marker: str):
+        super().__init__(name="digitq-delivery-alive", daemon=True)
+        self.client, self.key, self.done = client, key, threading.Event()
+        self.markers, self.marker = markers, marker
+
+    def run(self) -> None:
+        while not self.done.wait(ALIVE_EVERY_S):
+            try:
+                self.client.set(self.key, 1, px=ALIVE_TTL_MS)
+            except RedisError:
+                pass  # the next beat tries again; a key that expires meanwhile looks like a death
+
+    def end(self) -> None:
+        """Stop: the marker goes first, then the alive key (a marker seen without its key is a death)."""
+        self.done.set()
+        self.join(timeout=2.0)
+        try:
+            self.client.pipeline().hdel(self.markers, self.marker).delete(self.key).execute()
+        except RedisError:
+            pass
+
+
+_alive: list[_Alive] = []  # this process's running keeper (a pool process runs one delivery at a time)
+
+
+def _end_alive() -> None:
+    while _alive:
+        _alive.pop().end()
 
 
 @dataclass
@@ -82,6 +163,7 @@ class Delivery:
     def begin(cls, settings: Settings, job_id: str, batch: int) -> Delivery:
         """Count this delivery; charge each file a careful delivery whose process died was on."""
         delivery = cls(settings, job_id, batch)
+        _end_alive()  # a delivery of this process that ended without finish() or interrupted(): not a death
         try:
             client = redis_client(settings)
             key = _key(job_id, batch)
@@ -89,19 +171,20 @@ class Delivery:
             pipe.hincrby(key, "deliveries", 1).hgetall(key).expire(key, TTL_S)
             count, fields, _ = pipe.execute()
             delivery.count = int(count)
-            now = time.time()
-            for name, value in fields.items():
-                if not (name == b"at" or name.startswith(_MARKER)):
-                    continue
-                index = _dead_marker(name, value, now)
+            markers = {n: v for n, v in fields.items() if n == b"at" or n.startswith(_MARKER)}
+            for name, index in _dead_markers(client, job_id, batch, markers).items():
                 # Whoever removes the marker charges it: two deliveries beginning at once charge it once.
-                if index is not None and client.hdel(key, name):
+                if client.hdel(key, name):
                     client.hincrby(key, f"dead:{index}", 1)
             if delivery.count > 1:
                 delivery.deaths = {int(name.split(b":")[1]): int(n) for name, n in client.hgetall(key).items()
                                    if name.startswith(b"dead:")}
         except RedisError:
             pass  # without Redis the batch is processed as a first delivery; nothing is lost
+        if delivery.careful:
+            keeper = _Alive(redis_client(settings), delivery._alive_key, _key(job_id, batch), delivery._marker)
+            _alive.append(keeper)
+            keeper.start()
         return delivery
 
     @property
@@ -120,8 +203,10 @@ class Delivery:
         if dead >= DEATHS:
             return (f"quarantined: the worker process died on this file {dead} times "
                     f"(batch delivered {self.count} times)")
-        try:
-            redis_client(self.settings).hset(_key(self.job_id, self.batch), self._marker, f"{index}|{time.time():.0f}")
+        try:  # the marker and this delivery's alive key together, in one round trip
+            pipe = redis_client(self.settings).pipeline()
+            pipe.hset(_key(self.job_id, self.batch), self._marker, str(index))
+            pipe.set(self._alive_key, 1, px=ALIVE_TTL_MS).execute()
         except RedisError:
             pass
         return None
@@ -130,6 +215,10 @@ class Delivery:
     def _marker(self) -> str:
         # This process's own field: copies of the batch running at once never overwrite each other's.
         return "at:" + _my_token()
+
+    @property
+    def _alive_key(self) -> str:
+        return _alive_key(self.job_id, self.batch, _my_token())
 
     def quarantined(self) -> list[int]:
         """Indexes of the files this delivery turns into error rows."""
@@ -141,6 +230,7 @@ class Delivery:
             redis_client(self.settings).hdel(_key(self.job_id, self.batch), self._marker)
         except RedisError:
             pass
+        _end_alive()
 
     def finish(self) -> None:
         """The batch is committed: forget its deliveries."""
@@ -148,6 +238,7 @@ class Delivery:
             redis_client(self.settings).delete(_key(self.job_id, self.batch))
         except RedisError:
             pass
+        _end_alive()
 
 
 _token: tuple[int, str] = (0, "")

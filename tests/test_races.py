@@ -136,6 +136,23 @@ def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_at_once_when
     assert not far.refresh()  # and it knows it lost the claim
 
 
+def _careful_child(url: str, index: int, remote: bool = False) -> subprocess.Popen:
+    """A process in a careful delivery of job-z batch 0, at file ``index``, alive until killed; ``remote``:
+    named as a process of another host (so only its alive key, refreshed every 0.3 s for 1.5 s, tells)."""
+    return _hold_in_child(f"""
+        import os
+        from digitq import quarantine
+        from digitq.holders import Holder
+        from digitq.settings import Settings
+        quarantine.ALIVE_TTL_MS, quarantine.ALIVE_EVERY_S = 1500, 0.3
+        if {remote!r}:
+            quarantine._token = (os.getpid(), Holder("another-host", "ns", os.getpid(), "1", "boot").token())
+        delivery = quarantine.Delivery.begin(Settings.from_env(redis_url={url!r}), "job-z", 0)
+        assert delivery.careful
+        delivery.before({index})
+    """)
+
+
 def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     import time
 
@@ -144,26 +161,40 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
 
     url = redis_server.url.rsplit("/", 1)[0] + "/15"
     settings = Settings.from_env(redis_url=url)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    key = "digitq:job:job-z:batch:0:deliveries"
     begin = lambda: quarantine.Delivery.begin(settings, "job-z", 0)  # noqa: E731
     begin()
-    alive = begin()
-    assert alive.careful
-    alive.before(3)  # this process, alive, works on file 3
-    key = "digitq:job:job-z:batch:0:deliveries"
-    client = redis.Redis.from_url(url)
-    client.hset(key, "at:elsewhere|ns|7|1", f"4|{time.time():.0f}")  # another host, marker refreshed just now
-    client.hset(key, "at:faraway|ns|8|1", f"5|{time.time() - 3600:.0f}")  # silent for an hour
-    child = _hold_in_child(f"""
-        from digitq import quarantine
-        from digitq.settings import Settings
-        quarantine.Delivery.begin(Settings.from_env(redis_url={url!r}), "job-z", 0).before(6)
-    """)
-    child.kill()  # it dies on file 6
-    child.wait()
-    third, fourth = begin(), begin()  # two deliveries after the death: it is charged once
-    assert third.deaths == {5: 1, 6: 1} and fourth.deaths == {5: 1, 6: 1}
-    assert client.hexists(key, alive._marker) and client.hexists(key, "at:elsewhere|ns|7|1")
-    alive.finish()
+    children = {index: _careful_child(url, index, remote) for index, remote in ((3, False), (6, False), (4, True))}
+    try:
+        marker = {i: next(n for n in client.hkeys(key) if f"|{c.pid}|".encode() in n) for i, c in children.items()}
+        children[6].kill()  # a process of this host dies on file 6: known at once from its pid
+        children[6].wait()
+        # Another host's delivery died on file 5 (its alive key is gone), and one on file 7 just now (its key
+        # has 1.5 s to live, and nobody refreshes it); another host's live delivery is on file 4 (child 4).
+        client.hset(key, "at:faraway|ns|8|1|boot", "5")
+        client.pipeline().hset(key, "at:far2|ns|9|1|boot", "7").set(
+            "digitq:job:job-z:batch:0:alive:far2|ns|9|1|boot", 1, px=1500).execute()
+        started = time.monotonic()
+        second = begin()
+        assert second.deaths == {5: 1, 6: 1, 7: 1}  # 7 once its key expired; well within the 10 s TTL
+        assert time.monotonic() - started < quarantine.ALIVE_TTL_MS / 1000
+        # The live copies' markers stand: neither file 3 (this host) nor 4 (another host) was charged.
+        assert client.hexists(key, marker[3]) and client.hexists(key, marker[4])
+        children[4].kill()  # the other host's copy dies on file 4: its key expires within 1.5 s
+        children[4].wait()
+        third, fourth = begin(), begin()  # two deliveries after the death: it is charged once
+        assert third.deaths == fourth.deaths == {4: 1, 5: 1, 6: 1, 7: 1}
+        assert client.hexists(key, marker[3])
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+    fourth.before(0)
+    assert client.exists(fourth._alive_key)  # set with its marker, kept while this careful delivery runs ...
+    fourth.finish()
+    assert not client.exists(fourth._alive_key) and not client.exists(key)  # ... and gone with it
 
 
 def test_a_holder_of_another_boot_is_never_taken_for_a_local_one(redis_server):
