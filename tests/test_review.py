@@ -87,9 +87,10 @@ def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path
     assert source["repeated"] > 1  # a few dozen images among 60,000 are weighed up
     # Fair: both scored on the same recorded set, and the decision follows from the two figures.
     assert meta["evaluation"]["examples"] == 10_000 and meta["baseline"]["version"] == "bundled-1"
+    # The gate also guards the robustness suite: both versions' tables are recorded, scored on one build.
     expected, _ = gate("auto", meta["accuracy"], meta["baseline"]["accuracy"], "bundled-1",
-                       settings.promote_tolerance, 10_000)
-    assert outcome["promoted"] == expected
+                       settings.promote_tolerance, 10_000, (meta["robustness"], meta["baseline"]["robustness"]))
+    assert outcome["promoted"] == expected, outcome["reason"]
     # The new version is right on the digits people corrected (production was wrong on every one).
     rows = csvfile.read(rescan["output"])
     corrected = {f["file"] for f in files[:-1] if truth[f["source"].rsplit("/", 1)[-1]] != f["exported_to"]}
