@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from digitq.storage import atomic_write
     from model.dataset import load_dataset
-    from model.evaluation import expected_calibration_error, score_shifts
+    from model.evaluation import expected_calibration_error, profile, score_shifts
     from model.registry import ONNX_FILE, _read_meta
     from model.robustness import SEED, build_suite
     from model.runtime import OnnxPredictor
@@ -171,7 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     meta["robustness"] = {"suite": "robustness", "set": "MNIST test split", "seed": SEED, "limit": limit,
                           "ece_bins": 15, "calibrated": True,
                           "shifts": [{k: r[k] for k in keep} for r in after["shifts"]], "average": after["average"]}
-    meta.setdefault("evaluation", {})["ece"] = record["test_ece_after"]
+    # What the version serves on the test split, calibrated: the profile a job's report compares with.
+    accuracy = float((clean.argmax(axis=1) == data.y_test).mean())
+    loss = float(-np.log(np.clip(clean[np.arange(len(data.y_test)), data.y_test.astype(int)], 1e-7, 1)).mean())
+    meta["evaluation"] = {**meta.get("evaluation", {}), "set": "MNIST test split", "examples": int(len(data.y_test)),
+                          "accuracy": round(accuracy, 6), "loss": round(loss, 6), **profile(clean),
+                          "ece": record["test_ece_after"]}
     atomic_write(directory / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
     print(json.dumps({k: v for k, v in record.items() if k != "suite_ece_before"}))
 

@@ -33,10 +33,13 @@ class Recipe:
     learning_rate: float = 2e-3
     warmup_epochs: int = 1
     augment: bool = True
-    rotation_deg: float = 10.0
+    rotation_deg: float = 15.0
     zoom: float = 0.1
     shift: float = 0.1
     clean_epochs: int = 3  # the last epochs see unaugmented images (no interpolation blur)
+    #: Rendered variants of the training digits added to them, as a share of their number (model/variants.py):
+    #: thicker and thinner pens, rotation, slant, low resolution, crossed 7s, 1s with a flag and a base.
+    variants: float = 0.5
     ema: bool = True
     holdout: int = 0
     seed: int = 0
@@ -91,6 +94,11 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, recipe: Recipe, *, validation=
     from model.architecture import build_model
 
     keras.utils.set_random_seed(recipe.seed)
+    if recipe.variants > 0:
+        from model.variants import make_pool
+
+        extra_x, extra_y = make_pool(x_train, y_train, round(len(y_train) * recipe.variants), recipe.seed)
+        x_train, y_train = np.concatenate([x_train, extra_x]), np.concatenate([y_train, extra_y])
     steps = math.ceil(len(x_train) / recipe.batch_size)
     warmup = min(recipe.warmup_epochs * steps, steps * recipe.epochs - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -139,7 +147,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, recipe: Recipe, *, validation=
     return final, history, seconds, ema
 
 
-def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 2, command: str = "") -> dict:
+def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 2, command: str = "",
+          version: str | None = None) -> dict:
     """Train the seed CNN on ``data`` with ``recipe``; write model.keras + model.json into ``out_dir``."""
     import keras
     import tensorflow as tf
@@ -162,6 +171,7 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     final.save(model_path)
 
     meta: dict = {
+        **({"version": version} if version else {}),
         "architecture": ARCHITECTURE,
         "params": int(final.count_params()),
         "epochs": recipe.epochs,
@@ -210,15 +220,19 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--clean-epochs", default=Recipe.clean_epochs, show_default=True,
                   help="Last N epochs without augmentation.")
     @click.option("--no-ema", is_flag=True)
+    @click.option("--variants", default=Recipe.variants, show_default=True,
+                  help="Rendered variants added, as a share of the training images (0: none).")
     @click.option("--limit", default=0, help="Use only the first N training images.")
     @click.option("--seed", default=0, show_default=True)
+    @click.option("--version", "version", help="The version name recorded (e.g. bundled-2 for model/bundled).")
     def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, rotation, zoom, shift,
-            clean_epochs, no_ema, limit, seed):
+            clean_epochs, no_ema, variants, limit, seed, version):
         recipe = Recipe(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, holdout=holdout,
                         augment=not no_augment, rotation_deg=rotation, zoom=zoom, shift=shift,
-                        clean_epochs=clean_epochs, ema=not no_ema,
+                        clean_epochs=clean_epochs, ema=not no_ema, variants=variants,
                         limit=limit, seed=seed)
-        meta = train(load_dataset(data), recipe, out, command="python -m model.train " + " ".join(sys.argv[1:]))
+        meta = train(load_dataset(data), recipe, out, command="python -m model.train " + " ".join(sys.argv[1:]),
+                     version=version)
         keys = ("params", "holdout_accuracy", "test_accuracy", "test_loss", "training_seconds", "sha256")
         click.echo(json.dumps({k: meta[k] for k in keys if k in meta}))
 
