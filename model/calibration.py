@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"clean copies of a seeded sample (seed {CALIBRATION_SEED}) of {len(sample)} MNIST training digits "
                  f"and the robustness suite's shifts of them (seed {CALIBRATION_SEED}, 1000 images per shift at "
                  f"most). Caveat: {ref.meta.get('version')} trained on all 60,000 training digits, so the clean "
-                 "ones were seen in training; the shifted images never were")
+                 "ones were seen in training; these shifted images were not, though a recipe with rendered "
+                 "variants (model/variants.py) trained on others drawn by the same renderers")
     record["seconds"] = round(time.monotonic() - started, 1)
     t = record["temperature"]
     sets = build_suite(data.x_test, data.y_test, limit=limit)

@@ -104,3 +104,48 @@ def samples(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: Path, co
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def robustness(tables: dict[str, dict], path: Path, title: str = "") -> Path:
+    """Accuracy per shift of the robustness suite, one bar per version: ``tables`` maps a version's name
+    to its ``model.json`` ``robustness`` record (:func:`model.evaluation.score_shifts`'s rows)."""
+    plt = _pyplot()
+    names = [r["name"] for r in next(iter(tables.values()))["shifts"]]
+    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
+    width = 0.8 / len(tables)
+    for k, (version, table) in enumerate(tables.items()):
+        acc = {r["name"]: r["accuracy"] * 100 for r in table["shifts"]}
+        ax.bar(np.arange(len(names)) + (k - (len(tables) - 1) / 2) * width, [acc.get(n, 0) for n in names],
+               width, label=f"{version} (average {table['average']['accuracy']:.2%})")
+    ax.axhline(97, color="grey", linestyle="--", linewidth=1, label="97%: every shift's target")
+    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set(ylim=(90, 100.5), ylabel="accuracy (%)", title=title or "robustness suite, MNIST test split")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def reliability(sets: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 15, title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence in equal-width bins, one line per named set of
+    ``(probabilities, labels)``; a calibrated model follows the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    edges = np.linspace(0, 1, bins + 1)
+    for name, (probs, labels) in sets.items():
+        conf, right = probs.max(axis=1), probs.argmax(axis=1) == labels
+        which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+        used = [b for b in range(bins) if (which == b).sum() >= 20]  # a bin of a handful says nothing
+        ax.plot([conf[which == b].mean() for b in used], [right[which == b].mean() for b in used], "-o",
+                markersize=3, label=f"{name} ({len(labels):,} images)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    ax.set(xlim=(0.3, 1.0), ylim=(0.3, 1.0), xlabel="confidence", ylabel="accuracy",
+           title=title or "reliability")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

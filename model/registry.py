@@ -121,7 +121,7 @@ def _check_intact(ref: ModelRef) -> None:
 
 
 class Registry:
-    """Resolves version names (``production``, ``bundled``, ``bundled-1``, ``3``), publishes and promotes."""
+    """Resolves version names (``production``, ``bundled``, ``bundled-2``, ``3``), publishes and promotes."""
 
     def __init__(self, models_dir: str | Path):
         self.models_dir = Path(models_dir)

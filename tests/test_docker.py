@@ -123,7 +123,7 @@ def test_the_compose_stack_scans_a_folder_with_two_workers(stack, tmp_path, mnis
     assert len(predict) == 2 and len({w["host"] for w in predict}) == 2
     assert all(w["batches_done"] >= 1 for w in predict), "both workers should have taken batches"
     assert sum(w["batches_done"] for w in predict) >= summary["batches"]
-    assert all(w["models"] == ["bundled-1"] and not w["data_dir_mismatch"] for w in predict)
+    assert all(w["models"] == ["bundled-2"] and not w["data_dir_mismatch"] for w in predict)
     assert fleet["redis_maxmemory_policy"] == "noeviction" and fleet["warnings"] == []
 
     assert _until(lambda: (h := stack.health("worker")) == ["healthy", "healthy"] and h, timeout=180,

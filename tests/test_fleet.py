@@ -37,7 +37,7 @@ def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_serv
         for w in report["workers"]:
             assert w["queues"] == ["predict"] and w["concurrency"] >= 1 and w["pid"]
             assert w["data_dir_id"] == report["data_dir_id"] and not w["data_dir_mismatch"]
-            assert w["batches_done"] >= 1 and w["models"] == ["bundled-1"]
+            assert w["batches_done"] >= 1 and w["models"] == ["bundled-2"]
         assert sum(w["batches_done"] for w in report["workers"]) >= job.n_batches
         assert report["queues"] == {"predict": 0, "train": 0} and len(report["data_dir_id"]) == 16
         other = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))

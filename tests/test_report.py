@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model.dataset import write_image_folder
+from model.registry import Registry
 from producer.cli import main
 
 from .conftest import ROOT
@@ -51,10 +52,12 @@ def test_the_report_renders_offline_in_headless_chromium(settings, worker, tmp_p
     assert figures["report"] == str(path.resolve())
     text = path.read_text()
     assert 'src="http' not in text and 'src="file' not in text  # every image is embedded
-    assert "Evaluation set: MNIST test split, 10,000 images" in text  # bundled-1's recorded profile
+    assert "Evaluation set: MNIST test split, 10,000 images" in text  # bundled-2's recorded profile
     # the version's calibration and robustness, as recorded in its model.json, in the page and the JSON
     model = figures["model"]
-    assert model["temperature"] > 1 and 0 < model["ece"] < 0.01 and 0 < model["suite_ece"] < 0.01
+    recorded = Registry("/nowhere").bundled().meta
+    assert model["temperature"] == recorded["calibration"]["temperature"] != 1
+    assert model["ece"] == recorded["evaluation"]["ece"] and 0 < model["ece"] < 0.01 and 0 < model["suite_ece"] < 0.01
     assert len(model["shifts"]) == 22 and model["shifts"][0]["name"] == "clean" and model["suite_worst"]
     assert 'id="robustness"' in text and "style-7-crossbar" in text and f"{model['suite_ece']:.2%}" in text
 

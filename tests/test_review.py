@@ -86,11 +86,12 @@ def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path
     assert (source["corrections"], source["confirmed"], source["discarded"]) == (moved, confirmed, 1)
     assert source["repeated"] > 1  # a few dozen images among 60,000 are weighed up
     # Fair: both scored on the same recorded set, and the decision follows from the two figures.
-    assert meta["evaluation"]["examples"] == 10_000 and meta["baseline"]["version"] == "bundled-1"
+    assert meta["evaluation"]["examples"] == 10_000 and meta["baseline"]["version"] == "bundled-2"
     # The gate also guards the robustness suite: both versions' tables are recorded, scored on one build.
-    expected, _ = gate("auto", meta["accuracy"], meta["baseline"]["accuracy"], "bundled-1",
+    expected, _ = gate("auto", meta["accuracy"], meta["baseline"]["accuracy"], "bundled-2",
                        settings.promote_tolerance, 10_000, (meta["robustness"], meta["baseline"]["robustness"]))
     assert outcome["promoted"] == expected, outcome["reason"]
+    assert outcome["promoted"] is True, outcome["reason"]  # the loop passes the gate, robustness included
     # The new version is right on the digits people corrected (production was wrong on every one).
     rows = csvfile.read(rescan["output"])
     corrected = {f["file"] for f in files[:-1] if truth[f["source"].rsplit("/", 1)[-1]] != f["exported_to"]}
