@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from digitq.errors import ConfigError, ImageError
 from digitq.settings import Settings
@@ -29,14 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = ROOT / "tests" / "data" / "jpeg-findings"
 
 
-def _jpeg(img: Image.Image, **options) -> bytes:
-    out = io.BytesIO()
-    saved, ImageFile.MAXBLOCK = ImageFile.MAXBLOCK, 1 << 24  # optimize/progressive need room to write
-    try:
-        img.save(out, format="JPEG", **options)
-    finally:
-        ImageFile.MAXBLOCK = saved
-    return out.getvalue()
+_jpeg = make_corpus.encode  # a JPEG of an image, with room for optimize/progressive tables
 
 
 def _libjpeg_eighth(data: bytes) -> np.ndarray:
