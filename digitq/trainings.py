@@ -313,6 +313,10 @@ class Training:
             "baseline_accuracy": outcome.get("baseline_accuracy"),
             "baseline_version": outcome.get("baseline_version"),
             "reason": outcome.get("reason") or outcome.get("error"),
+            # The published version's calibration and the robustness suite, both versions per shift.
+            "ece": outcome.get("ece"),
+            "temperature": outcome.get("temperature"),
+            "robustness": outcome.get("robustness"),
             "epoch": last.get("epoch", 0),
             "epochs": req.get("epochs"),
             "loss": last.get("loss"),

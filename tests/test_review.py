@@ -92,6 +92,8 @@ def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path
                        settings.promote_tolerance, 10_000, (meta["robustness"], meta["baseline"]["robustness"]))
     assert outcome["promoted"] == expected, outcome["reason"]
     assert outcome["promoted"] is True, outcome["reason"]  # the loop passes the gate, robustness included
+    assert outcome["temperature"] == meta["calibration"]["temperature"] and outcome["ece"] == meta["evaluation"]["ece"]
+    assert {r["name"] for r in outcome["robustness"]["shifts"]} >= {"stroke-bold", "style-7-crossbar"}
     # The new version is right on the digits people corrected (production was wrong on every one).
     rows = csvfile.read(rescan["output"])
     corrected = {f["file"] for f in files[:-1] if truth[f["source"].rsplit("/", 1)[-1]] != f["exported_to"]}
