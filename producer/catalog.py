@@ -111,7 +111,8 @@ def show(ctx, version, as_json):
         raise ModelError(f"version {ref.version} has tampered or corrupt artifacts; do not promote it")
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A share as a percentage with two decimals, or ``-`` where none is recorded."""
     return f"{value:.2%}" if value is not None else "-"
 
 
@@ -124,7 +125,7 @@ def _echo_calibration(meta: dict, info: dict) -> None:
     else:
         click.echo("calibration none recorded: confidences are served as the model gives them (T = 1)")
     if info["ece"] is not None:
-        click.echo(f"ece         {_pct(info['ece'])} on {info['evaluation']} (15 bins)")
+        click.echo(f"ece         {percent(info['ece'])} on {info['evaluation']} (15 bins)")
     robustness = meta.get("robustness")
     if not robustness:
         click.echo("robustness  not recorded (published before the suite): `digitq evaluate --suite robustness`")
@@ -132,10 +133,10 @@ def _echo_calibration(meta: dict, info: dict) -> None:
     limit = robustness.get("limit")
     click.echo(f"robustness  suite on {robustness.get('set')}, "
                f"{f'{limit:,} images per shift at most' if limit else 'every image'}: average accuracy "
-               f"{_pct(info['suite_accuracy'])}, ECE {_pct(info['suite_ece'])}, worst {info['suite_worst']}")
+               f"{percent(info['suite_accuracy'])}, ECE {percent(info['suite_ece'])}, worst {info['suite_worst']}")
     click.echo(f"  {'SHIFT':<22} {'IMAGES':>7} {'ACCURACY':>9} {'ECE':>6}")
     for row in robustness.get("shifts", []):
-        click.echo(f"  {row['name']:<22} {row['examples']:>7,} {_pct(row['accuracy']):>9} {_pct(row['ece']):>6}")
+        click.echo(f"  {row['name']:<22} {row['examples']:>7,} {percent(row['accuracy']):>9} {percent(row['ece']):>6}")
 
 
 @models.command()

@@ -24,7 +24,7 @@ from digitq.settings import Settings
 from digitq.storage import atomic_write
 from model.evaluation import CONFIDENCE_BINS
 from model.registry import Registry
-from producer.catalog import calibration_summary
+from producer.catalog import calibration_summary, percent
 from producer.review import scored_bytes
 
 
@@ -153,18 +153,16 @@ def _model_figures(meta: dict) -> dict:
 
 def _model_table(model: dict) -> str:
     """The model's calibration and robustness figures as a small HTML section."""
-    def pct(value: float | None) -> str:
-        return f"{value:.2%}" if value is not None else "-"
-
     temperature = f"temperature {model['temperature']:g}" if model["temperature"] else "no calibration recorded"
     if not model["shifts"]:
-        return (f'<p id="model-ece">Confidence: {temperature}; ECE {pct(model["ece"])} on the evaluation set. '
+        return (f'<p id="model-ece">Confidence: {temperature}; ECE {percent(model["ece"])} on the evaluation set. '
                 "No robustness suite recorded for this version.</p>")
-    rows = "".join(f"<tr><td>{html.escape(r['name'])}</td><td>{pct(r['accuracy'])}</td><td>{pct(r['ece'])}</td></tr>"
-                   for r in model["shifts"])
-    return (f'<p id="model-ece">Confidence: {temperature}; ECE (15 bins) {pct(model["ece"])} on the evaluation set, '
-            f'{pct(model["suite_ece"])} averaged over the robustness suite, where accuracy averages '
-            f'{pct(model["suite_accuracy"])}: a confidence of 0.9 means right about 90% of the time.</p>'
+    rows = "".join(f"<tr><td>{html.escape(r['name'])}</td><td>{percent(r['accuracy'])}</td>"
+                   f"<td>{percent(r['ece'])}</td></tr>" for r in model["shifts"])
+    return (f'<p id="model-ece">Confidence: {temperature}; ECE (15 bins) {percent(model["ece"])} on the evaluation '
+            'set, '
+            f'{percent(model["suite_ece"])} averaged over the robustness suite, where accuracy averages '
+            f'{percent(model["suite_accuracy"])}: a confidence of 0.9 means right about 90% of the time.</p>'
             f'<table id="robustness"><tr><th>shift</th><th>accuracy</th><th>ECE</th></tr>{rows}</table>')
 
 
