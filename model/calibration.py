@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     from model.registry import ONNX_FILE, _read_meta
     from model.robustness import SEED, build_suite
     from model.runtime import OnnxPredictor
+    from model.train import score
 
     args = argv if argv is not None else sys.argv[1:]
     directory, mnist = Path(args[0]), args[1]
@@ -161,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     sets = build_suite(data.x_test, data.y_test, limit=limit)
     before = score_shifts(sets, predictor.predict_raw)
     after = score_shifts(sets, lambda x: apply_temperature(predictor.predict_raw(x), t))
-    clean = apply_temperature(predictor.predict_raw(data.x_test), t)
-    record["test_ece_before"] = round(expected_calibration_error(predictor.predict_raw(data.x_test), data.y_test), 6)
+    raw = predictor.predict_raw(data.x_test)
+    clean = apply_temperature(raw, t)
+    record["test_ece_before"] = round(expected_calibration_error(raw, data.y_test), 6)
     record["test_ece_after"] = round(expected_calibration_error(clean, data.y_test), 6)
     record["suite_ece_before"] = {r["name"]: r["ece"] for r in before["shifts"]}
     record["suite_ece_before"]["average"] = before["average"]["ece"]
@@ -173,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                           "ece_bins": 15, "calibrated": True,
                           "shifts": [{k: r[k] for k in keep} for r in after["shifts"]], "average": after["average"]}
     # What the version serves on the test split, calibrated: the profile a job's report compares with.
-    accuracy = float((clean.argmax(axis=1) == data.y_test).mean())
-    loss = float(-np.log(np.clip(clean[np.arange(len(data.y_test)), data.y_test.astype(int)], 1e-7, 1)).mean())
+    accuracy, loss = score(clean, data.y_test)
     meta["evaluation"] = {**meta.get("evaluation", {}), "set": "MNIST test split", "examples": int(len(data.y_test)),
                           "accuracy": round(accuracy, 6), "loss": round(loss, 6), **profile(clean),
                           "ece": record["test_ece_after"]}
