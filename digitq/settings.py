@@ -68,6 +68,8 @@ class Settings:
     """Everything digitq reads from its environment."""
 
     redis_url: str = "redis://localhost:6379/0"
+    #: The Sentinel master's name, for a ``sentinel://`` Redis URL.
+    redis_master: str = "mymaster"
     data_dir: Path = Path("digitq-data")
     mnist: str | None = None
     batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
@@ -82,6 +84,10 @@ class Settings:
     stall_after: int = 120
     predict_queue: str = "predict"
     train_queue: str = "train"
+    #: Results of stateless workers travel on ``<collect_queue>.<data dir id>`` to a worker that sees that data dir.
+    collect_queue: str = "collect"
+    #: Model artifacts a worker fetched through Redis are cached under ``<data dir>/cache/models`` up to this size.
+    model_cache_bytes: int = 512 * MiB
     #: The promotion gate: a candidate may trail production by this many percentage points.
     promote_tolerance: float = 0.1
     #: Images per shift of the robustness suite a training scores both versions on (model.json, the gate):
@@ -102,6 +108,7 @@ class Settings:
         env = os.environ
         settings = cls(
             redis_url=normalise(env.get("DIGITQ_REDIS_URL") or cls.redis_url),
+            redis_master=(env.get("DIGITQ_REDIS_MASTER") or cls.redis_master).strip(),
             data_dir=Path(env.get("DIGITQ_DATA_DIR") or cls.data_dir).expanduser(),
             mnist=env.get("DIGITQ_MNIST") or None,
             batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),
@@ -112,6 +119,7 @@ class Settings:
             senders=_int("DIGITQ_SENDERS", cls.senders, minimum=0),
             visibility_timeout=_int("DIGITQ_VISIBILITY_TIMEOUT", cls.visibility_timeout, minimum=60),
             stall_after=_int("DIGITQ_STALL_AFTER", cls.stall_after),
+            model_cache_bytes=_int("DIGITQ_MODEL_CACHE_BYTES", cls.model_cache_bytes, minimum=MiB),
             promote_tolerance=_float("DIGITQ_PROMOTE_TOLERANCE", cls.promote_tolerance),
             suite_limit=_int("DIGITQ_SUITE_LIMIT", cls.suite_limit),
             retrain_schedule=(env.get("DIGITQ_RETRAIN_SCHEDULE") or "").strip() or None,
