@@ -37,3 +37,8 @@ def seed(settings: Settings, job_id: str, batches: Iterable[int]) -> None:
     if batches:
         redis_client(settings).sadd(_key(job_id), *batches)
         redis_client(settings).expire(_key(job_id), TTL_S)
+
+
+def contains(settings: Settings, job_id: str, batch: int) -> bool:
+    """Whether ``batch`` is recorded as committed (how a worker without the data dir tells a late duplicate)."""
+    return bool(redis_client(settings).sismember(_key(job_id), batch))
