@@ -147,3 +147,7 @@ class Settings:
     @property
     def trainings_dir(self) -> Path:
         return self.data_dir / "trainings"
+
+    def collect_route(self, dir_id: str) -> str:
+        """The queue that carries results back to the workers that see the data dir ``dir_id``."""
+        return f"{self.collect_queue}.{dir_id}"
