@@ -234,8 +234,10 @@ class Job:
                 found.add(int(m.group(1)))
         return found
 
-    def commit(self, batch: int, rows: Sequence[Row], *, model_version: str, started: float) -> None:
-        """Atomically write (or overwrite) the result of one batch."""
+    def commit(self, batch: int, rows: Sequence[Row], *, model_version: str, started: float,
+               host: str | None = None, pid: int | None = None) -> None:
+        """Atomically write (or overwrite) the result of one batch (``host`` and ``pid``: the worker process that
+        predicted it, when another process commits it)."""
         if not 0 <= batch < self.n_batches:
             raise JobError(f"job {self.id} has no batch {batch} (it has {self.n_batches})")
         if len(rows) != self.batch_sizes[batch]:
@@ -250,8 +252,8 @@ class Job:
             "model_version": model_version,
             "started": started,
             "finished": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            "host": host or socket.gethostname(),
+            "pid": pid or os.getpid(),
             # The digests line lists, row by row, the digest of the bytes each row scored (review and report
             # show a file only while its bytes still have it). Not in the CSV: it is for digitq, not readers.
             "digest": DIGEST,

@@ -16,6 +16,7 @@ import time
 
 from digitq.broker import redis_client
 from digitq.settings import Settings
+from digitq.storage import data_dir_id
 
 TTL_S = 120
 
@@ -44,8 +45,36 @@ def describe(record: dict, what: str = "job") -> str:
             "It hands the work back to the queue meanwhile, nothing is lost")
 
 
+def collect_queue(settings: Settings) -> str | None:
+    """This data dir's collect queue (results of stateless workers), or None before it has an id."""
+    dir_id = data_dir_id(settings.data_dir, create=False)
+    return settings.collect_route(dir_id) if dir_id else None
+
+
+def _queued(client, queue: str, job_id: str) -> int:
+    """How many messages in ``queue`` name ``job_id`` (messages hold the job id; no need to parse them)."""
+    needle, found = job_id.encode(), 0
+    for start in range(0, client.llen(queue), 64):
+        found += sum(needle in raw for raw in client.lrange(queue, start, start + 63))
+    return found
+
+
+def uncollected(settings: Settings, job_id: str) -> int:
+    """How many results of ``job_id`` wait in this data dir's collect queue (:class:`RedisError` if it cannot tell)."""
+    queue = collect_queue(settings)
+    return _queued(redis_client(settings), queue, job_id) if queue else 0
+
+
+def describe_uncollected(settings: Settings, waiting: int) -> str:
+    """Why results wait, for a person: no worker sees this data dir to commit them."""
+    return (f"{waiting} batch result(s) from stateless workers wait in Redis (queue {collect_queue(settings)}) for a "
+            f"worker that sees this data dir {settings.data_dir.resolve()}: start `celery -A worker worker` with "
+            "that DIGITQ_DATA_DIR on a host that has it. Nothing is lost meanwhile")
+
+
 def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
-    """Whether none of a job's ``missing`` batches is queued or held by a live worker.
+    """Whether none of a job's ``missing`` batches is queued (to predict, or its result to collect) or held by
+    a live worker.
 
     That is the state a whole worker host leaves behind when it dies (its unacked
     batches return only after the visibility timeout), or a Redis that lost its
@@ -57,13 +86,11 @@ def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float 
 
     if not missing:
         return False
-    needle = job_id.encode()
     try:
         client = redis_client(settings)
-        length = client.llen(settings.predict_queue)
-        for start in range(0, length, 64):  # messages hold the job id; no need to parse them
-            if any(needle in raw for raw in client.lrange(settings.predict_queue, start, start + 63)):
-                return False
+        queues = [settings.predict_queue] + [q for q in [collect_queue(settings)] if q]
+        if any(_queued(client, queue, job_id) for queue in queues):
+            return False
     except RedisError:
         return None
     app = client_app(settings)

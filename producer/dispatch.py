@@ -24,6 +24,7 @@ from digitq.jobs import FileEntry, Job, Row, create_job
 from digitq.paths import escape_path, unescape_path
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
+from model import artifacts
 from model.registry import Registry
 from producer.scan import Found
 
@@ -174,6 +175,20 @@ def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[Fi
     return out
 
 
+def job_context(settings: Settings, job: Job) -> dict:
+    """What every message of ``job`` says about it, so that a worker without the data dir can run it: the data
+    dir's id (a worker with the same one commits itself), the pinned model by content (put in Redis here, see
+    :mod:`model.artifacts`), and the queue that takes results back to this data dir."""
+    ref = Registry(settings.models_dir).resolve(job.model_version)
+    dir_id = data_dir_id(settings.data_dir)
+    try:
+        artifacts.publish(settings, ref)
+    except RedisError as e:
+        raise BrokerError(f"cannot put model {ref.version} in Redis at {redact(settings.redis_url)} ({e}); "
+                          f"the manifest is saved: run `digitq resume {job.id}` once Redis is back") from e
+    return {"data_dir": dir_id, "model": artifacts.descriptor(ref), "collect": settings.collect_route(dir_id)}
+
+
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
             progress: Progress | None = None, poll: float = 0.25) -> Enqueued:
     """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
@@ -187,6 +202,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
     once the cause is fixed)."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
     sizes = job.batch_sizes
+    context = job_context(settings, job)
     app = client_app(settings)
     in_flight: dict[int, tuple[int, int]] = {}  # batch -> (images, bytes)
     sent = handled = from_index = 0
@@ -208,8 +224,8 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
                     time.sleep(poll)
                     _release(job, in_flight)
-                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files, scored)],
-                              queue=settings.predict_queue, producer=producer)
+                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files, scored),
+                                                  context], queue=settings.predict_queue, producer=producer)
                 in_flight[index] = (sizes[index], size)
                 sent += len(files_to_send)
                 if progress:

@@ -1,5 +1,6 @@
-"""``digitq workers``: the live workers, what they serve, whether they see the producer's data dir,
-and the queue depths. Celery's remote control answers, so it works from any host that reaches Redis."""
+"""``digitq workers``: the live workers, what they serve, whether they see the producer's data dir (or serve
+its jobs statelessly), and the queue depths. Celery's remote control answers, so it works from any host that
+reaches Redis."""
 
 from __future__ import annotations
 
@@ -59,16 +60,20 @@ def _fleet(settings: Settings, timeout: float) -> dict:
             "trainings_done": totals.get(TRAIN_TASK, 0),
             "data_dir": extra.get("data_dir"),
             "data_dir_id": extra.get("data_dir_id"),
+            # The queue of results it commits for stateless workers (None: it commits none).
+            "collects": extra.get("collects"),
         }
-        worker["data_dir_mismatch"] = worker["data_dir_id"] != ours
+        # Not this data dir: it predicts this producer's batches statelessly (results back through Redis).
+        worker["stateless"] = worker["data_dir_id"] != ours
         workers.append(worker)
-    depths = {q: client.llen(q) for q in (settings.predict_queue, settings.train_queue)}
+    collect = settings.collect_route(ours) if ours else None
+    depths = {q: client.llen(q) for q in (settings.predict_queue, settings.train_queue, collect) if q}
     policy, eviction = eviction_policy(settings)
     warnings = [eviction] if eviction else []
-    for w in workers:
-        if w["data_dir_mismatch"]:
-            warnings.append(f"worker {w['name']} sees data dir {w['data_dir']} (id {w['data_dir_id']}), not this "
-                            f"producer's {settings.data_dir.resolve()} (id {ours}): its batches will stall")
+    predicting = [w for w in workers if settings.predict_queue in w["queues"]]
+    if predicting and collect and not any(collect in w["queues"] for w in workers):
+        warnings.append(f"no live worker sees this data dir {settings.data_dir.resolve()} (id {ours}): results of "
+                        f"stateless workers wait in Redis ({collect}) until a worker with this DIGITQ_DATA_DIR runs")
     return {"workers": workers, "queues": depths, "data_dir": str(settings.data_dir.resolve()),
             "data_dir_id": ours, "redis_maxmemory_policy": policy, "warnings": warnings}
 
@@ -86,7 +91,7 @@ def workers(ctx, as_json):
         click.echo("no live worker answered; start one with `celery -A worker worker` "
                    "(and `celery -A worker worker -Q train -c 1` for training)")
     for w in report["workers"]:
-        flag = "  DATA DIR DIFFERS" if w["data_dir_mismatch"] else ""
+        flag = "  stateless" if w["stateless"] else "  sees the data dir"
         click.echo(f"{w['name']}  pid {w['pid']}  queues {','.join(w['queues']) or '-'}  x{w['concurrency']}  "
                    f"batches {w['batches_done']}  models {','.join(w['models']) or '-'}{flag}")
     click.echo("queues    " + json.dumps(report["queues"]))

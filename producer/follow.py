@@ -38,6 +38,11 @@ def live_status(settings: Settings, job: Job, orphans: bool = True) -> dict:
         status.update(state="stalled", stalled={**record, "cause": stalls.describe(record)})
         return status
     idle = time.time() - (status["last_commit"] or status["created"])
+    if orphans and idle > NO_WORKER_AFTER_S and _nobody_collects(settings, job):
+        waiting = stalls.uncollected(settings, job.id)
+        status.update(state="stalled", stalled={"cause": stalls.describe_uncollected(settings, waiting),
+                                                "uncollected": waiting})
+        return status
     if orphans and idle > settings.stall_after:
         missing = set(range(job.n_batches)) - job.committed()
         if stalls.orphaned(settings, job.id, missing):
@@ -101,6 +106,17 @@ def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] 
             raise WaitTimeout(f"job {job.id} not done after {timeout:g}s ({status['done']}/{status['total']}); "
                               f"keep waiting with `digitq wait {job.id}`")
         time.sleep(poll)
+
+
+def _nobody_collects(settings: Settings, job: Job) -> bool:
+    """Whether results of ``job`` wait in Redis with no live worker to commit them (False when unsure)."""
+    from digitq.broker import live_consumers
+
+    try:
+        queue = stalls.collect_queue(settings)
+        return bool(queue and stalls.uncollected(settings, job.id) and not live_consumers(settings, queue))
+    except (BrokerError, RedisError):
+        return False
 
 
 def _say_if_no_worker(settings: Settings, job: Job) -> None:

@@ -44,3 +44,41 @@ def cli_for(settings: Settings, env: dict[str, str] | None = None):
                              catch_exceptions=False)
 
     return cli
+
+
+#: How the guarantee tests run their workers: one that sees the data dir, or one that does not (it predicts
+#: statelessly and hands results in through Redis) beside a collector that sees it and predicts nothing.
+MODES = ("shared", "stateless")
+
+
+def start_workers(mode: str, settings: Settings, logs: Path, *, env: dict[str, str] | None = None,
+                  app: str = "worker", concurrency: int = 1, name: str = "w"):
+    """The workers of ``mode``, started; the predicting one first. Stop them with :func:`stop_workers`."""
+    from digitq.storage import data_dir_id
+    from worker.process import WorkerProcess
+
+    from .conftest import worker_env
+
+    base = {**worker_env(settings), **(env or {})}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # seen at start: a worker that sees it collects for it
+    if mode == "shared":
+        return [WorkerProcess(base, logs / f"{name}.log", app=app, concurrency=concurrency, name=name).start()]
+    assert mode == "stateless", mode
+    private = logs / f"{name}-private"  # its own data dir: none of the producer's files are in it
+    private.mkdir(parents=True, exist_ok=True)
+    predictor = WorkerProcess({**base, "DIGITQ_DATA_DIR": str(private)}, logs / f"{name}-stateless.log", app=app,
+                              concurrency=concurrency, name=f"{name}-stateless")
+    collector = WorkerProcess(worker_env(settings), logs / f"{name}-collector.log", name=f"{name}-collector",
+                              queues=settings.collect_route(data_dir_id(settings.data_dir)))
+    started = [predictor.start()]
+    try:
+        started.append(collector.start())
+    except BaseException:
+        predictor.stop()
+        raise
+    return started
+
+
+def stop_workers(workers) -> None:
+    for w in workers:
+        w.stop()

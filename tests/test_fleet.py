@@ -1,5 +1,5 @@
 """`digitq workers`: two workers sharing one job are both listed with what they served and the
-data-dir id they see; a worker that sees another data dir is flagged."""
+data-dir id they see; a worker that sees another data dir serves statelessly, and says so."""
 
 import json
 
@@ -13,6 +13,7 @@ from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
+from .pipeline_helpers import wait_until
 
 
 def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_server, tmp_path, mnist):
@@ -31,21 +32,33 @@ def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_serv
             WorkerProcess(worker_env(settings), tmp_path / "b.log", name="beta"):
         job = submit(settings, [str(folder)], batch_size=5)  # 40 batches: both take some
         wait_for(job, timeout=120)
-        report = workers()
+        # Started before the data dir existed (the scan made it): they take up its collect queue once it does.
+        def collecting() -> dict | None:
+            report = workers()
+            return report if all(w["collects"] for w in report["workers"]) else None
+
+        report = wait_until(collecting, timeout=15, poll=0.5, what="both workers to collect for the new data dir")
         names = [w["name"] for w in report["workers"]]
         assert len(names) == 2 and {n.split("-")[0] for n in names} == {"alpha", "beta"}
         for w in report["workers"]:
-            assert w["queues"] == ["predict"] and w["concurrency"] >= 1 and w["pid"]
-            assert w["data_dir_id"] == report["data_dir_id"] and not w["data_dir_mismatch"]
+            collect = f"collect.{report['data_dir_id']}"
+            assert w["queues"] == [collect, "predict"] and w["collects"] == collect
+            assert w["concurrency"] >= 1 and w["pid"]
+            assert w["data_dir_id"] == report["data_dir_id"] and not w["stateless"]
             assert w["batches_done"] >= 1 and w["models"] == ["bundled-2"]
         assert sum(w["batches_done"] for w in report["workers"]) >= job.n_batches
-        assert report["queues"] == {"predict": 0, "train": 0} and len(report["data_dir_id"]) == 16
-        other = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
+        assert report["queues"] == {"predict": 0, "train": 0, collect: 0} and len(report["data_dir_id"]) == 16
+        assert report["warnings"] == []
+        other = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))  # does not exist
         with WorkerProcess(worker_env(other), tmp_path / "c.log", name="gamma"):
             report = workers()
-    flagged = [w for w in report["workers"] if w["data_dir_mismatch"]]
-    assert [w["name"].split("-")[0] for w in flagged] == ["gamma"]
-    assert any("gamma" in warning and "stall" in warning for warning in report["warnings"])
+            human = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), "workers"])
+    flagged = [w for w in report["workers"] if w["stateless"]]
+    assert [w["name"].split("-")[0] for w in flagged] == ["gamma"] and flagged[0]["data_dir_id"] is None
+    assert flagged[0]["queues"] == ["predict"] and flagged[0]["collects"] is None
+    assert report["warnings"] == []  # alpha and beta commit what gamma predicts
+    assert "gamma" in human.stdout and "stateless" in human.stdout and human.stdout.count("sees the data dir") == 2
+    assert "serving statelessly" in (tmp_path / "c.log").read_text()
     human = CliRunner().invoke(main, ["--redis-url", url, "--data-dir", str(settings.data_dir), "workers"])
     assert "no live worker answered" in human.stdout
 

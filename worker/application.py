@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, celery_config, eviction_policy, redact
 from digitq.settings import Settings, available_cores
-from digitq.storage import data_dir_id
+from worker.commit import COLLECT_TASK, local_data_dir
 
 log = logging.getLogger("digitq.worker")
 
@@ -20,7 +20,7 @@ app.config_from_object(celery_config(Settings.from_env()))
 app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
 
 
-_pool: dict[str, int] = {}  # what worker_init learned, for the worker_ready log line
+_pool: dict[str, object] = {}  # what worker_init and celeryd_after_setup learned, for the worker_ready log line
 
 
 @signals.worker_init.connect
@@ -31,6 +31,46 @@ def _size_thread_pools(sender=None, **_: object) -> None:
     threads = max(1, available_cores() // concurrency)
     os.environ.setdefault("DIGITQ_TF_THREADS", str(threads))
     _pool["concurrency"] = concurrency
+
+
+class Collector(bootsteps.StartStopStep):
+    """A prediction worker that sees a data dir also commits what stateless workers hand in for it
+    (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says. A data dir that
+    appears after the start (the first scan creates it) is looked for again every few seconds."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+    every_s = 5.0
+
+    def __init__(self, parent, **kwargs) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer = None
+
+    def start(self, consumer) -> None:
+        if not self._look(consumer):
+            self.timer = consumer.timer.call_repeatedly(self.every_s, self._look, (consumer,), priority=10)
+
+    def stop(self, consumer) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _look(self, consumer) -> bool:
+        settings = Settings.from_env()
+        queues = consumer.app.amqp.queues
+        if settings.predict_queue not in set(queues.consume_from or queues):
+            return True  # a training or collect-only worker: nothing to add
+        dir_id = local_data_dir(settings)
+        if not dir_id:
+            return False
+        _pool["collect"] = settings.collect_route(dir_id)
+        consumer.add_task_queue(_pool["collect"])
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return True
+
+
+app.steps["consumer"].add(Collector)
 
 
 @signals.worker_process_init.connect
@@ -48,6 +88,13 @@ def _announce(**_: object) -> None:
     log.info("digitq worker: broker %s, data dir %s, %d process(es) x %s TF thread(s)",
              redact(settings.redis_url), settings.data_dir.resolve(), _pool.get("concurrency", 1),
              os.environ.get("DIGITQ_TF_THREADS", "?"))
+    if local_data_dir(settings) is None:
+        log.warning("data dir %s does not exist (yet): serving statelessly until it does (models come through "
+                    "Redis, results go back through Redis to a worker that sees the job's data dir)",
+                    settings.data_dir.resolve())
+    elif "collect" in _pool:
+        log.info("commits the batches of jobs in this data dir, and what stateless workers hand in (queue %s); "
+                 "jobs of other data dirs are served statelessly", _pool["collect"])
     _, eviction = eviction_policy(settings)
     if eviction:
         log.warning(eviction)
@@ -57,7 +104,8 @@ def _announce(**_: object) -> None:
 def digitq_info(state) -> dict:
     """What `digitq workers` shows beside Celery's own stats: this worker's data dir and its identity."""
     settings = Settings.from_env()
-    return {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": data_dir_id(settings.data_dir, create=False),
+    return {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": local_data_dir(settings),
+            "collects": _pool.get("collect"),
             "threads": os.environ.get("DIGITQ_THREADS") or os.environ.get("DIGITQ_TF_THREADS")}
 
 
@@ -70,4 +118,4 @@ def digitq_held(state) -> list:
     from celery.worker import state as worker_state
 
     held = state.tset(worker_state.active_requests) | state.tset(worker_state.reserved_requests)
-    return [list(r.args[:2]) for r in held if r.name == PREDICT_TASK and len(r.args) >= 2]
+    return [list(r.args[:2]) for r in held if r.name in (PREDICT_TASK, COLLECT_TASK) and len(r.args) >= 2]

@@ -9,26 +9,28 @@ import base64
 import binascii
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from redis.exceptions import RedisError
 
-from digitq import blobs, ledger, scores
+from digitq import blobs, scores
 from digitq.errors import ImageError, JobError
 from digitq.files import read_file
 from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
 from digitq.quarantine import Delivery
 from digitq.settings import Settings
+from model.artifacts import ArtifactCache
 from model.preprocess import decode_image
 from model.registry import Registry
 from model.runtime import ModelCache, Predictor
+from worker import commit
 
 #: One cache per process, filled after the fork, on the first batch.
 CACHE = ModelCache()
+#: Versions fetched through Redis by a worker that cannot see the registry (one per process).
+ARTIFACTS = ArtifactCache()
 log = logging.getLogger("digitq.worker")
 
 
@@ -130,45 +132,41 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
         raise
 
 
-def _index(settings: Settings, version: str, entries: Sequence[Mapping[str, object]], rows: Sequence[Row]) -> None:
-    """Record what this batch predicted for files of an incremental scan, under the digest of the bytes
-    this worker decoded: the file may have changed since the scan hashed it for the manifest."""
-    scored = [(r.digest, r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
-              if e.get("digest") and "scored" not in e and r.lasting and r.digest]
-    try:
-        scores.record(settings.data_dir, version, scored)
-    except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
-        log.warning("could not record %d scores in the index: %s", len(scored), e)
-
-
-def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:
-    """Whether this commit may have been the job's last (O(1), from the ledger in Redis)."""
-    try:
-        return ledger.record(settings, job.id, batch) >= job.n_batches
-    except RedisError:
-        return True  # without the ledger, let the merge look at the files itself
-
-
 def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
-              cache: ModelCache = CACHE) -> dict:
-    """Predict one batch of a job with its pinned model, commit the result, merge if it was the last."""
+              context: Mapping[str, object] | None = None, cache: ModelCache = CACHE,
+              send: Callable[[str, list], None] | None = None) -> dict:
+    """Predict one batch of a job with its pinned model; commit it (:mod:`worker.commit`) when this worker sees
+    the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
+
+    ``context`` is what the message says about its job (data dir id, model, collect queue); a message without
+    one (an older producer) is run only where its job is visible."""
     started = time.time()
-    job = Job.load(settings.jobs_dir, job_id)
+    local = commit.sees(settings, dict(context) if context else None)
+    if not local and send is None:
+        raise JobError(f"job {job_id} lives in another data dir, and this caller cannot hand results in")
+    job = Job.load(settings.jobs_dir, job_id) if local else None
     keys = [str(e["blob"]) for e in entries if "blob" in e]
     fetched = dict(zip(keys, blobs.get(settings, keys), strict=True))
     missing = [k for k, v in fetched.items() if v is None]
     if missing:
-        if job.result_path(batch).exists():  # a late duplicate: the batch is committed, its blobs freed
-            return {"job_id": job_id, "batch": batch, "duplicate": True, "done": job.is_done(), "pid": os.getpid()}
+        if commit.already_committed(settings, job, job_id, batch):  # a late duplicate: committed, blobs freed
+            return {"job_id": job_id, "batch": batch, "duplicate": True, "done": job.is_done() if job else None,
+                    "pid": os.getpid()}
         raise JobError(f"the image data of {len(missing)} file(s) in batch {batch} is no longer in Redis (kept "
                        f"{blobs.TTL_S // 3600} h; or Redis restarted); `digitq resume {job_id}` sends it again")
-    ref = Registry(settings.models_dir).resolve(job.model_version)
+    if job is not None:
+        ref = Registry(settings.models_dir).resolve(job.model_version)
+    else:
+        ref = ARTIFACTS.get(settings, dict(context["model"]))  # type: ignore[index, arg-type]
     delivery = Delivery.begin(settings, job_id, batch)
     rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
-    job.commit(batch, rows, model_version=ref.version, started=started)
-    _index(settings, ref.version, entries, rows)
-    delivery.finish()
-    blobs.delete(settings, keys)  # committed: the bytes are no longer needed, free Redis now
-    done = job.finalize() if _maybe_last(settings, job, batch) else False
+    outcome = commit.Outcome(job_id, batch, rows, ref.version, started, index=commit.index_entries(entries, rows),
+                             blobs=keys)
+    if job is not None:
+        done = commit.commit(settings, job, outcome, committed=delivery.finish)
+    else:
+        commit.hand_in(send, dict(context), outcome)  # type: ignore[arg-type]
+        delivery.finish()
+        done = None  # the collector knows
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
-            "done": done, "pid": os.getpid(), "model_version": ref.version}
+            "done": done, "pid": os.getpid(), "model_version": ref.version, "stateless": job is None}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import calendar
 import logging
+import os
 import time
 
 from celery.exceptions import Reject
+from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from digitq import stalls
@@ -15,8 +17,9 @@ from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, Tra
 from digitq.jobs import Job
 from digitq.settings import Settings
 from digitq.trainings import STALE_AFTER_S, TrainingClaimed
-from worker import inference
+from worker import commit, inference
 from worker.application import app
+from worker.commit import COLLECT_TASK
 
 log = logging.getLogger("digitq.worker")
 #: How long a worker that cannot see a job waits before handing its batch back (so that it does
@@ -33,22 +36,37 @@ def job_age_s(job_id: str) -> float:
     return time.time() - created
 
 
-def _record_failure(settings: Settings, job_id: str, batch: int, error: str) -> None:
+def _record_failure(settings: Settings, job_id: str, batch: int, error: str, context: dict | None = None) -> None:
+    """Record a batch that failed for good: on disk where the job is visible, else through its data dir's
+    collect queue."""
     try:
-        Job.load(settings.jobs_dir, job_id).mark_failed(batch, error)
-    except (DigitqError, OSError) as e:
+        if commit.sees(settings, context):
+            commit.record_failure(Job.load(settings.jobs_dir, job_id), batch, error)
+        else:
+            commit.hand_in_failure(_send, context or {}, job_id, batch, error)
+    except (DigitqError, OSError, RedisError, KombuError) as e:
         log.error("job %s batch %s: could not record failure: %s", job_id, batch, e)
 
 
-def _served(settings: Settings, worker: str | None, version: str | None) -> None:
-    # Which model versions each worker serves, for `digitq workers` (a day, refreshed by every batch).
-    if not worker or not version:
-        return
-    try:
-        key = f"digitq:worker:{worker}:models"
-        redis_client(settings).pipeline().hset(key, version, time.time()).expire(key, 86400).execute()
-    except RedisError:
-        pass
+def _send(queue: str, args: list) -> None:
+    """Send a collect message (results and failures of stateless workers) to ``queue``."""
+    app.send_task(COLLECT_TASK, args=args, queue=queue)
+
+
+class BatchTask(app.Task):
+    """What every predict delivery does around :func:`worker.inference.run_batch`: record which version this
+    worker served (for `digitq workers`) once a batch succeeds."""
+
+    def on_success(self, retval, task_id, args, kwargs) -> None:
+        if not isinstance(retval, dict) or not retval.get("model_version") or not self.request.hostname:
+            return
+        try:
+            key = f"digitq:worker:{self.request.hostname}:models"
+            settings = Settings.from_env()
+            redis_client(settings).pipeline().hset(key, retval["model_version"], time.time()).expire(
+                key, 86400).execute()
+        except RedisError:
+            pass
 
 
 def _hand_back(settings: Settings, what: str, item_id: str, error: Exception, worker: str | None) -> None:
@@ -73,28 +91,54 @@ def _hand_back(settings: Settings, what: str, item_id: str, error: Exception, wo
     raise Reject(str(error), requeue=True) from error  # acks_late: the message itself goes back to the queue
 
 
-@app.task(name=PREDICT_TASK, bind=True, max_retries=3)
-def predict_batch(self, job_id: str, batch: int, files: list[dict]) -> dict | None:
+@app.task(name=PREDICT_TASK, bind=True, max_retries=3, base=BatchTask)
+def predict_batch(self, job_id: str, batch: int, files: list[dict], context: dict | None = None) -> dict | None:
     """Predict one batch of a job; see :func:`worker.inference.run_batch`."""
     settings = Settings.from_env()
     try:
-        result = inference.run_batch(settings, job_id, int(batch), files)
-        _served(settings, self.request.hostname, result.get("model_version"))
-        return result
+        return inference.run_batch(settings, job_id, int(batch), files, context, send=_send)
     except JobNotFound as e:
         _hand_back(settings, "job", job_id, e, self.request.hostname)
         return None
     except JobError as e:
         # Unknown job or a batch that does not fit its manifest: retrying cannot help.
         log.error("job %s batch %s rejected: %s", job_id, batch, e)
-        _record_failure(settings, job_id, batch, str(e))
+        _record_failure(settings, job_id, batch, str(e), context)
         return None
     except Exception as e:
         if self.request.retries < self.max_retries:
             log.warning("job %s batch %s failed (%s); retrying", job_id, batch, e)
             raise self.retry(exc=e, countdown=2**self.request.retries) from e
         log.error("job %s batch %s failed for good: %s", job_id, batch, e)
-        _record_failure(settings, job_id, batch, f"{type(e).__name__}: {e}")
+        _record_failure(settings, job_id, batch, commit.outcome_error(e), context)
+        return None
+
+
+@app.task(name=COLLECT_TASK, bind=True, max_retries=5)
+def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
+    """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`worker.commit`."""
+    settings = Settings.from_env()
+    try:
+        job = Job.load(settings.jobs_dir, job_id)
+        if "failed" in payload:
+            commit.record_failure(job, int(batch), str(payload["failed"]))
+            return {"job_id": job_id, "batch": batch, "failed": True}
+        outcome = commit.Outcome.from_message(job_id, int(batch), payload)
+        done = commit.commit(settings, job, outcome)
+        return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+    except JobNotFound as e:
+        _hand_back(settings, "job", job_id, e, self.request.hostname)
+        return None
+    except JobError as e:  # a malformed message or one that does not fit the manifest: no retry mends it
+        log.error("job %s batch %s: result rejected: %s", job_id, batch, e)
+        _record_failure(settings, job_id, int(batch), str(e))
+        return None
+    except Exception as e:
+        if self.request.retries < self.max_retries:
+            log.warning("job %s batch %s: commit failed (%s); retrying", job_id, batch, e)
+            raise self.retry(exc=e, countdown=2**self.request.retries) from e
+        log.error("job %s batch %s: commit failed for good: %s", job_id, batch, e)
+        _record_failure(settings, job_id, int(batch), f"commit failed: {commit.outcome_error(e)}")
         return None
 
 

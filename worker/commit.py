@@ -1,0 +1,174 @@
+"""The commit path of a batch: one place for what follows a prediction.
+
+A batch's :class:`Outcome` (its rows, the version that scored them, what to free) is
+committed by a process that sees the job's data dir: the worker that predicted it, when
+it sees that dir, or else a worker consuming the data dir's ``collect.<id>`` queue, to
+which a worker without it hands the outcome in through Redis (:func:`hand_in`).
+Either way :func:`commit` runs the same steps, in an order that keeps every guarantee:
+
+1. the result file is written atomically (a rerun or duplicate overwrites, never adds);
+2. the content-hash index records the scores (a cache: failures cost nothing);
+3. the caller's ``committed`` hook runs (the delivery count is forgotten);
+4. the ledger records the batch, the batch's blobs are freed, and the job is merged
+   if this may have been its last batch.
+
+A redelivered batch whose blobs are gone is a duplicate when its result is committed
+(:func:`already_committed`). Failures that no retry can mend are recorded the same way:
+on disk by whoever sees the data dir (:func:`record_failure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from digitq import blobs, ledger, scores
+from digitq.errors import DigitqError, JobError
+from digitq.jobs import Job, Row
+from digitq.settings import Settings
+from digitq.storage import data_dir_id
+
+log = logging.getLogger("digitq.worker")
+#: The task that commits what a stateless worker handed in, on the data dir's ``collect.<id>`` queue.
+COLLECT_TASK = "digitq.collect_batch"
+#: What a row travels as: path, prediction, confidence, error, digest, lasting.
+_ROW_FIELDS = 6
+
+
+@dataclass
+class Outcome:
+    """What predicting one batch produced, as committed (or handed in through Redis)."""
+
+    job_id: str
+    batch: int
+    rows: list[Row]
+    model_version: str
+    started: float
+    #: ``(digest, prediction, confidence, error)`` for the content-hash index (incremental scans).
+    index: list[tuple] = field(default_factory=list)
+    #: The batch's blob keys, freed once it is committed.
+    blobs: list[str] = field(default_factory=list)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def to_message(self) -> dict:
+        """A JSON-able payload for the ``collect`` task."""
+        return {"rows": [[r.path, r.prediction, r.confidence, r.error, r.digest, r.lasting] for r in self.rows],
+                "model_version": self.model_version, "started": self.started, "index": [list(i) for i in self.index],
+                "blobs": list(self.blobs), "host": self.host, "pid": self.pid}
+
+    @classmethod
+    def from_message(cls, job_id: str, batch: int, payload: dict) -> Outcome:
+        """The outcome a ``collect`` message carries; a :class:`JobError` for a malformed one."""
+        try:
+            rows = [Row(str(p), None if d is None else int(d), None if c is None else float(c),
+                        None if e is None else str(e), digest=None if h is None else str(h), lasting=bool(lasting))
+                    for p, d, c, e, h, lasting in (r if len(r) == _ROW_FIELDS else () for r in payload["rows"])]
+            return cls(job_id, int(batch), rows, str(payload["model_version"]), float(payload["started"]),
+                       index=[tuple(i) for i in payload.get("index", [])], blobs=[str(k) for k in payload["blobs"]],
+                       host=str(payload.get("host", "?")), pid=int(payload.get("pid", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise JobError(f"job {job_id} batch {batch}: malformed result message ({type(e).__name__}: {e})") from e
+
+
+def index_entries(entries: Sequence[dict], rows: Sequence[Row]) -> list[tuple]:
+    """What this batch adds to the index: rows of an incremental scan's files that follow from their bytes,
+    under the digest of the bytes the worker decoded (the file may have changed since the scan hashed it)."""
+    return [(r.digest, r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
+            if e.get("digest") and "scored" not in e and r.lasting and r.digest]
+
+
+def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[], None] | None = None) -> bool:
+    """Commit ``outcome`` under ``job`` (steps 1 to 4 above); True when the job is now done."""
+    job.commit(outcome.batch, outcome.rows, model_version=outcome.model_version, started=outcome.started,
+               host=outcome.host, pid=outcome.pid)
+    if outcome.index:
+        try:
+            scores.record(settings.data_dir, outcome.model_version, outcome.index)
+        except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
+            log.warning("could not record %d scores in the index: %s", len(outcome.index), e)
+    if committed:
+        committed()
+    last = _maybe_last(settings, job, outcome.batch)
+    try:
+        blobs.delete(settings, outcome.blobs)  # committed: the bytes are no longer needed, free Redis now
+    except RedisError as e:  # they expire in any case
+        log.warning("job %s batch %d: could not free its blobs: %s", job.id, outcome.batch, e)
+    return job.finalize() if last else False
+
+
+def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:
+    """Whether this commit may have been the job's last (O(1), from the ledger in Redis)."""
+    try:
+        return ledger.record(settings, job.id, batch) >= job.n_batches
+    except RedisError:
+        return True  # without the ledger, let the merge look at the files itself
+
+
+def already_committed(settings: Settings, job: Job | None, job_id: str, batch: int) -> bool:
+    """Whether the batch's result is committed: from its file when the job is visible, else from the ledger."""
+    if job is not None:
+        return job.result_path(batch).exists()
+    try:
+        return ledger.contains(settings, job_id, batch)
+    except RedisError:
+        return False
+
+
+def record_failure(job: Job, batch: int, error: str) -> None:
+    """Record a batch that failed for good (``resume`` sends it again), unless a result was committed since."""
+    if job.result_path(batch).exists():
+        log.warning("job %s batch %d: a failure arrived after its result (%s); kept the result", job.id, batch, error)
+        return
+    job.mark_failed(batch, error)
+
+
+def hand_in(send: Callable[[str, list], None], context: dict, outcome: Outcome) -> None:
+    """Send ``outcome`` to the ``collect`` queue of the data dir the job lives in (``context`` of its message)."""
+    send(str(context["collect"]), [outcome.job_id, outcome.batch, outcome.to_message()])
+
+
+def hand_in_failure(send: Callable[[str, list], None], context: dict, job_id: str, batch: int, error: str) -> None:
+    """Send a failure for good to the data dir's ``collect`` queue, to be recorded there."""
+    send(str(context["collect"]), [job_id, batch, {"failed": error, "at": time.time()}])
+
+
+_ids: dict[str, str] = {}
+
+
+def local_data_dir(settings: Settings) -> str | None:
+    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir does not exist:
+    such a worker serves every job statelessly and never creates the dir (a mount that is late, say)."""
+    key = str(settings.data_dir)
+    if key not in _ids:
+        if not settings.data_dir.is_dir():
+            return None
+        try:
+            found = data_dir_id(settings.data_dir)
+        except OSError as e:  # read-only or unreadable: as good as absent
+            log.warning("data dir %s cannot hold an id (%s): serving statelessly", settings.data_dir, e)
+            return None
+        if found:
+            _ids[key] = found
+        return found
+    return _ids[key]
+
+
+def sees(settings: Settings, context: dict | None) -> bool:
+    """Whether this worker commits a batch itself: the job's data dir is its own (or the message predates
+    stateless workers and names none: then the job must be visible here, as before)."""
+    if not context or "data_dir" not in context:
+        return True
+    return context["data_dir"] == local_data_dir(settings)
+
+
+def outcome_error(e: Exception) -> str:
+    """The text of a failure for good, as a row-less batch records it."""
+    return str(e) if isinstance(e, DigitqError) else f"{type(e).__name__}: {e}"
