@@ -227,7 +227,13 @@ def is_mnist_source(path: Path) -> bool:
 
 
 def load_keras_download() -> Dataset:
-    """Keras' own MNIST download; needs the internet."""
+    """Keras' own MNIST download; needs the internet (and Keras: the `train` extra)."""
+    from model.extras import missing
+
+    if missing(("keras",)):
+        raise DataError("no MNIST source given: point DIGITQ_MNIST or --data at a directory with the four MNIST "
+                        "IDX files or at an mnist.npz (Keras' download needs digitq[train]: "
+                        "pip install 'digitq[train]')")
     try:
         import keras
 

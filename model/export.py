@@ -153,8 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     A ``model.int8.onnx`` left there by an older digitq is removed and dropped from the record."""
     from digitq.storage import atomic_write
     from model.dataset import load_dataset
+    from model.extras import MissingExtra, require_train
     from model.runtime import OnnxPredictor, load_keras, load_predictor
 
+    try:
+        require_train("python -m model.export")
+    except MissingExtra as e:
+        sys.exit(f"error: {e}")
     directory, mnist = (argv or sys.argv[1:])[:2]
     directory = Path(directory)
     ref: ModelRef = _read_meta(directory, directory.name)

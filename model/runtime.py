@@ -36,6 +36,7 @@ import numpy as np
 
 from digitq.errors import ConfigError, ModelError
 from model.calibration import apply_temperature, temperature_of
+from model.extras import require_train
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef
 
 log = logging.getLogger("digitq.model")
@@ -90,6 +91,8 @@ def verify(ref: ModelRef) -> bytes:
 
 def load_keras(ref: ModelRef):
     """The Keras model of ``ref``: checksum verified, then loaded with ``safe_mode=True`` (no arbitrary code)."""
+    require_train(f"serving model {ref.version} with Keras (DIGITQ_RUNTIME=keras, or a version without "
+                  f"{ONNX_FILE})", ("tensorflow", "keras"), ModelError)
     configure_threads()
     data = verify(ref)
     # Load the bytes we verified, not the path again: no window to swap the file.

