@@ -17,10 +17,8 @@ from model.dataset import write_image_folder
 from producer.cli import main
 from producer.dispatch import enqueue, message_entries
 from producer.follow import wait_for
-from worker.process import WorkerProcess
 
-from .conftest import worker_env
-from .pipeline_helpers import last_json, make_job, wait_until
+from .pipeline_helpers import MODES, last_json, make_job, start_workers, stop_workers, wait_until
 
 
 def cli(settings: Settings, *args: str):
@@ -63,18 +61,25 @@ def test_scan_end_to_end_with_corrupt_images(worker, settings, digits, tmp_path)
     assert all(r["prediction"] for r in good if paths.index(r["path"]) // 8 == corrupt_batch)
 
 
-def test_batch_delivered_twice_yields_one_row_per_file(worker, settings, digits):
-    job = make_job(settings, digits, batch_size=10)
-    enqueue(settings, job, [0, 2, 3])  # duplicates of three batches
-    wait_for(job, timeout=60)
-    first = job.csv_path.read_bytes()
-    rows = csvfile.read(job.csv_path)
-    assert len(rows) == job.total == 32 and len({r["path"] for r in rows}) == 32
-    # a late duplicate after the merge overwrites its own result, never adds rows
-    before = job.result_path(1).stat().st_mtime_ns
-    enqueue(settings, job, [1])
-    wait_until(lambda: job.result_path(1).stat().st_mtime_ns != before, what="duplicate batch to commit")
-    assert job.finalize() and job.csv_path.read_bytes() == first
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_delivered_twice_yields_one_row_per_file(redis_server, tmp_path, digits, mode):
+    settings = Settings.from_env(redis_url=redis_server.url.rsplit("/", 1)[0] + "/2", data_dir=str(tmp_path / "d"))
+    workers = start_workers(mode, settings, tmp_path)
+    try:
+        job = make_job(settings, digits, batch_size=10)
+        enqueue(settings, job, [0, 2, 3])  # duplicates of three batches
+        wait_for(job, timeout=60)
+        first = job.csv_path.read_bytes()
+        rows = csvfile.read(job.csv_path)
+        assert len(rows) == job.total == 32 and len({r["path"] for r in rows}) == 32
+        # a late duplicate after the merge overwrites its own result, never adds rows
+        before = job.result_path(1).stat().st_mtime_ns
+        enqueue(settings, job, [1])
+        wait_until(lambda: job.result_path(1).stat().st_mtime_ns != before, what="duplicate batch to commit")
+        assert job.finalize() and job.csv_path.read_bytes() == first
+    finally:
+        stop_workers(workers)
+    assert workers[0].log().count("Task digitq.predict_batch") >= 2 * 8  # received and succeeded, 8 deliveries
 
 
 def test_merge_waits_for_last_batch_and_is_idempotent(worker, settings, digits):
@@ -128,21 +133,28 @@ def test_pickle_messages_are_refused(worker, settings, digits):
     assert wait_for(job, timeout=60)["state"] == "done"
 
 
-def test_resume_after_redis_restarted_empty(tmp_path, digits):
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_after_redis_restarted_empty(tmp_path, digits, mode):
     with RedisServer() as redis:
         settings = Settings.from_env(redis_url=redis.url, data_dir=str(tmp_path / "data"))
         job = make_job(settings, digits, batch_size=4, send=False)
         assert job.n_batches == 8
-        with WorkerProcess(worker_env(settings), tmp_path / "w1.log"):
+        workers = start_workers(mode, settings, tmp_path, name="w1")
+        try:
             enqueue(settings, job, range(3))
             wait_until(lambda: job.committed() == {0, 1, 2}, what="first batches")
+        finally:
+            stop_workers(workers)
         enqueue(settings, job, range(3, 8))  # queued while no worker runs...
-        redis.restart()  # ...and lost: Redis comes back empty
-        with WorkerProcess(worker_env(settings), tmp_path / "w2.log"):
+        redis.restart()  # ...and lost (and the model sent with them): Redis comes back empty
+        workers = start_workers(mode, settings, tmp_path, name="w2")
+        try:
             result = cli(settings, "resume", job.id, "--json")
             assert result.exit_code == 0, result.output
             assert json.loads(result.stdout)["resent_batches"] == 5
             assert wait_for(job, timeout=60)["done"] == 32
+        finally:
+            stop_workers(workers)
         again = cli(settings, "resume", job.id, "--json")
         assert json.loads(again.stdout) == {"job_id": job.id, "resent_batches": 0, "resent_images": 0,
                                             "state": "done"}
@@ -218,7 +230,8 @@ def test_backpressure_bounds_images_in_flight(worker, settings, digits):
     assert 1 <= peak[0] <= 2  # never more than 4 images (two batches) sent but not committed
 
 
-def test_sigkilled_worker_process_loses_no_batch(tmp_path, mnist):
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkilled_worker_process_loses_no_batch(tmp_path, mnist, mode):
     """A pool process killed mid-batch: the batch is redelivered, the job still gets one row per file."""
     folder = tmp_path / "big"
     big = np.kron(mnist.x_test[:1500], np.ones((8, 8), np.uint8))  # 224x224 digits: slow to frame
@@ -226,15 +239,20 @@ def test_sigkilled_worker_process_loses_no_batch(tmp_path, mnist):
     with RedisServer() as redis_server:
         settings = Settings.from_env(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
         job = make_job(settings, folder, batch_size=1500, send=False)
-        with WorkerProcess(worker_env(settings), tmp_path / "w.log") as w:
+        workers = start_workers(mode, settings, tmp_path)
+        try:
+            w = workers[0]  # the one that predicts (in "stateless" mode, it cannot see the data dir)
             [child] = w.child_pids()
             enqueue(settings, job)
             wait_until(lambda: "received" in w.log(), what="the batch to reach the worker", poll=0.005)
             os.kill(child, signal.SIGKILL)
             status = wait_for(job, timeout=120)
-            log = w.log()
+            replacement = w.child_pids()
+        finally:
+            stop_workers(workers)
+        log = w.log()
     assert status["done"] == 1500
-    assert job.result_header(0)["pid"] != child
+    assert job.result_header(0)["pid"] != child and job.result_header(0)["pid"] in replacement
     assert "signal 9" in log or "WorkerLostError" in log
     rows = csvfile.read(job.csv_path)
     assert len(rows) == 1500 and len({r["path"] for r in rows}) == 1500

@@ -4,6 +4,7 @@ error row; its batch-mates are predicted and the job completes (real worker, rea
 import io
 import os
 
+import pytest
 import redis
 from PIL import Image, PngImagePlugin
 
@@ -12,9 +13,9 @@ from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.dispatch import submit
 from producer.follow import wait_for
-from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
+from .pipeline_helpers import MODES, start_workers, stop_workers
 
 MARKER = "DIGITQ-TEST-KILLS-THE-DECODER"
 
@@ -34,7 +35,9 @@ def marked_png(pixels, text: str) -> bytes:
     return out.getvalue()
 
 
-def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_completes(redis_server, tmp_path, mnist):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_completes(redis_server, tmp_path, mnist,
+                                                                                     mode):
     url = redis_server.url.rsplit("/", 1)[0] + "/10"
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
@@ -42,10 +45,13 @@ def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_compl
     killer = folder / str(mnist.y_test[30]) / "killer.png"
     killer.write_bytes(marked_png(mnist.x_test[30], MARKER))
     env = sabotaged_env(settings, DIGITQ_TEST_KILL_MARKER=MARKER)
-    with WorkerProcess(env, tmp_path / "w.log", app="sabotage") as worker:
+    workers = start_workers(mode, settings, tmp_path, env=env, app="sabotage")
+    try:
         job = submit(settings, [str(folder)], batch_size=8)  # 4 batches; the killer shares one with 7 others
         status = wait_for(job, timeout=180)
-        log = worker.log()
+    finally:
+        stop_workers(workers)
+    log = workers[0].log()
     rows = csvfile.read(job.csv_path)
     assert status["state"] == "done" and len(rows) == 31
     bad = [r for r in rows if r["error"]]
