@@ -70,6 +70,8 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     #: The Sentinel master's name, for a ``sentinel://`` Redis URL.
     redis_master: str = "mymaster"
+    #: The sentinels' own password (their ``requirepass``), when they have one; the URL's is the master's.
+    sentinel_password: str | None = None
     data_dir: Path = Path("digitq-data")
     mnist: str | None = None
     batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
@@ -109,6 +111,7 @@ class Settings:
         settings = cls(
             redis_url=normalise(env.get("DIGITQ_REDIS_URL") or cls.redis_url),
             redis_master=(env.get("DIGITQ_REDIS_MASTER") or cls.redis_master).strip(),
+            sentinel_password=env.get("DIGITQ_SENTINEL_PASSWORD") or None,
             data_dir=Path(env.get("DIGITQ_DATA_DIR") or cls.data_dir).expanduser(),
             mnist=env.get("DIGITQ_MNIST") or None,
             batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),

@@ -20,14 +20,18 @@ from producer.training import train, training, trainings
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--redis-url", envvar="DIGITQ_REDIS_URL", metavar="URL",
-              help="Broker, e.g. redis://:PASSWORD@host:6379/0 or rediss://... for TLS. "
+              help="Broker, e.g. redis://:PASSWORD@host:6379/0 or rediss://... for TLS; behind Sentinel "
+                   "sentinel://:PASSWORD@host1:26379/0;sentinel://host2:26379;... (sentinels:// for TLS). "
                    "[env DIGITQ_REDIS_URL; default redis://localhost:6379/0]")
+@click.option("--redis-master", envvar="DIGITQ_REDIS_MASTER", metavar="NAME",
+              help="The master's name the sentinels know, for a sentinel:// URL. "
+                   "[env DIGITQ_REDIS_MASTER; default mymaster]")
 @click.option("--data-dir", envvar="DIGITQ_DATA_DIR", metavar="DIR",
               help="Where jobs, models and outputs live; shared storage when workers run on several "
                    "hosts. [env DIGITQ_DATA_DIR; default ./digitq-data]")
 @click.version_option(__version__, prog_name="digitq")
 @click.pass_context
-def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> None:
+def main(ctx: click.Context, redis_url: str | None, redis_master: str | None, data_dir: str | None) -> None:
     """Classify handwritten-digit images in bulk on a Redis + Celery task queue.
 
     \b
@@ -39,7 +43,7 @@ def main(ctx: click.Context, redis_url: str | None, data_dir: str | None) -> Non
       digitq train --data ../shared/mnist --wait
       digitq models list | digitq models promote V | digitq models rollback
     """
-    ctx.obj = {"redis_url": redis_url, "data_dir": data_dir}
+    ctx.obj = {"redis_url": redis_url, "redis_master": redis_master, "data_dir": data_dir}
     Settings.from_env(**ctx.obj)  # fail early on a bad DIGITQ_* value
 
 
