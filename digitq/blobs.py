@@ -10,6 +10,8 @@ fetches them, and deletes them once the batch's result is committed. A duplicate
 delivery after that finds them gone and the result already there. Values expire
 after :data:`TTL_S` in any case, so an abandoned job cannot fill Redis; a batch
 whose values are gone is marked failed, and ``digitq resume`` sends it again.
+Behind Sentinel, :func:`put` returns once a replica has them too (a failover would
+otherwise fail the batch), see :mod:`digitq.replication`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from digitq.broker import redis_client
+from digitq.replication import durably
 from digitq.settings import Settings
 
 #: Files larger than this travel as blobs; smaller ones inline, base64 in the message.
@@ -30,13 +33,18 @@ def key(job_id: str, batch: int, index: int) -> str:
 
 
 def put(settings: Settings, blobs: Mapping[str, bytes]) -> None:
-    """Store blobs (key -> bytes), each with the TTL, in one round trip."""
+    """Store blobs (key -> bytes), each with the TTL, in one round trip; where the master has a replica,
+    return once it has them."""
     if not blobs:
         return
-    pipe = redis_client(settings).pipeline(transaction=False)
-    for name, data in blobs.items():
-        pipe.set(name, data, ex=TTL_S)
-    pipe.execute()
+
+    def write() -> None:
+        pipe = redis_client(settings).pipeline(transaction=False)
+        for name, data in blobs.items():
+            pipe.set(name, data, ex=TTL_S)
+        pipe.execute()
+
+    durably(settings, write)
 
 
 def get(settings: Settings, keys: Sequence[str]) -> list[bytes | None]:

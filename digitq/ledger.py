@@ -5,6 +5,8 @@ its commit, whether every batch may now be in; the merge then confirms it by
 listing the results once. Adding a batch twice changes nothing, so a duplicate
 delivery can never finish a job early. If Redis loses the set, no worker merges
 and ``digitq wait`` / ``resume`` do it from the files (``resume`` also re-seeds it).
+So behind Sentinel a commit returns once a replica has its entry: a failover cannot
+take it away (see :mod:`digitq.replication`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from digitq.broker import redis_client
+from digitq.replication import durably
 from digitq.settings import Settings
 
 #: Long enough for any job to finish; refreshed by every commit.
@@ -23,20 +26,24 @@ def _key(job_id: str) -> str:
 
 
 def record(settings: Settings, job_id: str, batch: int) -> int:
-    """Add ``batch`` to the job's committed set; returns how many distinct batches it holds."""
-    pipe = redis_client(settings).pipeline()
-    pipe.sadd(_key(job_id), batch)
-    pipe.scard(_key(job_id))
-    pipe.expire(_key(job_id), TTL_S)
-    return int(pipe.execute()[1])
+    """Add ``batch`` to the job's committed set; returns how many distinct batches it holds (once a
+    replica has it, where the master has one)."""
+    def write() -> int:
+        pipe = redis_client(settings).pipeline()
+        pipe.sadd(_key(job_id), batch)
+        pipe.scard(_key(job_id))
+        pipe.expire(_key(job_id), TTL_S)
+        return int(pipe.execute()[1])
+
+    return durably(settings, write)
 
 
 def seed(settings: Settings, job_id: str, batches: Iterable[int]) -> None:
     """Put batches committed on disk into the set (after Redis lost it)."""
     batches = list(batches)
     if batches:
-        redis_client(settings).sadd(_key(job_id), *batches)
-        redis_client(settings).expire(_key(job_id), TTL_S)
+        durably(settings, lambda: redis_client(settings).pipeline().sadd(_key(job_id), *batches)
+                .expire(_key(job_id), TTL_S).execute())
 
 
 def contains(settings: Settings, job_id: str, batch: int) -> bool:
