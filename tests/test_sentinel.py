@@ -1,0 +1,212 @@
+"""Redis behind Sentinel (issue 16): the URL form, every role through it, and a job that survives the
+SIGKILL of its master mid-job with no human command: one master, one replica, three sentinels, two
+workers (one sees the data dir, one serves statelessly from a private empty one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from digitq import csvfile
+from digitq.broker import redis_client
+from digitq.errors import ConfigError
+from digitq.jobs import Job
+from digitq.redisserver import SentinelTopology, find_redis_server
+from digitq.redisurl import normalise, parse_sentinel, redact
+from digitq.settings import Settings
+from model.dataset import write_image_folder
+from producer.cli import main
+from worker.process import WorkerProcess
+
+from .pipeline_helpers import wait_until
+
+PASSWORD = "m4ster-pw"
+SENTINEL_PASSWORD = "s3ntinel-pw"
+
+
+# -- the URL ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "canonical"), [
+    ("sentinel://:pw@h1:26379;sentinel://h2:26380;sentinel://h3",
+     "sentinel://:pw@h1:26379/0;sentinel://:pw@h2:26380/0;sentinel://:pw@h3:26379/0"),
+    ("sentinel://h1:1/2;sentinel://:p%40w@h2:2", "sentinel://:p%40w@h1:1/2;sentinel://:p%40w@h2:2/2"),
+    ("sentinel://h1:1?password=pw; sentinel://:pw@h2:2", "sentinel://:pw@h1:1/0;sentinel://:pw@h2:2/0"),
+    ("sentinels://user:pw@h1:1;sentinels://h2:2", "sentinels://user:pw@h1:1/0;sentinels://user:pw@h2:2/0"),
+    ("sentinel://h1", "sentinel://h1:26379/0"),
+])
+def test_a_sentinel_url_carries_the_password_and_database_in_every_part(given, canonical):
+    # kombu reads them from the part it is on, and moves to the next part on a connection error.
+    assert normalise(given) == canonical
+    parsed = parse_sentinel(canonical)
+    assert parsed.kombu_url.startswith("sentinel://") and parsed.kombu_url.count("sentinel://") == len(parsed.sentinels)
+    assert "pw" not in redact(canonical) and redact(canonical).count("***") == (canonical.count("@"))
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ("sentinel://:a@h1:1;sentinel://:b@h2:2", "different passwords"),
+    ("sentinel://h1:1/0;sentinel://h2:2/3", "different databases"),
+    ("sentinel://h1:1;redis://h2:2", "every ';'-separated part"),
+    ("sentinel://h1:1;sentinels://h2:2", "every ';'-separated part"),
+    ("sentinel://h1:1?ssl_cert_reqs=none", "no query options"),
+    ("sentinel://h1:1/zero", "must be a number"),
+    ("sentinel://:pw@h1:port", "not a valid URL"),
+])
+def test_a_bad_sentinel_url_says_what_to_fix_and_never_shows_the_password(bad, says):
+    with pytest.raises(ConfigError) as e:
+        normalise(bad)
+    assert says in str(e.value) and ":a@" not in str(e.value) and ":pw@" not in str(e.value)
+
+
+def test_celery_gets_kombus_sentinel_transport_and_the_sentinels_password(monkeypatch):
+    from digitq.broker import celery_config
+
+    url = "sentinels://:pw@h1:1;sentinels://h2:2"
+    monkeypatch.setenv("DIGITQ_REDIS_CA", "/ca.pem")
+    settings = Settings.from_env(redis_url=url, redis_master="cache", sentinel_password="spw")
+    config = celery_config(settings)
+    assert config["broker_url"] == "sentinel://:pw@h1:1/0;sentinel://:pw@h2:2/0"
+    options = config["broker_transport_options"]
+    assert options["master_name"] == "cache" and options["sentinel_kwargs"]["password"] == "spw"
+    assert options["sentinel_kwargs"]["ssl"] and options["sentinel_kwargs"]["ssl_ca_certs"] == "/ca.pem"
+    assert config["broker_use_ssl"]["ssl_ca_certs"] == "/ca.pem"  # the master's connections (kombu's)
+    assert config["task_publish_retry_policy"]["max_retries"] >= 10  # a publish outlasts a failover
+
+
+# -- the stack through Sentinel ---------------------------------------------------------------------------------
+
+def _sentinel_available() -> None:
+    try:
+        find_redis_server()
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("CI"):
+            pytest.fail(f"no redis-server for the Sentinel tests ({e}): scripts/test.sh installs Debian's")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A Sentinel topology and two workers through it: one that sees the data dir, one stateless."""
+    _sentinel_available()
+    tmp = tmp_path_factory.mktemp("sentinel")
+    topology = SentinelTopology(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD).start()
+    data = tmp / "data"
+    data.mkdir()  # seen at start: the shared worker collects for it
+    env = {**topology.env(), "DIGITQ_DATA_DIR": str(data), "DIGITQ_STALL_AFTER": "5"}
+    private = tmp / "private"
+    private.mkdir()
+    workers = []
+    try:
+        workers.append(WorkerProcess(env, tmp / "shared.log", name="shared").start())
+        workers.append(WorkerProcess({**env, "DIGITQ_DATA_DIR": str(private)}, tmp / "stateless.log",
+                                     name="stateless").start())
+        yield {"topology": topology, "env": env, "tmp": tmp, "workers": workers,
+               "settings": Settings.from_env(redis_url=topology.url, data_dir=str(data),
+                                             sentinel_password=SENTINEL_PASSWORD)}
+    finally:
+        for w in workers:
+            w.stop()
+        topology.stop()
+
+
+def _cli(env: dict[str, str], *args: str):
+    return CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+
+
+def _workers(env: dict[str, str]) -> list[dict]:
+    result = _cli(env, "workers", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])["workers"]
+
+
+def test_workers_and_a_scan_through_sentinel(stack, tmp_path, mnist):
+    env = stack["env"]
+    listed = _workers(env)
+    assert sorted(w["name"].split("-")[0] for w in listed) == ["shared", "stateless"]
+    assert [w["stateless"] for w in sorted(listed, key=lambda w: w["name"])] == [False, True]
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:40], mnist.y_test[:40])
+    result = _cli(env, "scan", str(folder), "--batch-size", "4", "--wait", "--timeout", "60", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = csvfile.read(summary["output"])
+    assert summary["state"] == "done" and len(rows) == 40 and len({r["path"] for r in rows}) == 40
+    assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 39
+    for w in stack["workers"]:
+        assert PASSWORD not in w.log() and SENTINEL_PASSWORD not in w.log()
+
+
+def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
+    """5,000 digits in batches of 25; the master SIGKILLed once some are committed; Sentinel promotes the
+    replica; the job completes with one row per file, with no `digitq resume` and no `digitq wait`."""
+    topology, env, tmp, settings = stack["topology"], stack["env"], stack["tmp"], stack["settings"]
+    folder = tmp / "digits"
+    n = 5000
+    write_image_folder(folder, mnist.x_test[:n], mnist.y_test[:n])
+    before = set(os.listdir(settings.jobs_dir)) if settings.jobs_dir.is_dir() else set()
+    # A real producer process, still sending when the master dies (at most 40 batches in flight).
+    scan = subprocess.Popen([sys.executable, "-m", "producer.cli", "scan", str(folder), "--batch-size", "25",
+                             "--max-in-flight", "1000", "--json"], env={**os.environ, **env}, cwd=tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        job = wait_until(lambda: _new_job(settings, before), timeout=60, what="the job's manifest")
+        wait_until(lambda: len(job.committed()) >= 10, timeout=60, what="10 committed batches")
+        committed_at_kill = len(job.committed())
+        old = topology.kill_master()
+        killed = time.time()
+        promoted = topology.wait_promoted(old, timeout=30)
+        promoted_s = time.time() - killed
+        out, err = scan.communicate(timeout=120)
+    finally:
+        if scan.poll() is None:
+            scan.kill()
+    assert scan.returncode == 0, err
+    wait_until(job.is_done, timeout=120, poll=0.2, what="the job to complete after the failover")
+    last_row = max(p.stat().st_mtime for p in [job.csv_path, *(job.dir / "results").iterdir()])
+    rows = csvfile.read(job.csv_path)
+    paths = [r["path"] for r in rows]
+    assert len(rows) == n and len(set(paths)) == n, "exactly one row per file"
+    assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows if not r["error"]) >= 0.98 * n
+    assert not [r for r in rows if r["error"]]
+    logs = {w.logfile.name: w.log() for w in stack["workers"]}
+    stateless_pids = set(stack["workers"][1].child_pids())
+    commits = sorted(p.stat().st_mtime for p in (job.dir / "results").iterdir())
+    after = [t for t in commits if t > killed]
+    runs = sum(log.count(f"'job_id': '{job.id}'") for log in logs.values())  # successful deliveries
+    client = redis_client(settings)
+    report = {"files": n, "batches": job.n_batches, "committed_at_kill": committed_at_kill,
+              "promoted_after_s": round(promoted_s, 2), "kill_to_last_row_s": round(last_row - killed, 2),
+              "kill_to_first_commit_s": round(after[0] - killed, 2) if after else None,
+              "deliveries": runs, "unacked_left": client.hlen("unacked"),
+              "queued_left": client.llen(settings.predict_queue),
+              "old_master_port": old.port, "new_master_port": promoted.port,
+              "worker_reconnects": {k: v.count("Connection to broker lost") for k, v in logs.items()},
+              "batches_by_stateless": sum(1 for b in range(job.n_batches)
+                                          if (job.result_header(b) or {}).get("pid") in stateless_pids)}
+    (tmp / "failover.json").write_text(json.dumps(report, indent=1))
+    print("failover:", json.dumps(report))
+    # The workers follow the failover: they answer remote control on the new master (asked by fresh commands,
+    # as a person would; a long-lived process's first question may meet kombu's stale pooled connection).
+    def digitq(*args: str) -> dict | list:
+        done = subprocess.run([sys.executable, "-m", "producer.cli", *args, "--json"], env={**os.environ, **env},
+                              cwd=tmp, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert sorted(w["name"].split("-")[0] for w in digitq("workers")["workers"]) == ["shared", "stateless"]
+    assert digitq("status", job.id)["state"] == "done"
+    from digitq.broker import live_consumers
+
+    assert len(live_consumers(settings, "predict")) == 2  # this process: asks again after the stale connection
+
+
+def _new_job(settings: Settings, before: set[str]) -> Job | None:
+    if not settings.jobs_dir.is_dir():
+        return None
+    new = [p for p in settings.jobs_dir.iterdir() if p.name not in before and (p / "job.json").exists()]
+    return Job.load(settings.jobs_dir, new[0].name) if new else None
