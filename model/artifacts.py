@@ -1,12 +1,14 @@
 """Model versions by content, through Redis: what a worker that cannot see the registry serves.
 
 The producer, when it sends a job's batches, puts the pinned version's ``model.json``
-under ``digitq:model:<sha256>`` (the sha256 of its ``model.keras``, which the message
-names) and its serving graph under ``digitq:artifact:<sha256 of the graph>``. A worker
-without the data dir fetches both once, checks the graph against the checksum that
-``model.json`` records and ``model.json`` against the sha256 the message names, and keeps
-them in ``<data dir>/cache/models/`` (bounded by ``DIGITQ_MODEL_CACHE_BYTES``), or in
-memory when it has no data dir to write. It then loads them like any registry version.
+under ``digitq:model:<its sha256>`` and its serving graph under ``digitq:artifact:<sha256
+of the graph>``; each message names the version, its ``model.keras`` sha256 and the
+``model.json`` sha256. A worker without the data dir fetches both once, checks
+``model.json`` against the sha256 the message names and the graph against the checksum
+``model.json`` records, and keeps them in ``<data dir>/cache/models/`` (bounded by
+``DIGITQ_MODEL_CACHE_BYTES``), or in memory when it has no data dir to write. It then
+loads them like any registry version: by content, so a promotion (a new version pinned
+by the next job) is picked up without a restart, and nothing stale is ever served.
 
 Only the ONNX graph travels: a worker without the registry never needs TensorFlow.
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from digitq.broker import redis_client
@@ -40,9 +43,14 @@ def _artifact_key(sha256: str) -> str:
     return f"digitq:artifact:{sha256}"
 
 
+def _meta_bytes(ref: ModelRef) -> bytes:
+    """``model.json`` in one canonical form: what its sha256 is taken of."""
+    return json.dumps(ref.meta, separators=(",", ":"), sort_keys=True).encode()
+
+
 def descriptor(ref: ModelRef) -> dict[str, str]:
-    """What a message says about its model: the version and the sha256 of its ``model.keras``."""
-    return {"version": ref.version, "sha256": ref.sha256}
+    """What a message says about its model: the version, the sha256 of its ``model.keras`` and of its metadata."""
+    return {"version": ref.version, "sha256": ref.sha256, "meta": sha256_bytes(_meta_bytes(ref))}
 
 
 def publish(settings: Settings, ref: ModelRef) -> None:
@@ -51,10 +59,10 @@ def publish(settings: Settings, ref: ModelRef) -> None:
     A version without an ONNX graph (published by an older digitq) is put without one: a worker
     without the registry then says that it cannot serve it."""
     client = redis_client(settings)
-    meta = json.dumps(ref.meta, separators=(",", ":"), sort_keys=True)
+    meta = _meta_bytes(ref)
     onnx_sha = ref.artifacts().get(ONNX_FILE)
     pipe = client.pipeline(transaction=False)
-    pipe.set(_meta_key(ref.sha256), meta, ex=TTL_S)
+    pipe.set(_meta_key(sha256_bytes(meta)), meta, ex=TTL_S)
     if onnx_sha:
         pipe.expire(_artifact_key(onnx_sha), TTL_S)
     replies = pipe.execute()
@@ -63,32 +71,38 @@ def publish(settings: Settings, ref: ModelRef) -> None:
 
 
 class ArtifactCache:
-    """Versions fetched through Redis, by ``(version, sha256)``: on disk under ``root`` (bounded), else in memory."""
+    """Versions fetched through Redis, by what the message names: cached on disk under the data dir (bounded by
+    ``DIGITQ_MODEL_CACHE_BYTES``), else in memory; the last :attr:`size` resolved are kept at hand."""
+
+    size = 8
 
     def __init__(self) -> None:
-        self._refs: dict[tuple[str, str], ModelRef] = {}
+        self._refs: OrderedDict[tuple[str, str, str], ModelRef] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, settings: Settings, model: dict) -> ModelRef:
         """The verified :class:`ModelRef` a message's ``model`` descriptor names, fetched on first use."""
-        version, sha = str(model.get("version", "")), str(model.get("sha256", ""))
-        if len(sha) != _SHA_LEN or not version:
+        version, sha, meta_sha = (str(model.get(k, "")) for k in ("version", "sha256", "meta"))
+        if len(sha) != _SHA_LEN or len(meta_sha) != _SHA_LEN or not version:
             raise ModelError(f"the message names no valid model ({model!r}); send the job again with "
                              "`digitq resume` from an up-to-date digitq")
+        key = (version, sha, meta_sha)
         with self._lock:
-            ref = self._refs.get((version, sha))
-            if ref is None:
-                ref = self._refs[(version, sha)] = self._load(settings, version, sha)
-            return ref
+            if key not in self._refs:
+                self._refs[key] = self._load(settings, version, sha, meta_sha)
+                while len(self._refs) > self.size:
+                    self._refs.popitem(last=False)
+            self._refs.move_to_end(key)
+            return self._refs[key]
 
-    def _load(self, settings: Settings, version: str, sha: str) -> ModelRef:
-        directory = _cache_dir(settings, sha)
+    def _load(self, settings: Settings, version: str, sha: str, meta_sha: str) -> ModelRef:
+        directory = _cache_dir(settings, meta_sha)
         if directory is not None:
-            ref = _from_disk(directory, version, sha)
+            ref = _from_disk(directory, version, sha, meta_sha)
             if ref is not None:
                 os.utime(directory)  # recently used: evicted last
                 return ref
-        meta, graph = _fetch(settings, version, sha)
+        raw, meta, graph = _fetch(settings, version, sha, meta_sha)
         if directory is None:
             return _InMemoryRef(version=version, path=Path(f"<redis:{sha[:12]}>") / MODEL_FILE, sha256=sha,
                                 meta=meta, graph=graph)
@@ -97,7 +111,7 @@ class ArtifactCache:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         atomic_write(staging / ONNX_FILE, graph)
-        atomic_write(staging / "model.json", json.dumps(meta))
+        atomic_write(staging / "model.json", raw)
         try:
             staging.rename(directory)
         except OSError:  # another process of this host cached it first: the same bytes
@@ -131,14 +145,15 @@ def _cache_dir(settings: Settings, sha: str) -> Path | None:
     return root / sha
 
 
-def _from_disk(directory: Path, version: str, sha: str) -> ModelRef | None:
+def _from_disk(directory: Path, version: str, sha: str, meta_sha: str) -> ModelRef | None:
     try:
-        meta = json.loads((directory / "model.json").read_text())
+        raw = (directory / "model.json").read_bytes()
+        meta = json.loads(raw)
     except (OSError, ValueError):
         return None
     ref = ModelRef(version=version, path=directory / MODEL_FILE, sha256=sha, meta=meta)
     try:
-        _check(ref, meta, sha, ref.read_verified(ONNX_FILE))
+        _check(ref, raw, sha, meta_sha, ref.read_verified(ONNX_FILE))
     except ModelError as e:  # corrupted on disk: fetch it again
         log.warning("cached model %s at %s is damaged (%s); fetching it again", version, directory, e)
         shutil.rmtree(directory, ignore_errors=True)
@@ -146,9 +161,10 @@ def _from_disk(directory: Path, version: str, sha: str) -> ModelRef | None:
     return ref
 
 
-def _fetch(settings: Settings, version: str, sha: str) -> tuple[dict, bytes]:
+def _fetch(settings: Settings, version: str, sha: str, meta_sha: str) -> tuple[bytes, dict, bytes]:
+    """``model.json`` (as fetched, and parsed) and the ONNX graph, verified."""
     client = redis_client(settings)
-    raw = client.get(_meta_key(sha))
+    raw = client.get(_meta_key(meta_sha))
     if raw is None:
         raise ModelError(f"model {version} (sha256 {sha[:12]}...) is not in Redis (it expired, or Redis lost it); "
                          "`digitq resume JOB` sends it again")
@@ -163,15 +179,16 @@ def _fetch(settings: Settings, version: str, sha: str) -> tuple[dict, bytes]:
     graph = client.get(_artifact_key(onnx_sha))
     if graph is None:
         raise ModelError(f"the ONNX graph of model {version} is not in Redis; `digitq resume JOB` sends it again")
-    _check(ModelRef(version=version, path=Path(MODEL_FILE), sha256=sha, meta=meta), meta, sha, graph)
-    return meta, graph
+    _check(ModelRef(version=version, path=Path(MODEL_FILE), sha256=sha, meta=meta), raw, sha, meta_sha, graph)
+    return raw, meta, graph
 
 
-def _check(ref: ModelRef, meta: dict, sha: str, graph: bytes) -> None:
-    """The metadata is the version the message names, and the graph the one it records."""
-    if meta.get("sha256") != sha:
-        raise ModelError(f"model {ref.version}: the metadata in Redis is for sha256 {str(meta.get('sha256'))[:12]}..., "
-                         f"not {sha[:12]}...")
+def _check(ref: ModelRef, raw_meta: bytes, sha: str, meta_sha: str, graph: bytes) -> None:
+    """The metadata is the one the message names (by sha256), of the model it names, and the graph is the one
+    it records."""
+    if sha256_bytes(raw_meta) != meta_sha or ref.meta.get("sha256") != sha:
+        raise ModelError(f"model {ref.version}: its metadata fails its checksum (expected sha256 {meta_sha[:12]}... "
+                         f"for model {sha[:12]}...); it was modified or corrupted")
     expected = ref.artifacts().get(ONNX_FILE)
     actual = sha256_bytes(graph)
     if actual != expected:

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -13,10 +14,8 @@ from digitq.settings import Settings
 from model.dataset import write_image_folder
 from model.registry import Registry
 from producer.cli import main
-from worker.process import WorkerProcess
 
-from .conftest import worker_env
-from .pipeline_helpers import last_json
+from .pipeline_helpers import MODES, last_json, start_workers, stop_workers
 
 
 def _png(pixels) -> bytes:
@@ -37,7 +36,8 @@ def test_the_index_keeps_versions_apart(tmp_path):
     assert len(scores.lookup(tmp_path, "1", digests)) == 1200
 
 
-def test_incremental_rescans_predict_only_changed_and_new_files(redis_server, tmp_path, mnist):
+@pytest.mark.parametrize("mode", MODES)
+def test_incremental_rescans_predict_only_changed_and_new_files(redis_server, tmp_path, mnist, mode):
     url = redis_server.url.rsplit("/", 1)[0] + "/13"
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
@@ -53,7 +53,9 @@ def test_incremental_rescans_predict_only_changed_and_new_files(redis_server, tm
         summary = last_json(result)
         return summary, csvfile.read(summary["output"])
 
-    with WorkerProcess(worker_env(settings), tmp_path / "w.log", name="inc") as worker:
+    workers = start_workers(mode, settings, tmp_path, name="inc")
+    worker = workers[0]  # the one that predicts: in "stateless" mode, its scores reach the index via the results
+    try:
         first, rows = scan("--incremental")
         assert (first["sent"], first["from_index"], len(rows)) == (301, 0, 301)
         # "received" is logged before a task runs ("succeeded" may follow the job's merge by a moment).
@@ -88,3 +90,7 @@ def test_incremental_rescans_predict_only_changed_and_new_files(redis_server, tm
         assert (fourth["model_version"], fourth["sent"], fourth["from_index"]) == (version, 302, 0)
         assert {r["model_version"] for r in rescored if not r["error"]} == {version}
         assert [(r["path"], r["prediction"]) for r in rescored] == [(r["path"], r["prediction"]) for r in now]
+    finally:
+        stop_workers(workers)
+    if mode == "stateless":  # both versions came by content, each once, into the worker's own cache
+        assert worker.log().count("fetched through Redis") == 2
