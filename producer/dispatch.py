@@ -22,6 +22,7 @@ from digitq.errors import BrokerError, ConfigError, JobError
 from digitq.files import read_file
 from digitq.jobs import FileEntry, Job, Row, create_job
 from digitq.paths import escape_path, unescape_path
+from digitq.replication import durably
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
 from model import artifacts
@@ -182,7 +183,7 @@ def job_context(settings: Settings, job: Job) -> dict:
     ref = Registry(settings.models_dir).resolve(job.model_version)
     dir_id = data_dir_id(settings.data_dir)
     try:
-        artifacts.publish(settings, ref)
+        durably(settings, lambda: artifacts.publish(settings, ref))
     except RedisError as e:
         raise BrokerError(f"cannot put model {ref.version} in Redis at {redact(settings.redis_url)} ({e}); "
                           f"the manifest is saved: run `digitq resume {job.id}` once Redis is back") from e
@@ -224,8 +225,10 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
                     time.sleep(poll)
                     _release(job, in_flight)
-                app.send_task(PREDICT_TASK, args=[job.id, index, message_entries(settings, job, index, files, scored),
-                                                  context], queue=settings.predict_queue, producer=producer)
+                args = [job.id, index, message_entries(settings, job, index, files, scored), context]
+                # Returns once a replica has the message (where there is one): a failover cannot lose it.
+                durably(settings, lambda args=args: app.send_task(PREDICT_TASK, args=args,
+                                                                  queue=settings.predict_queue, producer=producer))
                 in_flight[index] = (sizes[index], size)
                 sent += len(files_to_send)
                 if progress:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from digitq import blobs, scores
+from digitq import blobs, replication, scores
 from digitq.errors import ImageError, JobError
 from digitq.files import read_file
 from digitq.jobs import Job, Row
@@ -166,6 +166,9 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
         done = commit.commit(settings, job, outcome, committed=delivery.finish)
     else:
         commit.hand_in(send, dict(context), outcome)  # type: ignore[arg-type]
+        # Acked only once a replica has the outcome too (where there is one): a failover cannot lose it. A master
+        # lost before it confirms raises: the batch is retried, and a duplicate outcome commits the same rows.
+        replication.confirm_replicated(settings)
         delivery.finish()
         done = None  # the collector knows
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),
