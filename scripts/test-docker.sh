@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The Docker test group: build the image, bring the compose stack up on a real engine with two
-# workers, scan a folder through the `producer` service, check the CSV, tear it all down.
+# The Docker test group: build both images (the slim prediction worker, the full one), bring the
+# compose stack up on a real engine with a worker that sees the data volume and a stateless one
+# that reaches only Redis, scan a folder through the `producer` service, check the CSV and who
+# predicted it, tear it all down, and print the images' sizes.
 # It installs Debian's docker.io, docker-compose and debootstrap when they are missing (root),
 # starts dockerd when none answers (and stops it afterwards), and builds local stand-ins for the
 # public base images (docker/standins.sh), since no image registry may be reachable.
-# Minutes the first time (Debian bootstrap, TensorFlow into the image); cached after that.
+# Minutes the first time (Debian bootstrap, TensorFlow into the full image); cached after that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -33,4 +35,10 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/digitq-dockerd.log" >&2; exit 1; }
 fi
 while read -r line; do export "${line?}"; done < <(docker/standins.sh)
-.venv/bin/python -m pytest -m docker tests/test_docker.py "$@"
+status=0
+.venv/bin/python -m pytest -m docker tests/test_docker.py "$@" || status=$?
+for image in "${DIGITQ_WORKER_IMAGE:-digitq-worker:latest}" "${DIGITQ_IMAGE:-digitq:latest}"; do
+    size=$(docker image inspect -f '{{.Size}}' "$image" 2>/dev/null) || continue
+    echo "image $image: $((size / 1000000)) MB" >&2
+done
+exit $status
