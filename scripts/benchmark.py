@@ -24,10 +24,13 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -163,6 +166,32 @@ def page(path: str) -> None:
     print(json.dumps({"seconds": round(sorted(times)[1], 3), "rss_rise_mb": round(rise, 1)}))
 
 
+
+@cli.command()
+@click.option("--images", default=20_000, show_default=True, help="MNIST PNGs.")
+@click.option("--photos", default=100, show_default=True, help="12-megapixel phone photos.")
+@click.option("--concurrency", type=int, help="Predicting worker processes (default: one per core).")
+@click.option("--data", envvar="DIGITQ_MNIST", default=str(ROOT.parent / "shared" / "mnist"), show_default=True)
+def scale(images: int, photos: int, concurrency: int | None, data: str) -> None:
+    """(c), (g) and the cost model alone: the pipeline with workers that see the data dir and with stateless
+    ones, and what Redis paid per image in each (printed, JSON last; BENCHMARKS.md is not written)."""
+    cores = len(os.sched_getaffinity(0))
+    concurrency = concurrency or cores
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "cpu": _cpu(), "images": images,
+                     "photos": photos, "concurrency": concurrency}
+    with tempfile.TemporaryDirectory(prefix="digitq-bench-") as tmp:
+        tmp = Path(tmp)
+        make_digits(tmp / "digits", images, data)
+        make_digits(tmp / "warmup", 64, data)
+        make_photos(tmp / "photos", photos, data)
+        run_pipelines(tmp, images, photos, {**os.environ, "DIGITQ_MNIST": data}, concurrency, cores, results,
+                      extras=False)
+    st = results["stateless"]
+    print(f"pipeline: shared {results['pipeline']:,} images/s, stateless {st['pipeline']:,} ({st['ratio']:.2f}x); "
+          f"photos: shared {results['photos_per_s']}/s, stateless {st['photos_per_s']}/s ({st['photo_ratio']:.2f}x)")
+    print(render_cost(results))
+    print(json.dumps(results))
+
 # -- the whole run --------------------------------------------------------------------------------
 
 def _digitq(env: dict, *args: str) -> tuple[float, dict, int]:
@@ -216,6 +245,238 @@ def _accuracy(csv_path: str) -> float:
     return sum(hits) / max(1, len(hits))
 
 
+# -- what one Redis pays per image (issue 16's cost model) ------------------------------------------
+
+class RedisProbe:
+    """``INFO`` of one redis-server around a run: command counts, network bytes, CPU seconds, and (sampled
+    every 50 ms) the peak of ``used_memory``. It talks RESP on connections of its own, so that its own
+    commands and bytes are known exactly and taken out of the deltas."""
+
+    SECTIONS = ("stats", "cpu", "commandstats", "memory")
+
+    def __init__(self, url: str, every_s: float = 0.05):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.address, self.password = (parts.hostname or "127.0.0.1", parts.port or 6379), parts.password
+        self.every_s = every_s
+        self.sent = self.received = self.calls = 0  # the probe's own INFO traffic inside the window
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _connect(self) -> tuple[socket.socket, object]:
+        sock = socket.create_connection(self.address)
+        reader = sock.makefile("rb")
+        if self.password:
+            sock.sendall(_resp("AUTH", self.password))
+            reader.readline()
+        return sock, reader
+
+    def _info(self, conn: tuple[socket.socket, object], *sections: str) -> tuple[dict, int, int]:
+        """The parsed reply, and the bytes of the request and of the reply."""
+        sock, reader = conn
+        request = _resp("INFO", *sections)
+        sock.sendall(request)
+        header = reader.readline()
+        if not header.startswith(b"$"):
+            raise SystemExit(f"INFO failed: {header!r}")
+        body = reader.read(int(header[1:]) + 2)
+        out = {}
+        for line in body.decode().splitlines():
+            if ":" in line and not line.startswith("#"):
+                name, value = line.split(":", 1)
+                out[name] = value
+        return out, len(request), len(header) + len(body)
+
+    def _sample(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._stop.wait(self.every_s):
+                info, sent, received = self._info(conn, "memory")
+                self.sent += sent
+                self.received += received
+                self.calls += 1
+                self.peak = max(self.peak, int(info["used_memory"]))
+        finally:
+            conn[0].close()
+
+    def __enter__(self) -> RedisProbe:
+        self._conn = self._connect()
+        self.before, _, received = self._info(self._conn, *self.SECTIONS)
+        # Redis counts a request's bytes before it runs the command, and the reply's once it is written:
+        # the window holds the reply of this first INFO and the request of the last, and one INFO call.
+        self.received, self.calls = received, 1
+        self.peak = int(self.before["used_memory"])
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        time.sleep(0.05)
+        self.after, self.sent_last, _ = self._info(self._conn, *self.SECTIONS)
+        self._conn[0].close()
+        self.peak = max(self.peak, int(self.after["used_memory"]))
+
+    def deltas(self) -> dict:
+        """Commands by name, bytes in and out, CPU seconds and the memory peak over the start, net of the probe."""
+        def calls(info: dict) -> dict:
+            return {name[len("cmdstat_"):]: dict(kv.split("=") for kv in value.split(","))
+                    for name, value in info.items() if name.startswith("cmdstat_")}
+
+        before, after = calls(self.before), calls(self.after)
+        commands, usec = {}, {}
+        for name, stats in after.items():
+            was = before.get(name, {"calls": "0", "usec": "0"})
+            n = int(stats["calls"]) - int(was["calls"]) - (self.calls if name == "info" else 0)
+            if n > 0:
+                commands[name] = n
+                usec[name] = int(stats["usec"]) - int(was["usec"])
+
+        def cpu(info: dict) -> float:
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+        def stat(name: str) -> int:
+            return int(self.after[name]) - int(self.before[name])
+
+        return {"commands": commands, "usec": usec,
+                "bytes_in": stat("total_net_input_bytes") - self.sent - self.sent_last,
+                "bytes_out": stat("total_net_output_bytes") - self.received,
+                "cpu_s": cpu(self.after) - cpu(self.before),
+                "memory_rise": self.peak - int(self.before["used_memory"])}
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        data = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live descendants, and of the children it reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for current in _tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if current == pid:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: pool processes that were replaced
+    return total / tick
+
+
+# -- the pipeline in two modes: workers that see the data dir, and stateless ones ---------------------
+
+class Mode:
+    """One way to run the workers, on a redis-server of its own (so that its INFO counts this mode alone).
+
+    ``shared``: one worker that sees the producer's data dir, ``concurrency`` processes: it predicts and commits.
+    ``stateless``: a worker with a private, empty data dir and the same ``concurrency`` (it predicts from the
+    message and hands each batch's outcome in on the data dir's collect queue), beside a collect-only worker
+    (``-Q collect.<id> -c 1``) that sees the data dir and commits; on the same cores, so its CPU counts."""
+
+    def __init__(self, name: str, redis_url: str, tmp: Path, env: dict, concurrency: int):
+        from digitq.settings import Settings
+        from digitq.storage import data_dir_id
+        from worker.process import WorkerProcess
+
+        self.name, self.redis_url = name, redis_url
+        data = tmp / "data"
+        data.mkdir(exist_ok=True)  # seen at start: a worker that sees it collects for it
+        self.settings = Settings.from_env(redis_url=redis_url, data_dir=str(data))
+        self.env = {**env, "DIGITQ_REDIS_URL": redis_url, "DIGITQ_DATA_DIR": str(data)}
+        wenv = {"DIGITQ_REDIS_URL": redis_url, "DIGITQ_DATA_DIR": str(data)}
+        if name == "shared":
+            self.roles = {"workers": WorkerProcess(wenv, tmp / "worker.log", concurrency=concurrency)}
+        else:
+            private = tmp / "private"  # none of the producer's files are in it
+            private.mkdir(exist_ok=True)
+            self.roles = {
+                "predictor": WorkerProcess({**wenv, "DIGITQ_DATA_DIR": str(private)}, tmp / "stateless.log",
+                                           concurrency=concurrency, name="stateless"),
+                "collector": WorkerProcess(wenv, tmp / "collector.log", concurrency=1, name="collector",
+                                           queues=self.settings.collect_route(data_dir_id(data)))}
+
+    def start(self, warmup: Path) -> float:
+        """Start the workers and warm every pool process (model loaded, or fetched through Redis); the
+        seconds from the start to the first batch committed."""
+        from producer.dispatch import submit
+        from producer.follow import wait_for
+
+        started = time.perf_counter()
+        for worker in self.roles.values():
+            worker.start()
+        wait_for(submit(self.settings, [str(warmup)], batch_size=64), timeout=120, poll=0.01)
+        ready = time.perf_counter() - started
+        for _ in range(3):  # every pool process loads the model
+            wait_for(submit(self.settings, [str(warmup)], batch_size=8), timeout=120, poll=0.01)
+        return ready
+
+    def stop(self) -> None:
+        for worker in self.roles.values():
+            worker.stop()
+
+    def scan(self, folder: Path) -> dict:
+        """`digitq scan FOLDER --wait`, timed; around it, what Redis did (:class:`RedisProbe`) and the CPU
+        seconds of each role: the producer (the CLI and the processes it forks) and each worker."""
+        workers = {role: _cpu_seconds(w.proc.pid) for role, w in self.roles.items()}
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with RedisProbe(self.redis_url) as probe:
+            seconds, summary, _ = _digitq(self.env, "scan", str(folder), "--wait")
+            time.sleep(0.3)  # the last batch's acknowledgement and records, after the merge the CLI waited for
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = {role: _cpu_seconds(w.proc.pid) - workers[role] for role, w in self.roles.items()}
+        cpu["producer"] = after.ru_utime + after.ru_stime - reaped.ru_utime - reaped.ru_stime
+        return {"seconds": seconds, "accuracy": _accuracy(summary["output"]), "cpu": cpu, **probe.deltas()}
+
+
+def _cost(runs: list[dict], count: int) -> dict:
+    """Per image, averaged over ``runs`` of ``count`` images each: Redis commands (all, and the most
+    frequent), bytes in and out, Redis CPU, and the CPU of each role; Redis's peak memory over its start."""
+    per = count * len(runs)
+    commands: dict[str, int] = {}
+    usec: dict[str, int] = {}
+    for run in runs:
+        for name, n in run["commands"].items():
+            commands[name] = commands.get(name, 0) + n
+            usec[name] = usec.get(name, 0) + run["usec"][name]
+    top = sorted(commands, key=commands.get, reverse=True)[:6]
+    roles = runs[0]["cpu"].keys()
+    redis_cpu = sum(r["cpu_s"] for r in runs) / per
+    return {
+        "commands_per_image": round(sum(commands.values()) / per, 3),
+        "top_commands": {name: round(commands[name] / per, 3) for name in top},
+        "top_usec_share": {name: round(usec[name] / max(1, sum(usec.values())), 2) for name in top},
+        "bytes_in_per_image": round(sum(r["bytes_in"] for r in runs) / per),
+        "bytes_out_per_image": round(sum(r["bytes_out"] for r in runs) / per),
+        "redis_cpu_s_per_1000": round(1000 * redis_cpu, 4),
+        "redis_memory_rise_mb": round(max(r["memory_rise"] for r in runs) / 2**20, 1),
+        "cpu_s_per_1000": {role: round(1000 * sum(r["cpu"][role] for r in runs) / per, 3) for role in roles},
+        # One core of Redis, busy with nothing else, at this cost per image:
+        "redis_core_images_per_s": round(1 / redis_cpu) if redis_cpu > 0 else None,
+    }
+
+
+def _model(cost: dict, rate: float, cores: int) -> dict:
+    """How many hosts like this one feed one Redis core: at the rate measured here (producer, Redis and
+    workers together on these cores), and at the rate the predicting workers' own CPU allows on ``cores``."""
+    saturates = cost["redis_core_images_per_s"]
+    cpu = cost["cpu_s_per_1000"]
+    predict = cpu.get("workers", cpu.get("predictor", 0.0)) / 1000
+    host = cores / predict if predict else None
+    return {"host_rate_measured": round(rate, 1), "host_rate_worker_cpu": round(host, 1) if host else None,
+            "hosts_measured": round(saturates / rate, 1) if saturates else None,
+            "hosts_worker_cpu": round(saturates / host, 1) if saturates and host else None,
+            "collector_images_per_core_s": round(1000 / cpu["collector"]) if cpu.get("collector") else None,
+            "mb_per_s_at_saturation": round(saturates * (cost["bytes_in_per_image"] + cost["bytes_out_per_image"])
+                                            / 1e6, 1) if saturates else None}
+
+
 def make_digits(folder: Path, count: int, data: str) -> None:
     import numpy as np
 
@@ -264,11 +525,6 @@ def make_many(folder: Path, count: int, data: str) -> None:
 
 
 def run_all(images: int, photos: int, million: int, concurrency: int | None, data: str, write: bool) -> None:
-    from digitq.redisserver import RedisServer
-    from producer.dispatch import submit
-    from producer.follow import wait_for
-    from worker.process import WorkerProcess
-
     cores = len(os.sched_getaffinity(0))
     concurrency = concurrency or cores
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "cpu": _cpu(), "images": images,
@@ -296,51 +552,7 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
         results["plain"] = _sub("plain", str(tmp / "digits"), str(tmp / "plain.csv"), env=env)["images_per_s"]
         print(f"(b) plain script {results['plain']} images/s", file=sys.stderr)
 
-        with RedisServer() as redis:
-            wenv = {"DIGITQ_REDIS_URL": redis.url, "DIGITQ_DATA_DIR": str(tmp / "data")}
-            cenv = {**env, **wenv}
-            from digitq.settings import Settings
-
-            settings = Settings.from_env(redis_url=redis.url, data_dir=str(tmp / "data"))
-            worker = WorkerProcess(wenv, tmp / "worker.log", concurrency=concurrency)
-            t0 = time.perf_counter()
-            worker.start()
-            wait_for(submit(settings, [str(tmp / "warmup")], batch_size=64), timeout=120, poll=0.01)
-            results["worker_ready_s"] = round(time.perf_counter() - t0, 2)
-            print(f"(e) worker ready in {results['worker_ready_s']} s", file=sys.stderr)
-            try:
-                for _ in range(3):  # every pool process loads the model
-                    wait_for(submit(settings, [str(tmp / "warmup")], batch_size=8), timeout=120, poll=0.01)
-                best = None
-                for _ in range(2):
-                    seconds, summary, producer_rss = _digitq(cenv, "scan", str(tmp / "digits"), "--wait")
-                    best = seconds if best is None else min(best, seconds)
-                results["pipeline"] = round(images / best)
-                results["pipeline_accuracy"] = round(_accuracy(summary["output"]), 4)
-                print(f"(c) pipeline {results['pipeline']} images/s", file=sys.stderr)
-                # (h) incremental rescans: the first fills the content-hash index, the second finds it all there
-                _digitq(cenv, "scan", str(tmp / "digits"), "--wait", "--incremental")
-                seconds, summary, _ = _digitq(cenv, "scan", str(tmp / "digits"), "--wait", "--incremental")
-                results["rescan"] = {"seconds": round(seconds, 2), "sent": summary["sent"],
-                                     "from_index": summary["from_index"]}
-                print(f"(h) unchanged incremental rescan {results['rescan']}", file=sys.stderr)
-                runs = [_digitq(cenv, "scan", str(tmp / "photos"), "--wait") for _ in range(2)]
-                seconds, summary = min(r[0] for r in runs), runs[-1][1]
-                results["photos_per_s"] = round(photos / seconds, 1)
-                results["photo_accuracy"] = round(_accuracy(summary["output"]), 4)
-                print(f"(g) photos {results['photos_per_s']} /s", file=sys.stderr)
-                children = worker.child_pids()
-                results["worker_rss_mb"] = round(max(_rss_mb(pid)[1] for pid in children))
-                results["worker_parent_rss_mb"] = round(_rss_mb(worker.proc.pid)[1])
-                print(f"(f) worker RSS {results['worker_rss_mb']} MB per pool process", file=sys.stderr)
-            finally:
-                worker.stop()
-            # (d) no worker listens on database 1: the producer alone, files on disk to messages in Redis
-            qenv = {**cenv, "DIGITQ_REDIS_URL": redis.url.rsplit("/", 1)[0] + "/1"}
-            seconds = min(_digitq(qenv, "scan", str(tmp / "digits"))[0] for _ in range(3))
-            results["enqueue_per_s"] = round(images / seconds)
-            print(f"(d) enqueue {results['enqueue_per_s']} files/s", file=sys.stderr)
-
+        run_pipelines(tmp, images, photos, env, concurrency, cores, results)
         if million:
             results["million"] = run_million(tmp, million, data, env, concurrency)
         results["page"] = _sub("page", str(tmp / "page.png"), env=env)
@@ -351,6 +563,82 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
     print(json.dumps(results))
     if write:
         write_benchmarks(table)
+
+
+def run_pipelines(tmp: Path, images: int, photos: int, env: dict, concurrency: int, cores: int, results: dict,
+                  extras: bool = True) -> None:
+    """(c), (e), (f), (g), with (d) and (h) when ``extras``: the pipeline with workers that see the data dir and
+    with stateless ones, alternating, on the folders ``tmp/digits``, ``tmp/photos`` and ``tmp/warmup``; and what
+    one Redis paid per image in each (the cost model). Fills ``results``."""
+    from digitq.redisserver import RedisServer
+
+    with RedisServer() as redis, RedisServer() as sredis:
+        modes = {"shared": Mode("shared", redis.url, tmp, env, concurrency),
+                 "stateless": Mode("stateless", sredis.url, tmp, env, concurrency)}
+        shared = modes["shared"]
+        try:
+            results["worker_ready_s"] = round(shared.start(tmp / "warmup"), 2)
+            print(f"(e) worker ready in {results['worker_ready_s']} s", file=sys.stderr)
+            results["stateless_ready_s"] = round(modes["stateless"].start(tmp / "warmup"), 2)
+            # The two modes alternate, each run on the same images with its own Redis; the other mode's
+            # workers wait idle meanwhile. Each figure is the best of two; the costs are the mean of both.
+            runs: dict = {"digits": {m: [] for m in modes}, "photos": {m: [] for m in modes}}
+            for _ in range(2):
+                for name, mode in modes.items():
+                    runs["digits"][name].append(mode.scan(tmp / "digits"))
+                    print(f"(c) {name} {images / runs['digits'][name][-1]['seconds']:,.0f} images/s",
+                          file=sys.stderr)
+            digits = runs["digits"]
+            results["pipeline"] = round(images / min(r["seconds"] for r in digits["shared"]))
+            results["pipeline_accuracy"] = round(digits["shared"][-1]["accuracy"], 4)
+            results["stateless"] = {"pipeline": round(images / min(r["seconds"] for r in digits["stateless"])),
+                                    "pipeline_accuracy": round(digits["stateless"][-1]["accuracy"], 4),
+                                    "ready_s": results.pop("stateless_ready_s")}
+            print(f"(c) pipeline {results['pipeline']} images/s, stateless {results['stateless']['pipeline']}",
+                  file=sys.stderr)
+            if extras:  # (h) incremental rescans: the first fills the content-hash index, the second finds it all
+                _digitq(shared.env, "scan", str(tmp / "digits"), "--wait", "--incremental")
+                seconds, summary, _ = _digitq(shared.env, "scan", str(tmp / "digits"), "--wait", "--incremental")
+                results["rescan"] = {"seconds": round(seconds, 2), "sent": summary["sent"],
+                                     "from_index": summary["from_index"]}
+                print(f"(h) unchanged incremental rescan {results['rescan']}", file=sys.stderr)
+            for _ in range(2):
+                for name, mode in modes.items():
+                    runs["photos"][name].append(mode.scan(tmp / "photos"))
+                    print(f"(g) {name} {photos / runs['photos'][name][-1]['seconds']:.1f} photos/s",
+                          file=sys.stderr)
+            taken = runs["photos"]
+            results["photos_per_s"] = round(photos / min(r["seconds"] for r in taken["shared"]), 1)
+            results["photo_accuracy"] = round(taken["shared"][-1]["accuracy"], 4)
+            results["stateless"]["photos_per_s"] = round(photos / min(r["seconds"] for r in taken["stateless"]), 1)
+            results["stateless"]["photo_accuracy"] = round(taken["stateless"][-1]["accuracy"], 4)
+            print(f"(g) photos {results['photos_per_s']} /s, stateless {results['stateless']['photos_per_s']}",
+                  file=sys.stderr)
+            worker = shared.roles["workers"]
+            results["worker_rss_mb"] = round(max(_rss_mb(pid)[1] for pid in worker.child_pids()))
+            results["worker_parent_rss_mb"] = round(_rss_mb(worker.proc.pid)[1])
+            results["stateless"]["worker_rss_mb"] = round(max(
+                _rss_mb(pid)[1] for pid in modes["stateless"].roles["predictor"].child_pids()))
+            print(f"(f) worker RSS {results['worker_rss_mb']} MB per pool process", file=sys.stderr)
+        finally:
+            for mode in modes.values():
+                mode.stop()
+        rates = {"digits": {"shared": results["pipeline"], "stateless": results["stateless"]["pipeline"]},
+                 "photos": {"shared": results["photos_per_s"], "stateless": results["stateless"]["photos_per_s"]}}
+        results["cost"] = {}
+        for workload, count in (("digits", images), ("photos", photos)):
+            for name in modes:
+                cost = _cost(runs[workload][name], count)
+                cost.update(_model(cost, rates[workload][name], cores))
+                results["cost"][f"{workload}/{name}"] = cost
+                print(f"cost {workload}/{name}: {cost}", file=sys.stderr)
+        if extras:  # (d) no worker listens on database 1: the producer alone, files on disk to messages in Redis
+            qenv = {**shared.env, "DIGITQ_REDIS_URL": redis.url.rsplit("/", 1)[0] + "/1"}
+            seconds = min(_digitq(qenv, "scan", str(tmp / "digits"))[0] for _ in range(3))
+            results["enqueue_per_s"] = round(images / seconds)
+            print(f"(d) enqueue {results['enqueue_per_s']} files/s", file=sys.stderr)
+    results["stateless"]["ratio"] = round(results["stateless"]["pipeline"] / results["pipeline"], 3)
+    results["stateless"]["photo_ratio"] = round(results["stateless"]["photos_per_s"] / results["photos_per_s"], 3)
 
 
 def run_million(tmp: Path, count: int, data: str, env: dict, concurrency: int) -> dict:
@@ -393,7 +681,7 @@ def _cpu() -> str:
 
 
 def render(r: dict) -> str:
-    raw = r["raw"]
+    raw, st = r["raw"], r["stateless"]
     lines = [
         f"Measured {r['date']} on {r['cores']} cores ({r.get('cpu', '?')}), {r['images']:,} MNIST PNGs, worker "
         f"concurrency {r['concurrency']} (`.venv/bin/python scripts/benchmark.py`).",
@@ -411,6 +699,9 @@ def render(r: dict) -> str:
         f"| (b) | plain local script (walk, Pillow, tf.function x 512, CSV) | {r['plain']:,} images/s | |",
         f"| (c) | pipeline: `digitq scan --wait`, Redis, warm workers, to the CSV | {r['pipeline']:,} images/s "
         f"(accuracy {r['pipeline_accuracy']:.2%}) | |",
+        f"| (c) | pipeline with stateless workers: a private data dir, the same concurrency, results handed in "
+        f"through Redis to a collector (`-Q collect.<id> -c 1`) on the same cores | {st['pipeline']:,} images/s "
+        f"(accuracy {st['pipeline_accuracy']:.2%}), **{st['ratio']:.2f}x** the shared-dir figure | >= 0.90x |",
         f"| (c)/(b) | pipeline vs the plain script | **{r['ratio_plain']}x** | >= 1.5x (aim 2x) |",
         f"| (c)/(a) | pipeline vs the fastest raw inference | {r['ratio_raw']}x | |",
         f"| (d) | producer enqueue (`digitq scan`, no worker; best of 3) | {r['enqueue_per_s']:,} files/s "
@@ -420,6 +711,8 @@ def render(r: dict) -> str:
         f"({r['worker_parent_rss_mb']} MB) | <= 300 MB |",
         f"| (g) | 12-megapixel phone photos through the pipeline | {r['photos_per_s']} photos/s "
         f"(accuracy {r['photo_accuracy']:.0%} of {r['photos']}) | >= 40 |",
+        f"| (g) | the same photos, stateless workers | {st['photos_per_s']} photos/s (accuracy "
+        f"{st['photo_accuracy']:.0%}), {st['photo_ratio']:.2f}x the shared-dir figure | |",
         f"| (g) | A4 page, 600 dpi RGB PNG, decode alone | {r['page']['seconds']} s, peak RSS "
         f"+{r['page']['rss_rise_mb']} MB | <= 0.3 s, <= 100 MB |",
     ]
@@ -437,6 +730,8 @@ def render(r: dict) -> str:
         lines += [f"| {name} | {f['served']} | {f['max_abs_diff']:.2g} | {f['distinct_confidences']:,} | "
                   f"{f['max_confidence']:.6f} | {f['below_0_999']:,} | {f['accuracy']:.2%} |"
                   for name, f in fidelity.items()]
+    if r.get("cost"):
+        lines += ["", render_cost(r)]
     m = r.get("million")
     if m:
         lines += [
@@ -447,6 +742,47 @@ def render(r: dict) -> str:
             f"| 1M | Redis peak `used_memory` | {m['redis_peak_mb']} MB | <= 100 MB |",
         ]
     return "\n".join(lines)
+
+
+def render_cost(r: dict) -> str:
+    """The cost model's table: what the benchmark's own Redis paid per image in each run above."""
+    lines = [
+        "What one Redis paid per image in the pipeline runs above (`INFO` deltas around each `scan --wait`, "
+        "the benchmark's own probe taken out, mean of the two runs of each; the producer's polling included), "
+        "and CPU seconds of each process per 1,000 images:", "",
+        "| images | workers | rate here | Redis commands / image (most frequent) | bytes in / out per image "
+        "| Redis CPU s / 1,000 | Redis peak rise | CPU s / 1,000: producer, predicting workers, collector |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, c in r["cost"].items():
+        workload, mode = key.split("/")
+        what = f"{r['images']:,} MNIST PNGs" if workload == "digits" else f"{r['photos']} 12 MP photos"
+        top = ", ".join(f"{name} {n:g}" for name, n in c["top_commands"].items())
+        cpu = c["cpu_s_per_1000"]
+        predict = cpu.get("workers", cpu.get("predictor"))
+        lines.append(f"| {what} | {mode} | {c['host_rate_measured']:,}/s | {c['commands_per_image']:g} ({top}) | "
+                     f"{_bytes(c['bytes_in_per_image'])} / {_bytes(c['bytes_out_per_image'])} | "
+                     f"{c['redis_cpu_s_per_1000']:.3f} | {c['redis_memory_rise_mb']} MB | {cpu['producer']:.2f}, "
+                     f"{predict:.2f}, {cpu.get('collector', 0):.2f} |")
+    lines += ["", "Toward 100 hosts, from those figures: one Redis core saturates at 1 / (its CPU seconds per image); "
+              "hosts like this one (producer, Redis and workers on its cores) at the rate measured here, and "
+              "worker-only hosts at the rate the predicting workers' own CPU allows on "
+              f"{r['cores']} cores:", "",
+              "| images | workers | one Redis core saturates at | hosts at the rate here | worker-only hosts "
+              "(rate each) | Redis traffic at saturation | a collector core commits |",
+              "|---|---|---|---|---|---|---|"]
+    for key, c in r["cost"].items():
+        workload, mode = key.split("/")
+        per_core = c["collector_images_per_core_s"]
+        collector = f"{per_core:,} images/s" if per_core else "(in the workers)"
+        lines.append(f"| {workload} | {mode} | {c['redis_core_images_per_s']:,} images/s | {c['hosts_measured']:g} | "
+                     f"{c['hosts_worker_cpu']:g} ({c['host_rate_worker_cpu']:,}/s) | "
+                     f"{c['mb_per_s_at_saturation']:,} MB/s | {collector} |")
+    return "\n".join(lines)
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n:.0f} B"
 
 
 def write_benchmarks(table: str) -> None:
