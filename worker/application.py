@@ -70,7 +70,27 @@ class Collector(bootsteps.StartStopStep):
         return True
 
 
+class TrainingGuard(bootsteps.StartStopStep):
+    """A worker asked to consume ``train`` without TensorFlow (the slim image, digitq without its ``train``
+    extra) does not take trainings it would only fail: it leaves the queue to a worker that can, and says so."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer) -> None:
+        from model.extras import INSTALL_TRAIN, missing
+
+        settings = Settings.from_env()
+        queues = consumer.app.amqp.queues
+        absent = missing()
+        if settings.train_queue in set(queues.consume_from or queues) and absent:
+            consumer.cancel_task_queue(settings.train_queue)
+            log.error("not consuming %r: training needs %s, which this install lacks; install digitq[train] (%s) "
+                      "or run the full image for the training worker", settings.train_queue, ", ".join(absent),
+                      INSTALL_TRAIN)
+
+
 app.steps["consumer"].add(Collector)
+app.steps["consumer"].add(TrainingGuard)
 
 
 @signals.worker_process_init.connect
