@@ -76,3 +76,23 @@ def test_a_training_taken_without_the_extra_fails_saying_what_to_install(no_trai
     assert outcome["state"] == "failed" and outcome["version"] is None
     assert f"training {training.id} on " in outcome["error"] and "install digitq[train]" in outcome["error"]
     assert Training.load(settings.trainings_dir, training.id).status()["state"] == "failed"
+
+
+def test_a_worker_without_the_train_extra_leaves_the_train_queue_alone(redis_server, tmp_path):
+    import os
+
+    from digitq.broker import live_consumers
+    from digitq.settings import Settings
+    from worker.process import WorkerProcess
+
+    from .conftest import worker_env
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(ABSENT)  # in the worker's process: the slim install
+    settings = Settings.from_env(redis_url=redis_server.url.rsplit("/", 1)[0] + "/12", data_dir=str(tmp_path / "d"))
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    with WorkerProcess({**worker_env(settings), "PYTHONPATH": path}, tmp_path / "w.log", queues="predict,train",
+                       name="slim") as worker:
+        assert live_consumers(settings, "train") == [] and live_consumers(settings, "predict")
+        assert "not consuming 'train': training needs tensorflow, keras, onnx" in worker.log()
