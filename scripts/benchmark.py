@@ -2,20 +2,27 @@
 
     .venv/bin/python scripts/benchmark.py              # 20,000 MNIST PNGs, 100 phone photos, an A4 page
     .venv/bin/python scripts/benchmark.py --million    # also 1,000,000 files through the pipeline (minutes)
+    .venv/bin/python scripts/benchmark.py scale        # (c), (g) and the cost model alone, printed only
 
 On one generated folder of N MNIST digits as PNG files it measures, side by side:
   (a) raw model throughput on preloaded arrays, for each runtime and thread count; and the served
       confidences' fidelity to the float model on all 10,000 MNIST test digits, for each runtime;
   (b) the plain local script a user would write (walk, read, Pillow decode, batches of 512
       through a tf.function, one CSV), the peer the pipeline must beat;
-  (c) the full pipeline: `digitq scan --wait`, producer + Redis + warm workers, wall time to the CSV;
+  (c) the full pipeline: `digitq scan --wait`, producer + Redis + warm workers, wall time to the CSV:
+      with a worker that sees the data dir, and with stateless workers (a private data dir, the same
+      concurrency, results handed in through Redis to a collect-only worker that sees it), alternating;
   (d) the producer's enqueue rate (`digitq scan` with no worker listening);
   (e) worker start-up to its first prediction;
   (f) worker memory (RSS) per process;
-  (g) 12-megapixel phone photos through the pipeline; and one A4 600-dpi page scan decoded alone;
-  (h) an incremental rescan of the unchanged MNIST folder (after one that fills the index).
-Model loading is excluded on both sides of (b)/(c); each timed run is the best of two ((d): of three).
-Everything runs locally: a private redis-server on a free loopback port and real Celery workers.
+  (g) 12-megapixel phone photos through the pipeline, in both modes; and one A4 600-dpi page scan decoded alone;
+  (h) an incremental rescan of the unchanged MNIST folder (after one that fills the index);
+  and the cost model (issue 16): around each run of (c) and (g), what its Redis paid per image (INFO deltas:
+  commands, bytes in and out, CPU, peak memory) and the CPU of each process, and from those the rate at which
+  one Redis core saturates and how many hosts that is.
+Model loading is excluded on both sides of (b)/(c); (c) and (g) are the best of three runs per mode, (b) of two,
+(d) of three. Everything runs locally: private redis-servers on free loopback ports (one per worker mode, so
+that INFO counts one mode) and real Celery workers.
 """
 
 from __future__ import annotations
@@ -307,6 +314,7 @@ class RedisProbe:
         # the window holds the reply of this first INFO and the request of the last, and one INFO call.
         self.received, self.calls = received, 1
         self.peak = int(self.before["used_memory"])
+        self.started = time.perf_counter()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -316,6 +324,7 @@ class RedisProbe:
         self._thread.join()
         time.sleep(0.05)
         self.after, self.sent_last, _ = self._info(self._conn, *self.SECTIONS)
+        self.window_s = time.perf_counter() - self.started
         self._conn[0].close()
         self.peak = max(self.peak, int(self.after["used_memory"]))
 
@@ -343,7 +352,7 @@ class RedisProbe:
         return {"commands": commands, "usec": usec,
                 "bytes_in": stat("total_net_input_bytes") - self.sent - self.sent_last,
                 "bytes_out": stat("total_net_output_bytes") - self.received,
-                "cpu_s": cpu(self.after) - cpu(self.before),
+                "cpu_s": cpu(self.after) - cpu(self.before), "window_s": self.window_s,
                 "memory_rise": self.peak - int(self.before["used_memory"])}
 
 
@@ -421,6 +430,13 @@ class Mode:
         for worker in self.roles.values():
             worker.stop()
 
+    def idle(self, seconds: float = 3.0) -> float:
+        """Redis CPU seconds per second with these workers idle (their polling, Redis's own timers, the
+        probe's sampling): taken out of each run's CPU, in proportion to its length."""
+        with RedisProbe(self.redis_url) as probe:
+            time.sleep(seconds)
+        return probe.deltas()["cpu_s"] / probe.window_s
+
     def scan(self, folder: Path) -> dict:
         """`digitq scan FOLDER --wait`, timed; around it, what Redis did (:class:`RedisProbe`) and the CPU
         seconds of each role: the producer (the CLI and the processes it forks) and each worker."""
@@ -435,9 +451,16 @@ class Mode:
         return {"seconds": seconds, "accuracy": _accuracy(summary["output"]), "cpu": cpu, **probe.deltas()}
 
 
-def _cost(runs: list[dict], count: int) -> dict:
+def _alternate(modes: dict, rounds: int = 3) -> list[str]:
+    """The order of the runs: each mode ``rounds`` times, who goes first changing every round (A B, B A, A B)."""
+    names = list(modes)
+    return [name for i in range(rounds) for name in (names if i % 2 == 0 else names[::-1])]
+
+
+def _cost(runs: list[dict], count: int, idle: float) -> dict:
     """Per image, averaged over ``runs`` of ``count`` images each: Redis commands (all, and the most
-    frequent), bytes in and out, Redis CPU, and the CPU of each role; Redis's peak memory over its start."""
+    frequent), bytes in and out, Redis CPU (less ``idle`` CPU seconds per second of each run), and the CPU
+    of each role; Redis's peak memory over its start."""
     per = count * len(runs)
     commands: dict[str, int] = {}
     usec: dict[str, int] = {}
@@ -447,7 +470,7 @@ def _cost(runs: list[dict], count: int) -> dict:
             usec[name] = usec.get(name, 0) + run["usec"][name]
     top = sorted(commands, key=commands.get, reverse=True)[:6]
     roles = runs[0]["cpu"].keys()
-    redis_cpu = sum(r["cpu_s"] for r in runs) / per
+    redis_cpu = sum(r["cpu_s"] - idle * r["window_s"] for r in runs) / per
     return {
         "commands_per_image": round(sum(commands.values()) / per, 3),
         "top_commands": {name: round(commands[name] / per, 3) for name in top},
@@ -455,6 +478,8 @@ def _cost(runs: list[dict], count: int) -> dict:
         "bytes_in_per_image": round(sum(r["bytes_in"] for r in runs) / per),
         "bytes_out_per_image": round(sum(r["bytes_out"] for r in runs) / per),
         "redis_cpu_s_per_1000": round(1000 * redis_cpu, 4),
+        "redis_cpu_s_per_1000_gross": round(1000 * sum(r["cpu_s"] for r in runs) / per, 4),
+        "redis_idle_cpu_per_s": round(idle, 5),
         "redis_memory_rise_mb": round(max(r["memory_rise"] for r in runs) / 2**20, 1),
         "cpu_s_per_1000": {role: round(1000 * sum(r["cpu"][role] for r in runs) / per, 3) for role in roles},
         # One core of Redis, busy with nothing else, at this cost per image:
@@ -580,14 +605,13 @@ def run_pipelines(tmp: Path, images: int, photos: int, env: dict, concurrency: i
             results["worker_ready_s"] = round(shared.start(tmp / "warmup"), 2)
             print(f"(e) worker ready in {results['worker_ready_s']} s", file=sys.stderr)
             results["stateless_ready_s"] = round(modes["stateless"].start(tmp / "warmup"), 2)
+            idle = {name: mode.idle() for name, mode in modes.items()}  # both started: Redis as in the runs
             # The two modes alternate, each run on the same images with its own Redis; the other mode's
-            # workers wait idle meanwhile. Each figure is the best of two; the costs are the mean of both.
+            # workers wait idle meanwhile. Each figure is the best of three; the costs are the mean of the three.
             runs: dict = {"digits": {m: [] for m in modes}, "photos": {m: [] for m in modes}}
-            for _ in range(2):
-                for name, mode in modes.items():
-                    runs["digits"][name].append(mode.scan(tmp / "digits"))
-                    print(f"(c) {name} {images / runs['digits'][name][-1]['seconds']:,.0f} images/s",
-                          file=sys.stderr)
+            for name in _alternate(modes):
+                runs["digits"][name].append(modes[name].scan(tmp / "digits"))
+                print(f"(c) {name} {images / runs['digits'][name][-1]['seconds']:,.0f} images/s", file=sys.stderr)
             digits = runs["digits"]
             results["pipeline"] = round(images / min(r["seconds"] for r in digits["shared"]))
             results["pipeline_accuracy"] = round(digits["shared"][-1]["accuracy"], 4)
@@ -602,11 +626,9 @@ def run_pipelines(tmp: Path, images: int, photos: int, env: dict, concurrency: i
                 results["rescan"] = {"seconds": round(seconds, 2), "sent": summary["sent"],
                                      "from_index": summary["from_index"]}
                 print(f"(h) unchanged incremental rescan {results['rescan']}", file=sys.stderr)
-            for _ in range(2):
-                for name, mode in modes.items():
-                    runs["photos"][name].append(mode.scan(tmp / "photos"))
-                    print(f"(g) {name} {photos / runs['photos'][name][-1]['seconds']:.1f} photos/s",
-                          file=sys.stderr)
+            for name in _alternate(modes):
+                runs["photos"][name].append(modes[name].scan(tmp / "photos"))
+                print(f"(g) {name} {photos / runs['photos'][name][-1]['seconds']:.1f} photos/s", file=sys.stderr)
             taken = runs["photos"]
             results["photos_per_s"] = round(photos / min(r["seconds"] for r in taken["shared"]), 1)
             results["photo_accuracy"] = round(taken["shared"][-1]["accuracy"], 4)
@@ -628,7 +650,7 @@ def run_pipelines(tmp: Path, images: int, photos: int, env: dict, concurrency: i
         results["cost"] = {}
         for workload, count in (("digits", images), ("photos", photos)):
             for name in modes:
-                cost = _cost(runs[workload][name], count)
+                cost = _cost(runs[workload][name], count, idle[name])
                 cost.update(_model(cost, rates[workload][name], cores))
                 results["cost"][f"{workload}/{name}"] = cost
                 print(f"cost {workload}/{name}: {cost}", file=sys.stderr)
@@ -748,8 +770,9 @@ def render_cost(r: dict) -> str:
     """The cost model's table: what the benchmark's own Redis paid per image in each run above."""
     lines = [
         "What one Redis paid per image in the pipeline runs above (`INFO` deltas around each `scan --wait`, "
-        "the benchmark's own probe taken out, mean of the two runs of each; the producer's polling included), "
-        "and CPU seconds of each process per 1,000 images:", "",
+        "the benchmark's own probe taken out, mean of the three runs of each; the producer's polling included). "
+        "Redis CPU is net of what the same Redis used idle with the same workers connected, per second of the "
+        "run (gross in brackets); CPU seconds of each process per 1,000 images last:", "",
         "| images | workers | rate here | Redis commands / image (most frequent) | bytes in / out per image "
         "| Redis CPU s / 1,000 | Redis peak rise | CPU s / 1,000: producer, predicting workers, collector |",
         "|---|---|---|---|---|---|---|---|",
@@ -760,9 +783,10 @@ def render_cost(r: dict) -> str:
         top = ", ".join(f"{name} {n:g}" for name, n in c["top_commands"].items())
         cpu = c["cpu_s_per_1000"]
         predict = cpu.get("workers", cpu.get("predictor"))
-        lines.append(f"| {what} | {mode} | {c['host_rate_measured']:,}/s | {c['commands_per_image']:g} ({top}) | "
+        lines.append(f"| {what} | {mode} | {c['host_rate_measured']:,g}/s | {c['commands_per_image']:g} ({top}) | "
                      f"{_bytes(c['bytes_in_per_image'])} / {_bytes(c['bytes_out_per_image'])} | "
-                     f"{c['redis_cpu_s_per_1000']:.3f} | {c['redis_memory_rise_mb']} MB | {cpu['producer']:.2f}, "
+                     f"{c['redis_cpu_s_per_1000']:.3g} ({c['redis_cpu_s_per_1000_gross']:.3g}) | "
+                     f"{c['redis_memory_rise_mb']} MB | {cpu['producer']:.2f}, "
                      f"{predict:.2f}, {cpu.get('collector', 0):.2f} |")
     lines += ["", "Toward 100 hosts, from those figures: one Redis core saturates at 1 / (its CPU seconds per image); "
               "hosts like this one (producer, Redis and workers on its cores) at the rate measured here, and "
@@ -775,8 +799,9 @@ def render_cost(r: dict) -> str:
         workload, mode = key.split("/")
         per_core = c["collector_images_per_core_s"]
         collector = f"{per_core:,} images/s" if per_core else "(in the workers)"
+        digits = 0 if workload == "digits" else 1
         lines.append(f"| {workload} | {mode} | {c['redis_core_images_per_s']:,} images/s | {c['hosts_measured']:g} | "
-                     f"{c['hosts_worker_cpu']:g} ({c['host_rate_worker_cpu']:,}/s) | "
+                     f"{c['hosts_worker_cpu']:g} ({c['host_rate_worker_cpu']:,.{digits}f}/s) | "
                      f"{c['mb_per_s_at_saturation']:,} MB/s | {collector} |")
     return "\n".join(lines)
 
