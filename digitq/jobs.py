@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import socket
 import time
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -29,13 +28,16 @@ from typing import NamedTuple
 
 from digitq import csvfile
 from digitq.errors import JobError, JobNotFound
+from digitq.records import ID_RE, Record, State, Status, new_id, read_json
+from digitq.records import list_ids as list_ids  # imported from here by older callers
 from digitq.scores import DIGEST
-from digitq.storage import atomic_open, atomic_write, atomic_write_json
+from digitq.storage import atomic_open, atomic_write
 
 _json_string = json.encoder.encode_basestring_ascii
 _json_decode = json.JSONDecoder().decode
-#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would then name another path.
-JOB_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")
+# The id format is the records' (digitq.records); these names stay for the modules that import them from here.
+JOB_ID_RE = ID_RE
+new_job_id = new_id
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl\Z")
 FORMAT = 1
 #: A committed batch: a JSON head line, a JSON line of the rows' digests, then the rows as CSV lines.
@@ -80,18 +82,6 @@ class Row:
     digest: str | None = field(default=None, compare=False, repr=False)
 
 
-def new_job_id() -> str:
-    """A sortable, unique id: ``YYYYMMDD-HHMMSS-xxxxxx`` (UTC)."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def check_job_id(job_id: str) -> str:
-    """``job_id`` if it is well-formed; keeps task arguments from naming paths outside the data dir."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-        raise JobError(f"{job_id!r} is not a job id (expected YYYYMMDD-HHMMSS-xxxxxx); see `digitq jobs`")
-    return job_id
-
-
 def create_job(
     jobs_dir: Path,
     files: Iterable[FileEntry],
@@ -110,7 +100,7 @@ def create_job(
     ``files`` is streamed to disk (a million entries never sit in memory at once);
     ``batch_sizes`` is read after it is consumed, so a planner may fill it as it goes.
     """
-    job_id = check_job_id(job_id or new_job_id())
+    job_id = Job.check_id(job_id or new_id())
     directory = Path(jobs_dir) / job_id
     (directory / "results").mkdir(parents=True, exist_ok=False)
     total = 0
@@ -134,49 +124,51 @@ def create_job(
         "out": out,
         "incremental": incremental,
     }
-    atomic_write_json(directory / "job.json", header)
-    return Job(directory, header)
-
-
-def list_ids(parent: Path, marker: str) -> list[str]:
-    """The ids (``YYYYMMDD-HHMMSS-xxxxxx``) of the folders under ``parent`` that hold ``marker``, newest first."""
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return []
-    return sorted((n for n in names if JOB_ID_RE.fullmatch(n) and (Path(parent) / n / marker).is_file()), reverse=True)
+    return Job._publish(directory, header)
 
 
 def list_jobs(jobs_dir: Path) -> list[str]:
     """Job ids under ``jobs_dir``, newest first."""
-    return list_ids(jobs_dir, "job.json")
+    return Job.ids(jobs_dir)
 
 
-class Job:
+@dataclass(frozen=True)
+class JobStatus(Status):
+    """A job's summary (``digitq status --json``), fields in output order."""
+
+    job_id: str
+    state: State
+    total: int
+    done: int
+    errors: int
+    skipped: int
+    batches: int
+    batches_done: int
+    failed_batches: dict[str, str]
+    model_version: str
+    output: str
+    out: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    last_commit: float | None
+    elapsed_s: float | None
+    rate_per_s: float | None
+
+
+class Job(Record):
     """A job's directory: read its manifest, commit batch results, merge the CSV."""
 
+    kind = "job"
+    header_file = "job.json"
+    error = JobError
+    not_found = JobNotFound
+
     def __init__(self, directory: Path, header: dict):
-        self.dir = Path(directory)
-        self.header = header
+        super().__init__(directory, header)
         self._result_cache: dict[str, tuple[int, dict]] = {}
 
-    @classmethod
-    def load(cls, jobs_dir: Path, job_id: str) -> Job:
-        """Open an existing job; a clear :class:`JobError` when there is none."""
-        directory = Path(jobs_dir) / check_job_id(job_id)
-        try:
-            header = json.loads((directory / "job.json").read_text())
-        except FileNotFoundError:
-            raise JobNotFound(f"no job {job_id} under {jobs_dir}; check DIGITQ_DATA_DIR or `digitq jobs`") from None
-        except (OSError, ValueError) as e:
-            raise JobError(f"job {job_id}: unreadable manifest {directory / 'job.json'}: {e}") from e
-        return cls(directory, header)
-
     # -- manifest -------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        return self.header["job_id"]
 
     @property
     def model_version(self) -> str:
@@ -308,17 +300,15 @@ class Job:
     def mark_failed(self, batch: int, error: str) -> None:
         """Record that a batch failed for good (``resume`` retries it)."""
         (self.dir / "failed").mkdir(exist_ok=True)
-        record = {"batch": batch, "error": error, "at": time.time()}
-        atomic_write_json(self.dir / "failed" / f"{batch:06d}.json", record)
+        self.write_json(f"failed/{batch:06d}.json", {"batch": batch, "error": error, "at": time.time()})
 
     def failed(self, committed: set[int] | None = None) -> dict[int, str]:
         """Failed batches and their errors, except those committed since."""
         out = {}
         committed = self.committed() if committed is None else committed
         for path in sorted((self.dir / "failed").glob("*.json")):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, ValueError):
+            rec = read_json(path)
+            if rec is None:
                 continue
             if rec.get("batch") not in committed:
                 out[int(rec["batch"])] = str(rec.get("error", "unknown error"))
@@ -357,7 +347,7 @@ class Job:
             f.write(csvfile.header_line())
             for batch in range(self.n_batches):
                 f.write(self.result_csv(batch))
-        atomic_write_json(self.dir / "done.json", {
+        self.write_json("done.json", {
             "finished": time.time(), "rows": rows, "errors": errors,
             "started": min((h.get("started", time.time()) for h in heads), default=None),
         })
@@ -365,27 +355,22 @@ class Job:
 
     # -- status ---------------------------------------------------------
 
-    def status(self) -> dict:
+    def snapshot(self) -> JobStatus:
         """A truthful summary built from the files on disk."""
         committed = self.committed()
         heads = [h for h in (self.result_header(b) for b in sorted(committed)) if h]
         done_count = sum(h["rows"] for h in heads)
         errors = sum(h["errors"] for h in heads)
         failed = self.failed(committed)
-        done_info = None
-        if self.is_done():
-            try:
-                done_info = json.loads((self.dir / "done.json").read_text())
-            except (OSError, ValueError):
-                done_info = None
+        done_info = self.read_json("done.json") if self.is_done() else None
         if done_info:
-            state = "done"
+            state = State.DONE
         elif failed:
-            state = "failed"
+            state = State.FAILED
         elif committed:
-            state = "running"
+            state = State.RUNNING
         else:
-            state = "queued"
+            state = State.QUEUED
         created = self.header["created"]
         started = min((h["started"] for h in heads), default=None)
         # Every commit renames a file into results/: the directory's mtime is the last one.
@@ -393,23 +378,27 @@ class Job:
         finished = done_info["finished"] if done_info else None
         end = finished or time.time()
         elapsed = end - (started or created)
-        return {
-            "job_id": self.id,
-            "state": state,
-            "total": self.total,
-            "done": done_count,
-            "errors": errors,
-            "skipped": self.header.get("skipped", 0),
-            "batches": self.n_batches,
-            "batches_done": len(committed),
-            "failed_batches": {str(k): v for k, v in failed.items()},
-            "model_version": self.model_version,
-            "output": str(self.csv_path.resolve()),
-            "out": self.header.get("out"),
-            "created": created,
-            "started": started,
-            "finished": finished,
-            "last_commit": last_commit,
-            "elapsed_s": round(elapsed, 3) if started else None,
-            "rate_per_s": round(done_count / elapsed, 1) if started and elapsed > 0 else None,
-        }
+        return JobStatus(
+            job_id=self.id,
+            state=state,
+            total=self.total,
+            done=done_count,
+            errors=errors,
+            skipped=self.header.get("skipped", 0),
+            batches=self.n_batches,
+            batches_done=len(committed),
+            failed_batches={str(k): v for k, v in failed.items()},
+            model_version=self.model_version,
+            output=str(self.csv_path.resolve()),
+            out=self.header.get("out"),
+            created=created,
+            started=started,
+            finished=finished,
+            last_commit=last_commit,
+            elapsed_s=round(elapsed, 3) if started else None,
+            rate_per_s=round(done_count / elapsed, 1) if started and elapsed > 0 else None,
+        )
+
+
+#: Kept for the modules that import it from here.
+check_job_id = Job.check_id

@@ -31,14 +31,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from digitq.errors import TrainingError, TrainingNotFound
 from digitq.holders import UNKNOWN, Holder, Lease
-from digitq.jobs import JOB_ID_RE, list_ids, new_job_id
+from digitq.records import Record, State, Status, new_id
 from digitq.settings import Settings
-from digitq.storage import atomic_write_json
 
 #: A run whose heartbeat is older than this, on another host, is taken as dead (and its claim lapses).
 STALE_AFTER_S = 60.0
@@ -66,24 +67,7 @@ class TrainingLost(TrainingError):
 def claim_key(training_id: str) -> str:
     return f"digitq:training:{training_id}:claim"
 
-ACTIVE_STATES = ("scheduled", "queued", "running")
-
-
-def check_training_id(training_id: str) -> str:
-    """``training_id`` if well-formed; keeps task arguments from naming paths outside the data dir."""
-    if not isinstance(training_id, str) or not JOB_ID_RE.match(training_id):
-        raise TrainingError(f"{training_id!r} is not a training id (expected YYYYMMDD-HHMMSS-xxxxxx); "
-                            "see `digitq trainings`")
-    return training_id
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return None  # half-visible on a lazy network mount; the next poll sees it whole
+ACTIVE_STATES = (State.SCHEDULED, State.QUEUED, State.RUNNING)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -96,26 +80,59 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Training:
-    """One training's directory."""
+@dataclass(frozen=True)
+class TrainingStatus(Status):
+    """A training's summary (``digitq training --json``), fields in output order."""
+
+    training_id: str
+    #: A :class:`State`, or an outcome's word this digitq does not know, as written.
+    state: State | Any
+    version: str | None
+    promoted: bool
+    accuracy: float | None
+    baseline_accuracy: float | None
+    baseline_version: str | None
+    reason: str | None
+    # The published version's calibration and the robustness suite, both versions per shift.
+    ece: float | None
+    temperature: float | None
+    robustness: dict | None
+    epoch: int
+    epochs: int | None
+    loss: float | None
+    train_accuracy: float | None
+    sources: list[str]
+    from_version: str | None
+    promote: str | None
+    by: str | None
+    created: float | None
+    eta: float | None
+    started: float | None
+    finished: float | None
+    attempt: int
+    host: str | None
+    log: str
+
+
+class Training(Record):
+    """One training's directory; its header is the request (``request.json``)."""
+
+    kind = "training"
+    header_file = "request.json"
+    error = TrainingError
+    not_found = TrainingNotFound
+    # The request is polled from any host (`digitq trainings`, beat): one half-visible on a lazy network mount
+    # is not there yet, as it always was.
+    missing_if_unreadable = True
 
     def __init__(self, directory: Path, request: dict):
-        self.dir = Path(directory)
-        self.request = request
+        super().__init__(directory, request)
         self.lease: Lease | None = None  # this process's claim, while :meth:`running`
 
-    @classmethod
-    def load(cls, trainings_dir: Path, training_id: str) -> Training:
-        directory = Path(trainings_dir) / check_training_id(training_id)
-        request = _read_json(directory / "request.json")
-        if request is None:
-            raise TrainingNotFound(f"no training {training_id} under {trainings_dir}; check DIGITQ_DATA_DIR "
-                                "or `digitq trainings`")
-        return cls(directory, request)
-
     @property
-    def id(self) -> str:
-        return self.request["training_id"]
+    def request(self) -> dict:
+        """The request: what to train (the record's header)."""
+        return self.header
 
     @property
     def log_path(self) -> Path:
@@ -124,10 +141,10 @@ class Training:
     # -- what workers write ---------------------------------------------
 
     def outcome(self) -> dict | None:
-        return _read_json(self.dir / "outcome.json")
+        return self.read_json("outcome.json")
 
     def run_record(self) -> dict | None:
-        return _read_json(self.dir / "run.json")
+        return self.read_json("run.json")
 
     def owner_alive(self, run: dict | None = None) -> bool:
         """Whether the process that claimed this training still runs it."""
@@ -173,7 +190,7 @@ class Training:
         holder = lease.holder if lease is not None else Holder.me()
         record = {"host": socket.gethostname(), "pid": os.getpid(), "holder": holder.token(), "attempt": attempt,
                   "started": time.time(), "heartbeat": time.time()}
-        atomic_write_json(self.dir / "run.json", record)
+        self.write_json("run.json", record)
         self.lease = lease
         stop = threading.Event()
 
@@ -184,7 +201,7 @@ class Training:
                     return
                 record["heartbeat"] = time.time()
                 try:
-                    atomic_write_json(self.dir / "run.json", record)
+                    self.write_json("run.json", record)
                 except OSError:
                     pass  # a missed beat only makes the run look older
 
@@ -201,7 +218,7 @@ class Training:
             else:
                 record.update(heartbeat=time.time(), ended=time.time())
                 try:
-                    atomic_write_json(self.dir / "run.json", record)
+                    self.write_json("run.json", record)
                 finally:
                     if lease is not None:
                         release_claim(lease, self.id)
@@ -215,7 +232,7 @@ class Training:
         current = self.run_record() or {}
         if current.get("holder") == record["holder"] and current.get("started") == record["started"]:
             try:
-                atomic_write_json(self.dir / "run.json", {**record, "heartbeat": time.time(), "ended": time.time(),
+                self.write_json("run.json", {**record, "heartbeat": time.time(), "ended": time.time(),
                                                           "lost": True})
             except OSError:
                 pass
@@ -262,7 +279,7 @@ class Training:
         whether this outcome is the one recorded."""
         path = self.dir / "outcome.json"
         tmp = self.dir / f".outcome.{os.getpid()}.{threading.get_ident()}.tmp"
-        atomic_write_json(tmp, {**outcome, "training_id": self.id, "finished": time.time()})
+        self.write_json(tmp.name, {**outcome, "training_id": self.id, "finished": time.time()})
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -276,7 +293,7 @@ class Training:
     def reopen(self) -> None:
         """Forget a failed outcome so the training can run again (``--retry``)."""
         outcome = self.outcome()
-        if outcome and outcome.get("state") == "done":
+        if outcome and outcome.get("state") == State.DONE:
             raise TrainingError(f"training {self.id} already published version {outcome.get('version')}; "
                                 "start a new training instead")
         if self.owner_alive():
@@ -288,51 +305,50 @@ class Training:
 
     # -- reading ----------------------------------------------------------
 
-    def status(self) -> dict:
+    def snapshot(self) -> TrainingStatus:
         """A truthful summary from the files on disk."""
         req, outcome, run = self.request, self.outcome(), self.run_record()
         epochs = self.progress()
         last = epochs[-1] if epochs else {}
         if outcome:
-            state = outcome.get("state", "failed")
+            state = State.of(outcome.get("state", State.FAILED))
         elif run and not run.get("ended") and self.owner_alive(run):
-            state = "running"
+            state = State.RUNNING
         elif run:
-            state = "interrupted"
+            state = State.INTERRUPTED
         elif req.get("eta") and req["eta"] > time.time():
-            state = "scheduled"
+            state = State.SCHEDULED
         else:
-            state = "queued"
+            state = State.QUEUED
         outcome = outcome or {}
-        return {
-            "training_id": self.id,
-            "state": state,
-            "version": outcome.get("version"),
-            "promoted": bool(outcome.get("promoted", False)),
-            "accuracy": outcome.get("accuracy"),
-            "baseline_accuracy": outcome.get("baseline_accuracy"),
-            "baseline_version": outcome.get("baseline_version"),
-            "reason": outcome.get("reason") or outcome.get("error"),
-            # The published version's calibration and the robustness suite, both versions per shift.
-            "ece": outcome.get("ece"),
-            "temperature": outcome.get("temperature"),
-            "robustness": outcome.get("robustness"),
-            "epoch": last.get("epoch", 0),
-            "epochs": req.get("epochs"),
-            "loss": last.get("loss"),
-            "train_accuracy": last.get("accuracy"),
-            "sources": req.get("sources", []),
-            "from_version": req.get("from_version"),
-            "promote": req.get("promote"),
-            "by": req.get("by"),
-            "created": req.get("created"),
-            "eta": req.get("eta"),
-            "started": (run or {}).get("started"),
-            "finished": outcome.get("finished"),
-            "attempt": (run or {}).get("attempt", 0),
-            "host": (run or {}).get("host"),
-            "log": str(self.log_path.resolve()),
-        }
+        return TrainingStatus(
+            training_id=self.id,
+            state=state,
+            version=outcome.get("version"),
+            promoted=bool(outcome.get("promoted", False)),
+            accuracy=outcome.get("accuracy"),
+            baseline_accuracy=outcome.get("baseline_accuracy"),
+            baseline_version=outcome.get("baseline_version"),
+            reason=outcome.get("reason") or outcome.get("error"),
+            ece=outcome.get("ece"),
+            temperature=outcome.get("temperature"),
+            robustness=outcome.get("robustness"),
+            epoch=last.get("epoch", 0),
+            epochs=req.get("epochs"),
+            loss=last.get("loss"),
+            train_accuracy=last.get("accuracy"),
+            sources=req.get("sources", []),
+            from_version=req.get("from_version"),
+            promote=req.get("promote"),
+            by=req.get("by"),
+            created=req.get("created"),
+            eta=req.get("eta"),
+            started=(run or {}).get("started"),
+            finished=outcome.get("finished"),
+            attempt=(run or {}).get("attempt", 0),
+            host=(run or {}).get("host"),
+            log=str(self.log_path.resolve()),
+        )
 
 
 def _keep(lease: Lease, training_id: str, may_retake=None) -> Holder | None:
@@ -366,19 +382,18 @@ def release_claim(lease: Lease, training_id: str) -> None:
 def create_training(trainings_dir: Path, *, sources: list[str], epochs: int, from_version: str | None,
                     holdout: float, seed: int, promote: str, by: str, eta: float | None = None) -> Training:
     """Write a new training request (nothing is sent yet)."""
-    training_id = new_job_id()
+    training_id = new_id()
     directory = Path(trainings_dir) / training_id
     directory.mkdir(parents=True, exist_ok=False)
     request = {"training_id": training_id, "created": time.time(), "sources": list(sources), "epochs": epochs,
                "from_version": from_version, "holdout": holdout, "seed": seed, "promote": promote, "by": by,
                "eta": eta}
-    atomic_write_json(directory / "request.json", request)
-    return Training(directory, request)
+    return Training._publish(directory, request)
 
 
 def list_trainings(trainings_dir: Path) -> list[str]:
     """Training ids, newest first."""
-    return list_ids(trainings_dir, "request.json")
+    return Training.ids(trainings_dir)
 
 
 def active_trainings(trainings_dir: Path, by: str | None = None) -> list[dict]:
@@ -415,3 +430,7 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
                           f"the request is saved: run `digitq train --retry {training.id}` once Redis is back") from e
     finally:
         app.close()
+
+
+#: Kept for the modules that import it from here.
+check_training_id = Training.check_id
