@@ -186,6 +186,7 @@ def scale(images: int, photos: int, concurrency: int | None, data: str) -> None:
     concurrency = concurrency or cores
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "cpu": _cpu(), "images": images,
                      "photos": photos, "concurrency": concurrency}
+    machine = _Others()
     with tempfile.TemporaryDirectory(prefix="digitq-bench-") as tmp:
         tmp = Path(tmp)
         make_digits(tmp / "digits", images, data)
@@ -193,9 +194,11 @@ def scale(images: int, photos: int, concurrency: int | None, data: str) -> None:
         make_photos(tmp / "photos", photos, data)
         run_pipelines(tmp, images, photos, {**os.environ, "DIGITQ_MNIST": data}, concurrency, cores, results,
                       extras=False)
+    results["machine"] = machine.result()
     st = results["stateless"]
     print(f"pipeline: shared {results['pipeline']:,} images/s, stateless {st['pipeline']:,} ({st['ratio']:.2f}x); "
-          f"photos: shared {results['photos_per_s']}/s, stateless {st['photos_per_s']}/s ({st['photo_ratio']:.2f}x)")
+          f"photos: shared {results['photos_per_s']}/s, stateless {st['photos_per_s']}/s ({st['photo_ratio']:.2f}x)."
+          f"{_others_note(results)}")
     print(render_cost(results))
     print(json.dumps(results))
 
@@ -555,6 +558,7 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "cpu": _cpu(), "images": images,
                      "photos": photos, "concurrency": concurrency}
     env = {**os.environ, "DIGITQ_MNIST": data}
+    machine = _Others()
     with tempfile.TemporaryDirectory(prefix="digitq-bench-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
@@ -583,6 +587,7 @@ def run_all(images: int, photos: int, million: int, concurrency: int | None, dat
         results["page"] = _sub("page", str(tmp / "page.png"), env=env)
     results["ratio_plain"] = round(results["pipeline"] / results["plain"], 2)
     results["ratio_raw"] = round(results["pipeline"] / max(results["raw"].values()), 2)
+    results["machine"] = machine.result()
     table = render(results)
     print(table)
     print(json.dumps(results))
@@ -702,11 +707,44 @@ def _cpu() -> str:
     return f"{name}, {isa}, {'VNNI' if flags & {'avx512_vnni', 'avx_vnni'} else 'no VNNI'}"
 
 
+class _Others:
+    """How busy the machine was with other work while the benchmark ran: CPU time of the whole machine
+    (/proc/stat) less this process's and its children's (all reaped by the end), and the time the
+    hypervisor gave to other guests (steal), each in cores on average over the run."""
+
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float, float]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        ours = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+        return time.monotonic(), (user + nice + system + irq + softirq) / tick, steal / tick, ours
+
+    def result(self) -> dict:
+        end = self._now()
+        wall = end[0] - self.start[0]
+        busy, steal, ours = (end[i] - self.start[i] for i in (1, 2, 3))
+        return {"seconds": round(wall), "others_cores": round(max(0.0, busy - ours) / wall, 2),
+                "steal_cores": round(steal / wall, 2), "load_end": round(os.getloadavg()[0], 2)}
+
+
+def _others_note(r: dict) -> str:
+    m = r.get("machine")
+    if not m:
+        return ""
+    return (f" The run took {m['seconds']} s; other processes used {m['others_cores']} of the {r['cores']} cores on "
+            f"average meanwhile (steal {m['steal_cores']}).")
+
+
 def render(r: dict) -> str:
     raw, st = r["raw"], r["stateless"]
     lines = [
         f"Measured {r['date']} on {r['cores']} cores ({r.get('cpu', '?')}), {r['images']:,} MNIST PNGs, worker "
-        f"concurrency {r['concurrency']} (`.venv/bin/python scripts/benchmark.py`).",
+        f"concurrency {r['concurrency']} (`.venv/bin/python scripts/benchmark.py`).{_others_note(r)}",
         "",
         "| | measure | result | target |",
         "|---|---|---|---|",
