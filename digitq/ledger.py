@@ -11,12 +11,16 @@ take it away (see :mod:`digitq.replication`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+
+from redis.exceptions import RedisError
 
 from digitq.broker import redis_client
 from digitq.replication import durably
 from digitq.settings import Settings
 
+log = logging.getLogger("digitq.ledger")
 #: Long enough for any job to finish; refreshed by every commit.
 TTL_S = 7 * 24 * 3600
 
@@ -35,7 +39,11 @@ def record(settings: Settings, job_id: str, batch: int) -> int:
         pipe.expire(_key(job_id), TTL_S)
         return int(pipe.execute()[1])
 
-    return durably(settings, write)
+    try:
+        return durably(settings, write)
+    except RedisError as e:  # the caller goes on without the ledger; say why a job may then wait for a merge
+        log.warning("job %s batch %d: could not record the commit in Redis (%r)", job_id, batch, e)
+        raise
 
 
 def seed(settings: Settings, job_id: str, batches: Iterable[int]) -> None:

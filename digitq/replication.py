@@ -100,6 +100,10 @@ def durably(settings: Settings, write: Callable[[], T]) -> T:
         confirm_replicated(settings)
     except (RedisConnectionError, RedisTimeoutError) as e:
         log.warning("Redis master lost before it confirmed a write (%s); writing again", e)
-        result = write()
-        confirm_replicated(settings)
+        try:
+            result = write()
+            confirm_replicated(settings)
+        except RedisError as again:
+            log.warning("Redis write failed again after a lost master: %r", again)
+            raise
     return result
