@@ -19,6 +19,7 @@ from digitq.errors import ConfigError
 from digitq.jobs import Job
 from digitq.redisserver import SentinelTopology, find_redis_server
 from digitq.redisurl import normalise, parse_sentinel, redact
+from digitq.replication import confirm_replicated
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main
@@ -139,6 +140,20 @@ def test_workers_and_a_scan_through_sentinel(stack, tmp_path, mnist):
     assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 39
     for w in stack["workers"]:
         assert PASSWORD not in w.log() and SENTINEL_PASSWORD not in w.log()
+    assert confirm_replicated(stack["settings"]) == 1  # WAIT: the replica has everything written so far
+
+
+def test_confirm_replicated_costs_nothing_without_a_replica(redis_server, settings):
+    import redis
+
+    from digitq import replication
+
+    replication._replicas.clear()
+    assert confirm_replicated(settings) is None  # one INFO: no replica
+    stats = redis.Redis.from_url(settings.redis_url)
+    before = stats.info("stats")["total_commands_processed"]
+    assert [confirm_replicated(settings) for _ in range(5)] == [None] * 5
+    assert stats.info("stats")["total_commands_processed"] == before + 1  # only this INFO: none until REFRESH_S
 
 
 def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
@@ -149,10 +164,12 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
     n = 5000
     write_image_folder(folder, mnist.x_test[:n], mnist.y_test[:n])
     before = set(os.listdir(settings.jobs_dir)) if settings.jobs_dir.is_dir() else set()
-    # A real producer process, still sending when the master dies (at most 40 batches in flight).
+    # A real producer process, still sending when the master dies (at most 40 batches in flight), then following
+    # the job with the standard stack's own stall handling: the one command, typed before the failover.
     scan = subprocess.Popen([sys.executable, "-m", "producer.cli", "scan", str(folder), "--batch-size", "25",
-                             "--max-in-flight", "1000", "--json"], env={**os.environ, **env}, cwd=tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-in-flight", "1000", "--wait", "--resume-stalled", "--timeout", "120", "--json"],
+                            env={**os.environ, **env}, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         job = wait_until(lambda: _new_job(settings, before), timeout=60, what="the job's manifest")
         wait_until(lambda: len(job.committed()) >= 10, timeout=60, what="10 committed batches")
@@ -161,12 +178,16 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
         killed = time.time()
         promoted = topology.wait_promoted(old, timeout=30)
         promoted_s = time.time() - killed
-        out, err = scan.communicate(timeout=120)
+        try:
+            out, err = scan.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the job did not complete: {json.dumps(_lost(stack, job, killed))}") from None
     finally:
         if scan.poll() is None:
             scan.kill()
-    assert scan.returncode == 0, err
-    wait_until(job.is_done, timeout=120, poll=0.2, what="the job to complete after the failover")
+    if scan.returncode != 0:
+        raise AssertionError(f"the scan failed: {err[-2000:]}; {json.dumps(_lost(stack, job, killed))}")
+    assert job.is_done() and json.loads(out.strip().splitlines()[-1])["state"] == "done"
     last_row = max(p.stat().st_mtime for p in [job.csv_path, *(job.dir / "results").iterdir()])
     rows = csvfile.read(job.csv_path)
     paths = [r["path"] for r in rows]
@@ -177,12 +198,14 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
     stateless_pids = set(stack["workers"][1].child_pids())
     commits = sorted(p.stat().st_mtime for p in (job.dir / "results").iterdir())
     after = [t for t in commits if t > killed]
-    runs = sum(log.count(f"'job_id': '{job.id}'") for log in logs.values())  # successful deliveries
+    runs = sum(1 for log in logs.values() for line in log.splitlines()  # predictions that ran to the end
+               if "digitq.predict_batch[" in line and " succeeded " in line and job.id in line)
     client = redis_client(settings)
     report = {"files": n, "batches": job.n_batches, "committed_at_kill": committed_at_kill,
               "promoted_after_s": round(promoted_s, 2), "kill_to_last_row_s": round(last_row - killed, 2),
               "kill_to_first_commit_s": round(after[0] - killed, 2) if after else None,
-              "deliveries": runs, "unacked_left": client.hlen("unacked"),
+              "resent_by_stall_handling": [ln.strip() for ln in err.splitlines() if "sent them again" in ln],
+              "predictions": runs, "unacked_left": [_describe(raw) for raw in client.hvals("unacked")],
               "queued_left": client.llen(settings.predict_queue),
               "old_master_port": old.port, "new_master_port": promoted.port,
               "worker_reconnects": {k: v.count("Connection to broker lost") for k, v in logs.items()},
@@ -203,6 +226,32 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
     from digitq.broker import live_consumers
 
     assert len(live_consumers(settings, "predict")) == 2  # this process: asks again after the stale connection
+
+
+def _lost(stack: dict, job: Job, killed: float) -> dict:
+    """What a job that did not complete misses, and what the workers and Redis say of it (the report)."""
+    client = redis_client(stack["settings"])
+    missing = sorted(set(range(job.n_batches)) - job.committed())
+    said = {}
+    for w in stack["workers"]:
+        for line in w.log().splitlines():
+            if job.id in line and any(f"'batch': {b}," in line or f", {b}, " in line or f"batch {b}:" in line
+                                      or f"batch {b} " in line for b in missing):
+                said.setdefault(w.logfile.name, []).append(line[:300])
+    report = {"missing": missing, "killed": killed, "unacked": [_describe(r) for r in client.hvals("unacked")],
+              "queued": client.llen("predict"), "said": said,
+              "ledger": sorted(int(b) for b in client.smembers(f"digitq:job:{job.id}:committed")),
+              "warnings": [ln[:300] for w in stack["workers"] for ln in w.log().splitlines()
+                           if "WARNING" in ln or "ERROR" in ln][:40]}
+    (stack["tmp"] / "failover-lost.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _describe(raw: bytes) -> str:
+    """An unacked message, in a few words: its task, its job and batch."""
+    message = json.loads(raw)[0]
+    headers = message.get("headers", {})
+    return f"{headers.get('task')} {headers.get('argsrepr', '')[:40]}"
 
 
 def _new_job(settings: Settings, before: set[str]) -> Job | None:
