@@ -16,7 +16,7 @@ from typing import NamedTuple
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger, scores
+from digitq import blobs, ledger, outbox, scores
 from digitq.broker import PREDICT_TASK, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError, JobError
 from digitq.files import read_file
@@ -226,9 +226,11 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                     time.sleep(poll)
                     _release(job, in_flight)
                 args = [job.id, index, message_entries(settings, job, index, files, scored), context]
-                # Returns once a replica has the message (where there is one): a failover cannot lose it.
-                durably(settings, lambda args=args: app.send_task(PREDICT_TASK, args=args,
-                                                                  queue=settings.predict_queue, producer=producer))
+                # A copy the stack can send again (digitq/outbox.py), then the message; returns once a replica has
+                # both (where there is one): a failover cannot lose them.
+                durably(settings, lambda args=args, index=index: (
+                    outbox.put(settings, job.id, index, args),
+                    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, producer=producer)))
                 in_flight[index] = (sizes[index], size)
                 sent += len(files_to_send)
                 if progress:

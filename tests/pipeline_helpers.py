@@ -68,7 +68,7 @@ def start_workers(mode: str, settings: Settings, logs: Path, *, env: dict[str, s
     private.mkdir(parents=True, exist_ok=True)
     predictor = WorkerProcess({**base, "DIGITQ_DATA_DIR": str(private)}, logs / f"{name}-stateless.log", app=app,
                               concurrency=concurrency, name=f"{name}-stateless")
-    collector = WorkerProcess(worker_env(settings), logs / f"{name}-collector.log", name=f"{name}-collector",
+    collector = WorkerProcess(base, logs / f"{name}-collector.log", name=f"{name}-collector",
                               queues=settings.collect_route(data_dir_id(settings.data_dir)))
     started = [predictor.start()]
     try:

@@ -9,8 +9,10 @@ from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, celery_config, eviction_policy, redact
+from digitq.replication import confirm_replicated
 from digitq.settings import Settings, available_cores
 from worker.commit import COLLECT_TASK, local_data_dir
+from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
 
@@ -33,10 +35,18 @@ def _size_thread_pools(sender=None, **_: object) -> None:
     _pool["concurrency"] = concurrency
 
 
+def _resend(args: list) -> None:
+    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it."""
+    settings = Settings.from_env()
+    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue)
+    confirm_replicated(settings)
+
+
 class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
-    (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says. A data dir that
-    appears after the start (the first scan creates it) is looked for again every few seconds."""
+    (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
+    sweeper (worker/sweeper.py). A data dir that appears after the start (the first scan creates it) is looked
+    for again every few seconds."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
     every_s = 5.0
@@ -44,6 +54,7 @@ class Collector(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs) -> None:
         super().__init__(parent, **kwargs)
         self.timer = None
+        self.sweeper: Sweeper | None = None
 
     def start(self, consumer) -> None:
         if not self._look(consumer):
@@ -53,17 +64,26 @@ class Collector(bootsteps.StartStopStep):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
 
     def _look(self, consumer) -> bool:
         settings = Settings.from_env()
         queues = consumer.app.amqp.queues
-        if settings.predict_queue not in set(queues.consume_from or queues):
-            return True  # a training or collect-only worker: nothing to add
+        consumed = set(queues.consume_from or queues)
+        collecting = any(q.startswith(settings.collect_queue + ".") for q in consumed)
+        if settings.predict_queue not in consumed and not collecting:
+            return True  # a training worker: nothing to add
         dir_id = local_data_dir(settings)
         if not dir_id:
             return False
         _pool["collect"] = settings.collect_route(dir_id)
-        consumer.add_task_queue(_pool["collect"])
+        if _pool["collect"] not in consumed:
+            consumer.add_task_queue(_pool["collect"])
+        if self.sweeper is None:  # the stack's own stall handling for this data dir's jobs (worker/sweeper.py)
+            self.sweeper = Sweeper(settings, _resend)
+            self.sweeper.start()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -9,8 +9,8 @@ Either way :func:`commit` runs the same steps, in an order that keeps every guar
 1. the result file is written atomically (a rerun or duplicate overwrites, never adds);
 2. the content-hash index records the scores (a cache: failures cost nothing);
 3. the caller's ``committed`` hook runs (the delivery count is forgotten);
-4. the ledger records the batch, the batch's blobs are freed, and the job is merged
-   if this may have been its last batch.
+4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.outbox`)
+   are freed, and the job is merged if this may have been its last batch.
 
 A redelivered batch whose blobs are gone is a duplicate when its result is committed
 (:func:`already_committed`). Failures that no retry can mend are recorded the same way:
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger, scores
+from digitq import blobs, ledger, outbox, scores
 from digitq.errors import DigitqError, JobError
 from digitq.jobs import Job, Row
 from digitq.settings import Settings
@@ -97,8 +97,9 @@ def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[
     if committed:
         committed()
     last = _maybe_last(settings, job, outcome.batch)
-    try:
-        blobs.delete(settings, outcome.blobs)  # committed: the bytes are no longer needed, free Redis now
+    try:  # committed: the bytes and the message's copy are no longer needed, free Redis now
+        blobs.delete(settings, outcome.blobs)
+        outbox.done(settings, job.id, [outcome.batch])
     except RedisError as e:  # they expire in any case
         log.warning("job %s batch %d: could not free its blobs: %s", job.id, outcome.batch, e)
     return job.finalize() if last else False

@@ -1,0 +1,71 @@
+"""The stack's own stall handling (worker/sweeper.py): with only workers running (no `digitq wait`, no
+`resume`), a batch a dead worker host took with it is sent again from its copy in Redis, and a job whose
+every batch is committed but not merged is merged."""
+
+import os
+import time
+
+import pytest
+import redis
+
+from digitq import csvfile, outbox
+from digitq.jobs import Row
+from digitq.settings import Settings
+from model.dataset import write_image_folder
+from producer.dispatch import submit
+from producer.follow import wait_for
+from worker import sweeper
+from worker.process import WorkerProcess
+
+from .pipeline_helpers import MODES, make_job, start_workers, stop_workers, wait_until
+from .test_poison import marked_png, sabotaged_env
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_a_dead_host_took_is_sent_again_by_the_stack_itself(redis_server, tmp_path, mnist, mode):
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:29], mnist.y_test[:29])
+    (folder / str(mnist.y_test[29]) / "slow.png").write_bytes(marked_png(mnist.x_test[29], "DIGITQ-TEST-SLOW"))
+    env = {"DIGITQ_STALL_AFTER": "3"}
+    dead = sabotaged_env(settings, DIGITQ_TEST_SLOW_MARKER="DIGITQ-TEST-SLOW", **env)
+    dead["DIGITQ_DATA_DIR"] = str(tmp_path / "nowhere")  # predicts statelessly: it commits nothing itself
+    doomed = WorkerProcess(dead, tmp_path / "dead.log", app="sabotage", name="doomed").start()
+    try:
+        job = submit(settings, [str(folder)], batch_size=10)  # 3 batches: the doomed worker stalls on one
+        wait_until(lambda: "loaded model" in doomed.log(), timeout=30, what="the doomed worker to take a batch")
+        time.sleep(1.0)  # it takes a minute on the slow file, wherever it is
+        os.killpg(doomed.proc.pid, 9)  # the whole host dies: parent and pool, its batches unacked
+    finally:
+        doomed.stop()
+    assert job.committed() == set() and outbox.pending(settings, job.id).keys() == {0, 1, 2}
+    workers = start_workers(mode, settings, tmp_path, env=env, name="good")
+    try:
+        status = wait_for(job, timeout=60)  # follows the files only: no stall handling of its own
+    finally:
+        stop_workers(workers)
+    logs = "".join(w.log() for w in workers)
+    assert status["state"] == "done" and "sent them again" in logs
+    rows = csvfile.read(job.csv_path)
+    assert len(rows) == 30 and not any(r["error"] for r in rows)
+    assert outbox.pending(settings, job.id) == {}
+
+
+def test_a_job_committed_but_never_merged_is_merged_and_its_copies_forgotten(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"), stall_after=1)
+    folder = tmp_path / "in"
+    write_image_folder(folder, mnist.x_test[:6], mnist.y_test[:6])
+    job = make_job(settings, folder, batch_size=3, send=False)
+    for batch, files in job.batches():  # committed by workers whose ledger entries a failover lost
+        job.commit(batch, [Row(f.path, 1, 0.5) for f in files], model_version="bundled-2", started=time.time())
+        outbox.put(settings, job.id, batch, [job.id, batch, [], {}])
+    sent = []
+    assert not job.is_done()
+    assert sweeper.sweep(settings, sent.append) == {"merged": 1, "resent": 0, "forgotten": 0}
+    assert job.is_done() and len(csvfile.read(job.csv_path)) == 6 and sent == []
+    time.sleep(sweeper.interval_s(settings))  # the pass's lock lapses
+    assert sweeper.sweep(settings, sent.append)["forgotten"] == 1 and outbox.jobs(settings) == []

@@ -1,0 +1,118 @@
+"""The stack's own stall handling: no `digitq wait` or `resume` needed when a message is lost.
+
+Every prediction worker that sees a data dir runs a sweeper thread; one of them at a time (a
+Redis lock) looks at the jobs of its data dir that still have message copies in
+:mod:`digitq.outbox`, and
+
+- merges a job whose every batch is committed but that nobody merged (its last ledger
+  entry was lost, or its last committer died between commit and merge);
+- sends again, from the copy, each batch of a job idle for ``DIGITQ_STALL_AFTER`` seconds
+  that is neither queued (to predict, or its result to collect) nor held by a live worker
+  (:func:`digitq.stalls.orphaned`): a worker host that died holding it, a message a Redis
+  failover lost. A copy sent while the original still lives is a duplicate, which commits the
+  same rows;
+- forgets the copies of finished jobs.
+
+A batch whose copy is gone too (Redis restarted empty, or a day passed) is left to
+``digitq resume``, which reads the files again; the job shows ``stalled`` with that advice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from digitq import outbox, stalls
+from digitq.broker import redis_client
+from digitq.errors import DigitqError, JobNotFound
+from digitq.jobs import Job
+from digitq.settings import Settings
+from worker.commit import local_data_dir
+
+log = logging.getLogger("digitq.worker")
+_LOCK = "digitq:sweeper:{}"
+
+
+def interval_s(settings: Settings) -> float:
+    """How often a sweeper looks: a quarter of the stall time, between 1 and 15 s."""
+    return min(15.0, max(1.0, settings.stall_after / 4))
+
+
+def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
+    """One pass over this data dir's jobs (see the module's doc); what it did. Nothing when another
+    process of this data dir holds the pass, or this process sees no data dir."""
+    dir_id = local_data_dir(settings)
+    if not dir_id:
+        return {}
+    client = redis_client(settings)
+    lock = _LOCK.format(dir_id)
+    token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    if not client.set(lock, token, nx=True, px=int(interval_s(settings) * 1000)):
+        return {}
+    done = {"merged": 0, "resent": 0, "forgotten": 0}
+    for job_id in outbox.jobs(settings):
+        try:
+            job = Job.load(settings.jobs_dir, job_id)
+        except JobNotFound:
+            continue  # another data dir's job: its own sweeper's
+        except DigitqError as e:
+            log.warning("sweeper: job %s unreadable: %s", job_id, e)
+            continue
+        if job.is_done():
+            outbox.forget(settings, job_id)
+            done["forgotten"] += 1
+            continue
+        committed = job.committed()
+        if len(committed) == job.n_batches:
+            if job.finalize():
+                log.warning("job %s: every batch committed but not merged (a lost ledger entry, or a worker that died "
+                            "after its commit): merged", job_id)
+                done["merged"] += 1
+            continue
+        if job.failed(committed):
+            continue  # failed for good: `digitq resume` after the cause is fixed
+        last = os.stat(job.dir / "results").st_mtime if committed else job.header["created"]
+        if time.time() - last < settings.stall_after:
+            continue
+        missing = set(range(job.n_batches)) - committed
+        if stalls.orphaned(settings, job_id, missing) is not True:
+            continue
+        kept = outbox.pending(settings, job_id, missing)
+        for args in kept.values():
+            send(args)
+        if kept:
+            log.warning("job %s: no commit for %.0f s and %d batch(es) neither queued nor held by a live worker (a "
+                        "worker host died, or Redis lost them): sent them again", job_id, time.time() - last, len(kept))
+            done["resent"] += len(kept)
+        if len(kept) < len(missing):
+            log.error("job %s: %d missing batch(es) have no copy left in Redis (it restarted empty, or they expired): "
+                      "`digitq resume %s` sends them from the files", job_id, len(missing) - len(kept), job_id)
+    return done
+
+
+class Sweeper(threading.Thread):
+    """:func:`sweep` every :func:`interval_s`, in a worker's main process, beside Celery's event loop (which
+    must stay free to answer the remote-control question :func:`digitq.stalls.orphaned` asks)."""
+
+    def __init__(self, settings: Settings, send: Callable[[list], None]) -> None:
+        super().__init__(name="digitq-sweeper", daemon=True)
+        self.settings, self.send = settings, send
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(interval_s(self.settings)):
+            try:
+                sweep(self.settings, self.send)
+            except (RedisError, OSError, DigitqError) as e:  # Redis down, a failover: the next pass tries again
+                log.warning("sweeper: %s", e)
+            except Exception:  # noqa: BLE001 - a bug must not end the thread silently
+                log.exception("sweeper failed; it tries again")
+
+    def stop(self) -> None:
+        self.stopping.set()
