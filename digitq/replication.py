@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -91,19 +92,32 @@ def confirm_replicated(settings: Settings) -> int | None:
     return acked
 
 
+#: How long :func:`durably` keeps writing again after a lost master: Sentinel's detection and promotion
+#: (``down-after-milliseconds`` plus an election) with room to spare.
+FAILOVER_S = 30.0
+
+
 def durably(settings: Settings, write: Callable[[], T]) -> T:
-    """``write()``, then :func:`confirm_replicated`; if the master was lost before confirming, ``write()`` once
-    more (it must be idempotent: it lands on the promoted master) and confirm that. Returns the last
-    ``write()``'s value."""
+    """``write()``, then :func:`confirm_replicated`; if the master was lost before confirming, ``write()`` again
+    (it must be idempotent: it lands on the promoted master) until it is confirmed, for up to :data:`FAILOVER_S`
+    (Sentinel may not have promoted a replica yet). Returns the last ``write()``'s value."""
     result = write()
     try:
         confirm_replicated(settings)
+        return result
     except (RedisConnectionError, RedisTimeoutError) as e:
         log.warning("Redis master lost before it confirmed a write (%s); writing again", e)
+    deadline = time.monotonic() + FAILOVER_S
+    while True:
+        time.sleep(0.5)
         try:
             result = write()
             confirm_replicated(settings)
+            return result
+        except (RedisConnectionError, RedisTimeoutError, OSError, OperationalError) as again:
+            if time.monotonic() > deadline:
+                log.warning("Redis write failed again after a lost master: %r", again)
+                raise
         except RedisError as again:
             log.warning("Redis write failed again after a lost master: %r", again)
             raise
-    return result
