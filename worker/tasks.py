@@ -54,8 +54,17 @@ def _send(queue: str, args: list) -> None:
 
 
 class BatchTask(app.Task):
-    """What every predict delivery does around :func:`worker.inference.run_batch`: record which version this
-    worker served (for `digitq workers`) once a batch succeeds."""
+    """What every delivery of a batch (to predict, or to commit) does around its work: retry a failure a few
+    times, then record it for good; record which version this worker served (for `digitq workers`)."""
+
+    def retry_or_fail(self, settings: Settings, job_id: str, batch: int, error: Exception, doing: str,
+                      context: dict | None = None) -> None:
+        """Retry with back-off (raises), or, past ``max_retries``, record the batch as failed for good."""
+        if self.request.retries < self.max_retries:
+            log.warning("job %s batch %s: %s failed (%s); retrying", job_id, batch, doing, error)
+            raise self.retry(exc=error, countdown=2**self.request.retries) from error
+        log.error("job %s batch %s: %s failed for good: %s", job_id, batch, doing, error)
+        _record_failure(settings, job_id, int(batch), f"{doing} failed: {commit.outcome_error(error)}", context)
 
     def on_success(self, retval, task_id, args, kwargs) -> None:
         if not isinstance(retval, dict) or not retval.get("model_version") or not self.request.hostname:
@@ -106,15 +115,11 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict], context: dic
         _record_failure(settings, job_id, batch, str(e), context)
         return None
     except Exception as e:
-        if self.request.retries < self.max_retries:
-            log.warning("job %s batch %s failed (%s); retrying", job_id, batch, e)
-            raise self.retry(exc=e, countdown=2**self.request.retries) from e
-        log.error("job %s batch %s failed for good: %s", job_id, batch, e)
-        _record_failure(settings, job_id, batch, commit.outcome_error(e), context)
+        self.retry_or_fail(settings, job_id, batch, e, "prediction", context)
         return None
 
 
-@app.task(name=COLLECT_TASK, bind=True, max_retries=5)
+@app.task(name=COLLECT_TASK, bind=True, max_retries=5, base=BatchTask)
 def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
     """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`worker.commit`."""
     settings = Settings.from_env()
@@ -134,11 +139,7 @@ def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
         _record_failure(settings, job_id, int(batch), str(e))
         return None
     except Exception as e:
-        if self.request.retries < self.max_retries:
-            log.warning("job %s batch %s: commit failed (%s); retrying", job_id, batch, e)
-            raise self.retry(exc=e, countdown=2**self.request.retries) from e
-        log.error("job %s batch %s: commit failed for good: %s", job_id, batch, e)
-        _record_failure(settings, job_id, int(batch), f"commit failed: {commit.outcome_error(e)}")
+        self.retry_or_fail(settings, job_id, batch, e, "commit")
         return None
 
 
