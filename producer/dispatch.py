@@ -17,7 +17,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from digitq import blobs, ledger, outbox, scores
-from digitq.broker import PREDICT_TASK, client_app, ping, redact
+from digitq.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError, JobError
 from digitq.files import read_file
 from digitq.jobs import FileEntry, Job, Row, create_job
@@ -230,7 +230,8 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                 # both (where there is one): a failover cannot lose them.
                 durably(settings, lambda args=args, index=index: (
                     outbox.put(settings, job.id, index, args),
-                    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, producer=producer)))
+                    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, producer=producer,
+                                  argsrepr=batch_repr(args))))
                 in_flight[index] = (sizes[index], size)
                 sent += len(files_to_send)
                 if progress:

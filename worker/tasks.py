@@ -12,7 +12,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from digitq import stalls
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, redis_client
+from digitq.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
 from digitq.jobs import Job
 from digitq.settings import Settings
@@ -50,7 +50,7 @@ def _record_failure(settings: Settings, job_id: str, batch: int, error: str, con
 
 def _send(queue: str, args: list) -> None:
     """Send a collect message (results and failures of stateless workers) to ``queue``."""
-    app.send_task(COLLECT_TASK, args=args, queue=queue)
+    app.send_task(COLLECT_TASK, args=args, queue=queue, argsrepr=batch_repr(args))
 
 
 class BatchTask(app.Task):
