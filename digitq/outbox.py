@@ -45,8 +45,17 @@ def done(settings: Settings, job_id: str, batches: Iterable[int]) -> None:
 
 
 def jobs(settings: Settings) -> list[str]:
-    """The jobs that may still have copies here."""
-    return sorted(j.decode() if isinstance(j, bytes) else str(j) for j in redis_client(settings).smembers(JOBS_KEY))
+    """The jobs that still have copies here (a job whose copies all expired is dropped from the list)."""
+    client = redis_client(settings)
+    listed = sorted(j.decode() if isinstance(j, bytes) else str(j) for j in client.smembers(JOBS_KEY))
+    pipe = client.pipeline(transaction=False)
+    for job_id in listed:
+        pipe.exists(_key(job_id))
+    alive = pipe.execute() if listed else []
+    gone = [job_id for job_id, exists in zip(listed, alive, strict=True) if not exists]
+    if gone:
+        client.srem(JOBS_KEY, *gone)
+    return [job_id for job_id, exists in zip(listed, alive, strict=True) if exists]
 
 
 def pending(settings: Settings, job_id: str, batches: Iterable[int] | None = None) -> dict[int, list]:

@@ -22,7 +22,7 @@ app.config_from_object(celery_config(Settings.from_env()))
 app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
 
 
-_pool: dict[str, object] = {}  # what worker_init and celeryd_after_setup learned, for the worker_ready log line
+_pool: dict[str, object] = {}  # what worker_init and the Collector step learned, for the log and `digitq workers`
 
 
 @signals.worker_init.connect
