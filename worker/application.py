@@ -46,10 +46,10 @@ class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
     (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
     sweeper (worker/sweeper.py). A data dir that appears after the start (the first scan creates it) is looked
-    for again every few seconds."""
+    for again every 2 s."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
-    every_s = 5.0
+    every_s = 2.0
 
     def __init__(self, parent, **kwargs) -> None:
         super().__init__(parent, **kwargs)
