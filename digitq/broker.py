@@ -24,6 +24,7 @@ def batch_repr(args: list) -> str:
     count = f"{len(items.get('rows', []))} rows" if isinstance(items, dict) else f"{len(items)} files"
     return f"[{args[0]!r}, {args[1]!r}, <{count}>]"
 
+
 #: Behind Sentinel, a lost master is replaced after the sentinels' ``down-after-milliseconds`` and an
 #: election (a few seconds): a command, a publish, retries that long, each time asking the sentinels anew.
 FAILOVER_RETRIES = 12  # at least ~6 s with the backoff below, at most ~10 s
