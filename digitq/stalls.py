@@ -51,11 +51,14 @@ def collect_queue(settings: Settings) -> str | None:
     return settings.collect_route(dir_id) if dir_id else None
 
 
-def _queued(client, queue: str, job_id: str) -> int:
-    """How many messages in ``queue`` name ``job_id`` (messages hold the job id; no need to parse them)."""
+def _queued(client, queue: str, job_id: str, enough: int | None = None) -> int:
+    """How many messages in ``queue`` name ``job_id`` (messages hold the job id; no need to parse them), read
+    64 at a time; once ``enough`` are found, no more is read."""
     needle, found = job_id.encode(), 0
     for start in range(0, client.llen(queue), 64):
         found += sum(needle in raw for raw in client.lrange(queue, start, start + 63))
+        if enough is not None and found >= enough:
+            break
     return found
 
 
@@ -89,7 +92,7 @@ def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float 
     try:
         client = redis_client(settings)
         queues = [settings.predict_queue] + [q for q in [collect_queue(settings)] if q]
-        if any(_queued(client, queue, job_id) for queue in queues):
+        if any(_queued(client, queue, job_id, enough=1) for queue in queues):
             return False
     except RedisError:
         return None
