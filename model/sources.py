@@ -33,6 +33,14 @@ def holdout_count(n: int, holdout: float) -> int:
     return min(max(wanted, 1), n - 1)
 
 
+def seeded_split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indexes of the :func:`holdout_count` images held out of ``range(n)``, and of the rest: a permutation
+    seeded with ``seed``, so the same arguments always split the same way."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = holdout_count(n, holdout)
+    return order[:held], order[held:]
+
+
 @dataclass
 class TrainingData:
     """Arrays to train and evaluate on, and a description of each source for the metadata."""
@@ -101,9 +109,8 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0,
             raise DataError(f"training source {path} does not exist")
         if is_mnist_source(path):
             data = load_dataset(path)
-            order = np.random.default_rng(seed).permutation(len(data.y_train))
-            held = holdout_count(len(data.y_train), calibration) if calibration else 0
-            cal, train = np.sort(order[:held]), np.sort(order[held:])
+            cal, train = (np.sort(part) for part in seeded_split(len(data.y_train), calibration, seed))
+            held = len(cal)
             xs.append(data.x_train[train])
             ys.append(data.y_train[train])
             xc.append(data.x_train[cal])
@@ -119,9 +126,8 @@ def load_training_data(paths: list[str], *, holdout: float = 0.2, seed: int = 0,
                                                        np.concatenate([data.y_train, data.y_test]))})
             continue
         folder = read_labelled_folder(path)
-        order = np.random.default_rng(seed).permutation(len(folder.y))
-        held = holdout_count(len(folder.y), holdout)
-        test, train = order[:held], order[held:]
+        test, train = seeded_split(len(folder.y), holdout, seed)
+        held = len(test)
         xs.append(folder.x[train])
         ys.append(folder.y[train])
         xe.append(folder.x[test])
