@@ -133,7 +133,7 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
 
 
 def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
-              context: Mapping[str, object] | None = None, cache: ModelCache = CACHE,
+              context: dict | None = None, cache: ModelCache = CACHE,
               send: Callable[[str, list], None] | None = None) -> dict:
     """Predict one batch of a job with its pinned model; commit it (:mod:`worker.commit`) when this worker sees
     the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
@@ -141,7 +141,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     ``context`` is what the message says about its job (data dir id, model, collect queue); a message without
     one (an older producer) is run only where its job is visible."""
     started = time.time()
-    local = commit.sees(settings, dict(context) if context else None)
+    local = commit.sees(settings, context)
     if not local and send is None:
         raise JobError(f"job {job_id} lives in another data dir, and this caller cannot hand results in")
     job = Job.load(settings.jobs_dir, job_id) if local else None
@@ -157,7 +157,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None:
         ref = Registry(settings.models_dir).resolve(job.model_version)
     else:
-        ref = ARTIFACTS.get(settings, dict(context["model"]))  # type: ignore[index, arg-type]
+        ref = ARTIFACTS.get(settings, context["model"])  # type: ignore[index]
     delivery = Delivery.begin(settings, job_id, batch)
     rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
     outcome = commit.Outcome(job_id, batch, rows, ref.version, started, index=commit.index_entries(entries, rows),
@@ -165,7 +165,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None:
         done = commit.commit(settings, job, outcome, committed=delivery.finish)
     else:
-        commit.hand_in(send, dict(context), outcome)  # type: ignore[arg-type]
+        commit.hand_in(send, context, outcome)  # type: ignore[arg-type]
         # Acked only once a replica has the outcome too (where there is one): a failover cannot lose it. A master
         # lost before it confirms raises: the batch is retried, and a duplicate outcome commits the same rows.
         replication.confirm_replicated(settings)
