@@ -355,6 +355,12 @@ class Job(Record):
 
     # -- status ---------------------------------------------------------
 
+    def last_commit(self, committed: set[int] | None = None) -> float | None:
+        """When the job's last batch was committed (None before any): every commit renames a file into
+        ``results/``, so the directory's mtime is the last one."""
+        committed = self.committed() if committed is None else committed
+        return os.stat(self.dir / "results").st_mtime if committed else None
+
     def snapshot(self) -> JobStatus:
         """A truthful summary built from the files on disk."""
         committed = self.committed()
@@ -373,8 +379,7 @@ class Job(Record):
             state = State.QUEUED
         created = self.header["created"]
         started = min((h["started"] for h in heads), default=None)
-        # Every commit renames a file into results/: the directory's mtime is the last one.
-        last_commit = os.stat(self.dir / "results").st_mtime if committed else None
+        last_commit = self.last_commit(committed)
         finished = done_info["finished"] if done_info else None
         end = finished or time.time()
         elapsed = end - (started or created)

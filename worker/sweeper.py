@@ -77,7 +77,7 @@ def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
             continue
         if job.failed(committed):
             continue  # failed for good: `digitq resume` after the cause is fixed
-        last = os.stat(job.dir / "results").st_mtime if committed else job.header["created"]
+        last = job.last_commit(committed) or job.header["created"]
         if time.time() - last < settings.stall_after:
             continue
         missing = set(range(job.n_batches)) - committed
