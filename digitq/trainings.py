@@ -64,6 +64,20 @@ class TrainingLost(TrainingError):
                          "published nothing, the delivery holding the claim records the outcome")
 
 
+class TrainingUnfinished(TrainingClaimed):
+    """The training's version is published, but this run lost its claim before recording the outcome (and,
+    maybe, before promoting it): the delivery holding the claim finishes it, or the task, asked again later,
+    does (see :func:`model.training.run_training`)."""
+
+    def __init__(self, training_id: str, version: str, holder: Holder | None):
+        TrainingError.__init__(self, f"training {training_id}: version {version} is published, but this run lost "
+                               f"its claim (now: {(holder or UNKNOWN).describe()}) before recording the outcome; "
+                               "the next delivery promotes it if its gate decided so and records the outcome "
+                               f"(or `digitq train --retry {training_id}`)")
+        self.holder = holder or UNKNOWN
+        self.version = version
+
+
 def claim_key(training_id: str) -> str:
     return f"digitq:training:{training_id}:claim"
 

@@ -193,6 +193,14 @@ class Registry:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
+    def position(self) -> tuple[str, int]:
+        """``(version production names, how many moves it has had)``, read together under the lock.
+
+        The count tells a later promotion whether anything moved the alias since (a promotion, or a
+        rollback back to the same version): see ``expect_moves`` in :meth:`promote`."""
+        with self._locked():
+            return self.current(), len(self.history())
+
     # -- writing ----------------------------------------------------------
 
     @contextmanager
@@ -244,18 +252,21 @@ class Registry:
         return self.resolve(str(number)), True
 
     def promote(self, spec: str, *, reason: str, by: str, expect: str | None = None,
-                action: str = "promote") -> dict:
+                expect_moves: int | None = None, action: str = "promote") -> dict:
         """Point ``production`` at a verified version and log the move.
 
         With ``expect``, the move happens only if production still names that
-        version (compare-and-swap); otherwise the returned entry has ``moved: False``.
+        version (compare-and-swap); with ``expect_moves`` too, only if the alias has
+        not moved since :meth:`position` counted that many moves (not even away and back).
+        Otherwise the returned entry has ``moved: False``, and ``moves``: the count now.
         """
         ref = self.resolve(spec)
         _check_intact(ref)  # never promote a version whose files would be refused at load
         with self._locked():
             current = self.current()
-            if expect is not None and current != expect:
-                return {"moved": False, "from": current, "to": ref.version}
+            moves = len(self.history()) if expect_moves is not None else None
+            if (expect is not None and current != expect) or moves != expect_moves:
+                return {"moved": False, "from": current, "to": ref.version, "moves": moves}
             if current == ref.version:
                 return {"moved": False, "from": current, "to": ref.version, "reason": "already production"}
             self._move(current, ref.version, reason=reason, by=by, action=action)

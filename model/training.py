@@ -21,7 +21,7 @@ import numpy as np
 from digitq.errors import DigitqError
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
-from digitq.trainings import Training, TrainingClaimed, release_claim
+from digitq.trainings import Training, TrainingClaimed, TrainingUnfinished, release_claim
 from model import calibration, plots
 from model.evaluation import expected_calibration_error, profile, score_shifts
 from model.export import check_agreement, to_onnx
@@ -145,6 +145,12 @@ def run_training(settings: Settings, training_id: str) -> dict:
             # Its claim was lost (or an outcome is there already): the holder of the claim records its own.
             log.error("training %s: this attempt lost its claim; its outcome is not recorded", training_id)
             outcome = {**outcome, "duplicate": True}
+    if outcome.get("duplicate") and training.outcome() is None and lease.lost.is_set():
+        published = Registry(settings.models_dir).find_training(training_id)
+        if published is not None:
+            # Published, then the claim was lost before the outcome: whoever holds the claim now, or the
+            # next delivery once it lapses, finishes it (promotes it if its gate said so, records the outcome).
+            raise TrainingUnfinished(training_id, published.version, lease.taker)
     return outcome
 
 
@@ -161,21 +167,51 @@ def _logging_to(path: Path):
         handler.close()
 
 
-def _published_outcome(registry: Registry, ref: ModelRef) -> dict:
-    meta = ref.meta
-    return {"state": "done", "version": ref.version, "promoted": registry.current() == ref.version,
-            "accuracy": meta.get("accuracy"), "loss": meta.get("loss"),
+def _finish_published(registry: Registry, training: Training, ref: ModelRef) -> dict:
+    """The outcome of a training whose version an earlier delivery published (it died, or lost its claim,
+    before recording the outcome): never published again, and promoted now if the gate's decision recorded
+    in ``model.json`` was to promote and production has not moved since that decision (the same version,
+    the same number of moves: see :meth:`Registry.position`). A move since, even away and back, superseded
+    it: then it stays a candidate, and the reason says so. At most once: the promotion is itself a move."""
+    meta, decision = ref.meta, ref.meta.get("gate") or {}
+    by = "published by an earlier delivery of this training (not published again)"
+    current, moves = registry.position()
+    if current == ref.version:
+        promoted, reason = True, f"{by}; already production: {decision.get('reason', 'promoted earlier')}"
+    elif not decision.get("promote"):
+        promoted, reason = False, f"{by}; {decision.get('reason', 'not promoted')}"
+    else:
+        moved = {"moved": False, "from": current, "moves": moves}
+        if (current, moves) == (decision.get("production"), decision.get("moves")):
+            training.check_claim()  # only the holder of the claim finishes the training
+            moved = registry.promote(ref.version, reason=decision["reason"], by=f"training {training.id}",
+                                     expect=decision["production"], expect_moves=decision["moves"])
+        promoted = moved["moved"] or moved["from"] == ref.version
+        if promoted:
+            reason = f"{by}; promoted now, as its gate decided: {decision['reason']}"
+            log.info("training %s: promoted version %s, published by an earlier delivery", training.id, ref.version)
+        else:
+            reason = (f"{by}; its gate decided to promote it ({decision['reason']}), but production has moved "
+                      f"since (now {moved['from']}, {moved['moves'] - decision.get('moves', 0)} move(s) later: "
+                      f"see `digitq models history`): not promoted over a newer decision. Promote it by hand "
+                      f"if still wanted: `digitq models promote {ref.version}`")
+            log.warning("training %s: %s", training.id, reason)
+    robustness = meta.get("robustness")
+    base_robustness = meta.get("baseline", {}).get("robustness")
+    return {"state": "done", "version": ref.version, "promoted": promoted,
+            "accuracy": meta.get("accuracy"), "loss": meta.get("loss"), "ece": meta.get("ece"),
+            "temperature": meta.get("calibration", {}).get("temperature"),
             "baseline_version": meta.get("baseline", {}).get("version"),
-            "baseline_accuracy": meta.get("baseline", {}).get("accuracy"),
-            "reason": "published by an earlier delivery of this training; not published again"}
+            "baseline_accuracy": meta.get("baseline", {}).get("accuracy"), "reason": reason,
+            "robustness": _compare_shifts(robustness, base_robustness) if robustness and base_robustness else None}
 
 
 def _train_and_publish(settings: Settings, training: Training, attempt: int) -> dict:
     req = training.request
     registry = Registry(settings.models_dir)
     earlier = registry.find_training(training.id)
-    if earlier is not None:  # a crash after publishing: never publish twice
-        return _published_outcome(registry, earlier)
+    if earlier is not None:  # a crash, or a lost claim, after publishing: never publish twice
+        return _finish_published(registry, training, earlier)
     # A worker without TensorFlow (the slim image, `pip install digitq`) took the `train` queue: the outcome
     # says what to install; `digitq train --retry ID` once a full trainer runs.
     require_train(f"training {training.id} on {socket.gethostname()}")
@@ -210,12 +246,11 @@ def _train_and_publish(settings: Settings, training: Training, attempt: int) -> 
         shutil.rmtree(staging, ignore_errors=True)  # a failed training leaves nothing behind
         raise
     if not created:
-        return _published_outcome(registry, ref)
+        return _finish_published(registry, training, ref)
     accuracy, baseline = figures["accuracy"], figures["baseline"]
     log.info("published version %s", ref.version)
     training.check_claim()
-    promoted, reason, against = _promote(settings, registry, ref, req.get("promote", "auto"), training, data,
-                                         accuracy, baseline["version"], baseline["accuracy"], suite,
+    promoted, reason, against = _promote(settings, registry, ref, ref.meta["gate"], training, data, suite,
                                          (figures["robustness"], figures.pop("baseline_robustness")))
     log.info("%s: %s", "promoted" if promoted else "not promoted", reason)
     return {"state": "done", "version": ref.version, "promoted": promoted, "accuracy": accuracy,
@@ -252,7 +287,8 @@ def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, tr
     # What the version will serve: every runtime applies the recorded temperature (model/runtime.py).
     probs = calibration.apply_temperature(raw, temperature)
     accuracy, loss = score(probs, data.y_eval)
-    baseline = registry.resolve("production")
+    production, moves = registry.position()  # what the gate's decision is against, recorded with it
+    baseline = registry.resolve(production)
     base_predictor = load_predictor(baseline, "keras")
     base_probs = base_predictor.predict(data.x_eval)
     base_acc, base_loss = score(base_probs, data.y_eval)
@@ -280,6 +316,13 @@ def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, tr
     meta["artifacts"] = {ONNX_FILE: sha256_file(staging / ONNX_FILE),
                          **_plots(staging, history, data, probs, training.id)}
     meta["sha256"] = sha256_file(staging / MODEL_FILE)
+    # Decided before publishing and published with the version: a delivery that finds the version published
+    # but not promoted (its publisher died or lost its claim in between) promotes it on this decision.
+    policy = training.request.get("promote", "auto")
+    ok, reason = gate(policy, figures["accuracy"], figures["baseline"]["accuracy"], baseline.version,
+                      settings.promote_tolerance, len(data.y_eval), (mine, theirs))
+    meta["gate"] = {"policy": policy, "promote": ok, "reason": reason, "production": baseline.version,
+                    "moves": moves}
     atomic_write_json(staging / "model.json", meta)
     training.check_claim()  # a run that lost its claim publishes nothing
     ref, created = registry.publish(staging, training.id)
@@ -339,23 +382,28 @@ def _compare_shifts(candidate: dict, production: dict) -> dict:
                         "baseline_ece": production["average"]["ece"]}}
 
 
-def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str, training: Training,
-             data: TrainingData, accuracy: float, baseline_version: str, base_acc: float, suite: list,
-             robustness: tuple[dict, dict]) -> tuple[bool, str, tuple[dict, dict]]:
-    """Apply the gate; if production moved while we trained, score the new one on the same sets and decide
-    again. Returns ``(promoted, reason, (candidate, production) suite scores the decision used)``."""
+def _promote(settings: Settings, registry: Registry, ref: ModelRef, decision: dict, training: Training,
+             data: TrainingData, suite: list, robustness: tuple[dict, dict]) -> tuple[bool, str, tuple[dict, dict]]:
+    """Act on the gate's ``decision`` (recorded in ``model.json``); if production moved since it, score the
+    new one on the same sets and decide again. Returns ``(promoted, reason, (candidate, production) suite
+    scores the decision used)``."""
+    ok, reason = decision["promote"], decision["reason"]
+    baseline_version, moves = decision["production"], decision["moves"]
+    accuracy = ref.meta["accuracy"]
     for _ in range(3):
-        ok, reason = gate(policy, accuracy, base_acc, baseline_version, settings.promote_tolerance,
-                          len(data.y_eval), robustness)
         if not ok:
             return False, reason, robustness
-        moved = registry.promote(ref.version, reason=reason, by=f"training {training.id}", expect=baseline_version)
-        if moved["moved"]:
+        moved = registry.promote(ref.version, reason=reason, by=f"training {training.id}", expect=baseline_version,
+                                 expect_moves=moves)
+        if moved["moved"] or moved["from"] == ref.version:  # or a delivery that took our claim promoted it
             return True, reason, robustness
-        baseline_version = moved["from"]
+        baseline_version, moves = moved["from"], moved["moves"]
         other = load_predictor(registry.resolve(baseline_version), "keras")
         base_acc, _ = score(other.predict(data.x_eval), data.y_eval)
         robustness = (robustness[0], score_shifts(suite, other.predict))
+        training.check_claim()
+        ok, reason = gate(decision["policy"], accuracy, base_acc, baseline_version, settings.promote_tolerance,
+                          len(data.y_eval), robustness)
     return False, "production kept moving while this training was promoted; promote it by hand if still wanted", \
         robustness
 

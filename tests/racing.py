@@ -8,13 +8,18 @@ Only tests start it (with ``tests/`` on PYTHONPATH). Real barriers (files), no s
 - ``DIGITQ_TEST_CLAIM_BARRIER`` (a dir) and ``DIGITQ_TEST_CLAIM_PARTIES`` (a count): the first time a process
   reads a training's run record (what it decides to claim on) it records itself in the dir and waits until
   that many processes have, so that every delivery has looked before any of them claims.
+- ``DIGITQ_TEST_KILL_AFTER_PUBLISH`` (a dir): the first process to publish a version records itself there
+  (``killed-<pid>``) and SIGKILLs itself the moment the version is published, before anything else runs:
+  a training that dies between publishing and promoting.
 """
 
 import os
+import signal
 import time
 from pathlib import Path
 
 from digitq import trainings
+from model.registry import Registry
 from worker import inference
 from worker.application import app
 
@@ -24,9 +29,11 @@ _BLOCK = os.environ.get("DIGITQ_TEST_BLOCK_MARKER", "").encode()
 _BLOCK_DIR = os.environ.get("DIGITQ_TEST_BLOCK_DIR")
 _CLAIM_DIR = os.environ.get("DIGITQ_TEST_CLAIM_BARRIER")
 _PARTIES = int(os.environ.get("DIGITQ_TEST_CLAIM_PARTIES", "2"))
+_KILL_DIR = os.environ.get("DIGITQ_TEST_KILL_AFTER_PUBLISH")
 _WAIT_S = 120.0
 _decode = inference.decode_image
 _run_record = trainings.Training.run_record
+_publish = Registry.publish
 _waited: set[int] = set()
 
 
@@ -54,5 +61,14 @@ def _run_record_after_barrier(self):
     return record
 
 
+def _publish_then_die(self, *args, **kwargs):
+    published = _publish(self, *args, **kwargs)
+    if _KILL_DIR and published[1] and not any(Path(_KILL_DIR).glob("killed-*")):
+        (Path(_KILL_DIR) / f"killed-{os.getpid()}-{published[0].version}").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return published
+
+
 inference.decode_image = _blocking_decode
+Registry.publish = _publish_then_die
 trainings.Training.run_record = _run_record_after_barrier

@@ -1,0 +1,170 @@
+"""A training whose version is published but not promoted (its run was killed, or lost its claim, in between)
+is finished by the next delivery: promoted exactly once if its gate decided so, never over a newer move of
+production. Real redis-server; a real Celery worker SIGKILLed between publish and promote; real trainings on
+60 MNIST digits, one epoch."""
+
+import json
+import shutil
+
+import redis
+
+from digitq.holders import Holder, Lease
+from digitq.settings import Settings
+from digitq.trainings import Training, TrainingClaimed, claim_key, create_training
+from model.dataset import write_image_folder
+from model.registry import Registry
+from model.training import run_training
+from producer.training import request_training
+from worker.process import WorkerProcess
+
+from .pipeline_helpers import wait_until
+from .test_races import racing_env
+
+
+def _moves(reg: Registry) -> list[tuple[str, str, str]]:
+    return [(h["action"], h["from"], h["to"]) for h in reg.history()]
+
+
+def test_a_training_killed_between_publish_and_promote_is_promoted_by_its_redelivery(redis_server, tmp_path, mnist):
+    url = redis_server.url.rsplit("/", 1)[0] + "/13"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    kills = tmp_path / "kills"
+    kills.mkdir()
+    env = racing_env(settings, DIGITQ_TEST_KILL_AFTER_PUBLISH=str(kills))
+    with WorkerProcess(env, tmp_path / "trainer.log", queues="train", app="racing", name="dying") as trainer:
+        training = request_training(settings, sources=[str(folder)], epochs=1, from_version=None, holdout=0.2,
+                                    seed=0, promote="always")
+        status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300, poll=0.5,
+                            what="the redelivered training to finish")
+        log = trainer.log()
+    # The pool process that trained was SIGKILLed the moment its version was published, before promoting.
+    (killed,) = kills.glob("killed-*")
+    version = killed.name.rsplit("-", 1)[1]
+    assert "WorkerLostError" in log or "signal 9" in log, log[-3000:]
+    reg = Registry(settings.models_dir)
+    assert status["version"] == version and status["attempt"] == 2, status
+    assert status["promoted"] is True and "promoted now, as its gate decided: --promote always" in status["reason"]
+    assert reg.current() == version
+    assert _moves(reg) == [("promote", "bundled-2", version)]  # once
+    assert reg.history()[0]["by"] == f"training {training.id}" and "--promote always" in reg.history()[0]["reason"]
+    assert [ref.version for ref in reg.versions() if ref.meta.get("training_id") == training.id] == [version]
+
+
+def test_a_training_that_loses_its_claim_between_publish_and_promote_is_promoted_by_the_next_delivery(
+        redis_server, tmp_path, mnist, monkeypatch):
+    from digitq import trainings
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    settings.trainings_dir.mkdir(parents=True)
+    folder = tmp_path / "labelled"
+    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
+    training = create_training(settings.trainings_dir, sources=[str(folder)], epochs=1, from_version=None,
+                               holdout=0.2, seed=0, promote="always", by="test")
+    monkeypatch.setattr(trainings, "HEARTBEAT_S", 0.05)
+    client = redis.Redis.from_url(url)
+    key = claim_key(training.id)
+    other = Lease(client, key, 60, Holder("elsewhere", "ns", 7, "1", "boot"))
+    published, taken = [], []
+    publish, check_claim = Registry.publish, Training.check_claim
+
+    def publish_and_note(self, *args, **kwargs):
+        result = publish(self, *args, **kwargs)
+        published.append(result[0].version)
+        return result
+
+    def lose_it_once_published(self):
+        if published and not taken:
+            # Right after publishing: this run's lease lapsed (the VM paused) and another delivery took it.
+            taken.append(True)
+            client.delete(key)
+            assert other.acquire() is None
+            assert self.lease.lost.wait(10), "the heartbeat did not notice"
+        check_claim(self)
+
+    monkeypatch.setattr(Registry, "publish", publish_and_note)
+    monkeypatch.setattr(Training, "check_claim", lose_it_once_published)
+    reg = Registry(settings.models_dir)
+    try:
+        first = run_training(settings, training.id)
+    except TrainingClaimed as e:  # the task looks again later
+        first = e
+    assert taken and published, "the claim was not lost between publish and promote"
+    # The run that lost its claim promoted nothing and recorded nothing, and says the training is unfinished.
+    assert isinstance(first, TrainingClaimed) and f"version {published[0]} is published" in str(first), first
+    assert reg.current() == "bundled-2" and reg.history() == [] and training.outcome() is None
+    assert training.status()["state"] == "interrupted"
+
+    other.release()  # the delivery that took the claim died without finishing; the task's retry comes
+    again = run_training(settings, training.id)
+    assert again["version"] == published[0] and again["promoted"] is True, again
+    assert "promoted now, as its gate decided" in again["reason"]
+    assert reg.current() == published[0] and _moves(reg) == [("promote", "bundled-2", published[0])]
+    outcome = json.loads((training.dir / "outcome.json").read_text())
+    assert outcome["promoted"] is True and outcome["version"] == published[0]
+    assert run_training(settings, training.id)["duplicate"] and len(reg.history()) == 1  # and only once
+
+
+def _published(settings: Settings, reg: Registry, *, promote: bool) -> tuple[Training, str]:
+    """A training whose run published a version (a copy of the bundled model) with the gate's decision
+    against production as it is now, then died before promoting it."""
+    training = create_training(settings.trainings_dir, sources=["/nowhere"], epochs=1, from_version=None,
+                               holdout=0.2, seed=0, promote="auto", by="test")
+    staging = reg.staging_dir("copy")
+    for item in reg.bundled().directory.iterdir():
+        shutil.copy(item, staging / item.name)
+    meta = json.loads((staging / "model.json").read_text())
+    meta["training_id"] = training.id
+    meta["gate"] = {"policy": "auto", "promote": promote, "reason": f"gate said {promote}",
+                    "production": reg.current(), "moves": len(reg.history())}
+    (staging / "model.json").write_text(json.dumps(meta))
+    return training, reg.publish(staging, training.id)[0].version
+
+
+def test_a_published_version_is_promoted_on_its_gate_decision_once_and_never_over_a_newer_move(
+        redis_server, tmp_path):
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    settings.trainings_dir.mkdir(parents=True)
+    reg = Registry(settings.models_dir)
+
+    first, v1 = _published(settings, reg, promote=True)
+    out = run_training(settings, first.id)
+    assert out["promoted"] is True and out["version"] == v1 and reg.current() == v1, out
+    assert _moves(reg) == [("promote", "bundled-2", v1)]
+    assert run_training(settings, first.id)["duplicate"] and len(reg.history()) == 1
+
+    refused, v2 = _published(settings, reg, promote=False)  # the gate refused it: a candidate it stays
+    out = run_training(settings, refused.id)
+    assert out["promoted"] is False and "gate said False" in out["reason"] and reg.current() == v1
+
+    older, v3 = _published(settings, reg, promote=True)  # both decided against production v1 ...
+    newer, v4 = _published(settings, reg, promote=True)
+    assert run_training(settings, newer.id)["promoted"] is True and reg.current() == v4  # ... the newer went first
+    reg.rollback(reason="back to v1", by="test")  # production names v1 again, as when `older` was decided
+    assert reg.current() == v1
+    out = run_training(settings, older.id)
+    assert out["promoted"] is False and reg.current() == v1, out
+    assert "production has moved since" in out["reason"] and f"digitq models promote {v3}" in out["reason"]
+    assert _moves(reg) == [("promote", "bundled-2", v1), ("promote", v1, v4), ("rollback", v4, v1)]
+    assert Training.load(settings.trainings_dir, older.id).status()["promoted"] is False
+
+
+def test_two_promotions_on_one_decision_move_production_once(tmp_path):
+    reg = Registry(tmp_path / "models")
+    staging = reg.staging_dir("copy")
+    for item in reg.bundled().directory.iterdir():
+        shutil.copy(item, staging / item.name)
+    version = reg.publish(staging)[0].version
+    production, moves = reg.position()
+    first = reg.promote(version, reason="r", by="a", expect=production, expect_moves=moves)
+    second = reg.promote(version, reason="r", by="b", expect=production, expect_moves=moves)
+    assert first["moved"] is True and second["moved"] is False and second["from"] == version
+    assert len(reg.history()) == 1
+    reg.rollback(reason="away and back", by="test")
+    assert reg.current() == production
+    # Production names the version of the decision again, but it moved since: no move on that decision.
+    again = reg.promote(version, reason="r", by="c", expect=production, expect_moves=moves)
+    assert again["moved"] is False and again["moves"] == 2 and reg.current() == production
