@@ -9,16 +9,21 @@ everything again. Only rows that follow from the bytes are recorded (a predictio
 decode error); a read failure or a quarantine is not.
 
 SQLite with its default rollback journal and a busy timeout, so several worker
-processes may record at once. On network storage (NFS) its locking is only as
+processes may record at once. Every connection is opened under a shared ``flock`` on
+``scores-2.sqlite3.lock``, and a damaged index is set aside under an exclusive one: no
+connection is open while it moves, so a journal it takes along is never a new index's, and
+no row is written into a file being moved. On network storage (NFS) its locking is only as
 good as the server's; the index is a cache, and losing it costs predictions, not rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from blake3 import blake3
@@ -56,6 +61,23 @@ def is_corrupt(error: sqlite3.Error) -> bool:
     return type(error) is sqlite3.DatabaseError
 
 
+@contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    """Hold the index's lock: shared by every open connection, exclusive to set it aside.
+
+    A turnstile (``.gate``) first, held only while taking the lock: a waiting exclusive request holds
+    it, so that new connections queue behind it instead of starving it (``flock`` favours neither)."""
+    with open(path.with_name(path.name + ".gate"), "a+b") as gate, \
+            open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(gate.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(gate.fileno(), fcntl.LOCK_UN)
+        yield  # both files' locks go with their descriptors
+
+
 def repair(data_dir: Path) -> Path | None:
     """Move a damaged index aside, so that the next write starts a new one; returns where it went, or None
     when the index is readable (or absent). A cache lost costs predictions, never rows.
@@ -66,51 +88,98 @@ def repair(data_dir: Path) -> Path | None:
     if not path.exists():
         return None
     try:
-        db = sqlite3.connect(path, timeout=30)
-        try:
-            db.execute(_SCHEMA)
-            db.execute("SELECT digest FROM scores LIMIT 1").fetchall()
-        finally:
-            db.close()
+        with _locked(path, exclusive=False):
+            seen = os.stat(path)  # under the shared lock: the very file the probe reads
+            db = sqlite3.connect(path, timeout=30)
+            try:
+                db.execute(_SCHEMA)
+                db.execute("SELECT digest FROM scores LIMIT 1").fetchall()
+            finally:
+                db.close()
+    except FileNotFoundError:  # set aside meanwhile
+        return None
     except sqlite3.Error as e:
         if not is_corrupt(e):
             return None
-        return set_aside(data_dir)
+        return set_aside(data_dir, seen)
     return None
 
 
-def set_aside(data_dir: Path) -> Path | None:
-    """Rename the index (and its journal) to ``scores-2.sqlite3.corrupt-<time>``; None when another process
-    already did: of concurrent callers exactly one moves it, and says so."""
+def set_aside(data_dir: Path, seen: os.stat_result | None = None) -> Path | None:
+    """Rename the damaged index (and its journal) to ``scores-2.sqlite3.corrupt-<time>``; None when it is
+    not there to move: another process already did (of concurrent callers exactly one moves it, and says
+    so), and the index there now is a new one.
+
+    Under the exclusive lock, so no connection is open anywhere: a journal beside the index is then the
+    damaged index's own (a writer died mid-transaction), and goes with it, journal first, so that a new
+    index never replays it. It moves only the file judged damaged: the one ``seen`` (``os.stat``) names,
+    or, without ``seen``, a file that fails SQLite's ``quick_check`` now."""
     path = index_path(data_dir)
-    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}")
-    try:
-        os.rename(path, target)
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    journal = path.with_name(path.name + "-journal")
-    if journal.exists():
-        os.replace(journal, target.with_name(target.name + "-journal"))
+    with _locked(path, exclusive=True):
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if seen is not None and (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+            return None
+        if seen is None and not _damaged(path):
+            return None
+        name = f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        target, n = path.with_name(name), 1
+        while target.exists() or target.with_name(target.name + "-journal").exists():  # one set aside this second
+            n += 1
+            target = path.with_name(f"{name}-{n}")
+        journal = path.with_name(path.name + "-journal")
+        if journal.exists():
+            os.replace(journal, target.with_name(target.name + "-journal"))
+        os.rename(path, target)
     return target
 
 
-def _connect(data_dir: Path, create: bool) -> sqlite3.Connection | None:
+def _damaged(path: Path) -> bool:
+    """Whether the index file fails to open or SQLite's ``quick_check`` (every page read): called under
+    the exclusive lock only."""
+    try:
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            return db.execute("PRAGMA quick_check").fetchall() != [("ok",)]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return is_corrupt(e)
+
+
+@contextmanager
+def _open(data_dir: Path, create: bool) -> Iterator[sqlite3.Connection | None]:
+    """A connection to the index, under the shared lock for as long as it is open; None (nothing created)
+    when ``create`` is false and there is no index."""
     path = index_path(data_dir)
     if not create and not path.exists():
-        return None
+        yield None
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30)
-    db.execute(_SCHEMA)
-    return db
+    with _locked(path, exclusive=False):
+        if not create and not path.exists():  # set aside meanwhile
+            yield None
+            return
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute(_SCHEMA)
+            yield db
+        finally:
+            db.close()
 
 
 def lookup(data_dir: Path, version: str, digests: Sequence[str]) -> dict[str, Score]:
     """``digest -> (prediction, confidence, error)`` for the digests ``version`` has scored."""
-    db = _connect(data_dir, create=False)
-    if db is None or not digests:
+    if not digests:
         return {}
     found: dict[str, Score] = {}
-    try:
+    with _open(data_dir, create=False) as db:
+        if db is None:
+            return {}
         unique = sorted(set(digests))
         for start in range(0, len(unique), _LOOKUP_CHUNK):
             chunk = unique[start : start + _LOOKUP_CHUNK]
@@ -119,8 +188,6 @@ def lookup(data_dir: Path, version: str, digests: Sequence[str]) -> dict[str, Sc
             for sha, prediction, confidence, error in db.execute(query, [version, *chunk]):
                 if _plausible(prediction, confidence, error):  # the index is shared: trust no odd entry
                     found[sha] = (prediction, confidence, error)
-    finally:
-        db.close()
     return found
 
 
@@ -137,10 +204,6 @@ def record(data_dir: Path, version: str, scored: Iterable[tuple[str, int | None,
     items = [(sha, version, p, c, e) for sha, p, c, e in scored]
     if not items:
         return 0
-    db = _connect(data_dir, create=True)
-    try:
-        with db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", items)
-    finally:
-        db.close()
+    with _open(data_dir, create=True) as db, db:
+        db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", items)
     return len(items)
