@@ -11,7 +11,9 @@
   (``SET NX PX``, see :mod:`digitq.holders`), so that two concurrent deliveries
   (a duplicate, ``train --retry`` of a message that was not lost) never both train;
   a run that finds its lease taken (or lapsed: Redis silent, the process paused for
-  longer than :data:`STALE_AFTER_S`) stops at its next epoch and publishes nothing;
+  longer than :data:`STALE_AFTER_S`) stops at its next epoch and publishes nothing, or,
+  past publishing, promotes nothing and leaves the version to the next delivery
+  (:class:`TrainingUnfinished`), which promotes it on the gate's recorded decision;
 - ``progress.jsonl``: one line per finished epoch (loss, accuracy, validation);
 - ``train.log``: the log of every attempt;
 - ``outcome.json``: how it ended: the published version or the error; written

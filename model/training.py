@@ -107,7 +107,9 @@ def run_training(settings: Settings, training_id: str) -> dict:
     """Run a training request once; a finished or live one is left alone (duplicate delivery).
 
     Of two concurrent deliveries only the one that wins the claim (atomic, in Redis: see
-    :meth:`Training.claim`) trains; the other is acknowledged and touches nothing."""
+    :meth:`Training.claim`) trains; the other is acknowledged and touches nothing. A run that loses its
+    claim once the version is published raises :class:`TrainingUnfinished` (the task looks again later):
+    the delivery that then holds the claim finishes it (:func:`_finish_published`)."""
     training = Training.load(settings.trainings_dir, training_id)
     outcome = training.outcome()
     if outcome:
