@@ -103,3 +103,18 @@ def test_rows_the_index_fills_never_replace_a_committed_result(settings, tmp_pat
     scored = {"index": (5, 0.99, None)}
     _commit_scored(settings, job, 0, [FileEntry(f.path, f.size, None, "index") for f in files], scored)
     assert job.result_path(0).read_bytes() == first and job.discarded() == 1
+
+
+def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from digitq.storage import create_once
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # FAT, some FUSE and SMB mounts
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "r.jsonl"
+    assert create_once(target, "first\n") and not create_once(target, "second\n")
+    assert target.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
