@@ -5,8 +5,10 @@
 - ``files.jsonl``: every image file of the job, in order, one JSON line each;
 - ``job.json``: the header (pinned model version, batch sizes, ``--out`` target),
   written last, so a job exists once it is complete on disk;
-- ``results/<batch>.jsonl``: one committed result per batch, written atomically
-  by whichever worker ran it (a rerun overwrites, never adds);
+- ``results/<batch>.jsonl``: one committed result per batch, created atomically
+  by whichever worker committed it first and never replaced: a later outcome of the
+  batch (a duplicate, a redelivery, a re-send) is discarded, and counted in
+  ``discarded/``;
 - ``failed/<batch>.json``: a batch that failed for good, until ``resume``;
 - ``predictions.csv`` and ``done.json``: the merge, once every batch is committed.
 
@@ -31,7 +33,7 @@ from digitq.errors import JobError, JobNotFound
 from digitq.records import ID_RE, Record, State, Status, new_id, read_json
 from digitq.records import list_ids as list_ids  # imported from here by older callers
 from digitq.scores import DIGEST
-from digitq.storage import atomic_open, atomic_write
+from digitq.storage import atomic_open, create_once
 
 _json_string = json.encoder.encode_basestring_ascii
 _json_decode = json.JSONDecoder().decode
@@ -154,6 +156,8 @@ class JobStatus(Status):
     last_commit: float | None
     elapsed_s: float | None
     rate_per_s: float | None
+    #: Later outcomes of committed batches that were discarded (the first commit of a batch stands).
+    duplicates: int = 0
 
 
 class Job(Record):
@@ -227,9 +231,11 @@ class Job(Record):
         return found
 
     def commit(self, batch: int, rows: Sequence[Row], *, model_version: str, started: float,
-               host: str | None = None, pid: int | None = None) -> None:
-        """Atomically write (or overwrite) the result of one batch (``host`` and ``pid``: the worker process that
-        predicted it, when another process commits it)."""
+               host: str | None = None, pid: int | None = None) -> bool:
+        """Commit the result of one batch, atomically, unless it is committed already: True when this call
+        committed it. A later outcome of the batch is discarded and counted (:meth:`discarded`): a result is
+        never replaced, so the merged CSV, the result files and their digests agree whenever a duplicate
+        arrives. ``host`` and ``pid``: the worker process that predicted it, when another process commits it."""
         if not 0 <= batch < self.n_batches:
             raise JobError(f"job {self.id} has no batch {batch} (it has {self.n_batches})")
         if len(rows) != self.batch_sizes[batch]:
@@ -254,8 +260,27 @@ class Job(Record):
             ({"path": r.path, "prediction": r.prediction, "confidence": r.confidence,
               "model_version": model_version, "error": r.error} for r in rows), header=False)
         digests = json.dumps([r.digest for r in rows], separators=(",", ":"))
-        atomic_write(self.result_path(batch), json.dumps(head) + "\n" + digests + "\n" + body)
+        # The temp file beside results/, not in it: results/'s mtime is the last commit (last_commit).
+        if not create_once(self.result_path(batch), json.dumps(head) + "\n" + digests + "\n" + body, self.dir):
+            self.record_discarded(batch, host=head["host"], pid=head["pid"])
+            return False
         (self.dir / "failed" / f"{batch:06d}.json").unlink(missing_ok=True)
+        return True
+
+    def record_discarded(self, batch: int, *, host: str | None = None, pid: int | None = None) -> None:
+        """Count a later outcome (or delivery) of a committed batch that was discarded: one file each in
+        ``discarded/``, so that concurrent discards never lose a count."""
+        (self.dir / "discarded").mkdir(exist_ok=True)
+        record = {"batch": batch, "host": host or socket.gethostname(), "pid": pid or os.getpid(), "at": time.time()}
+        name = f"{batch:06d}-{os.getpid()}-{os.urandom(4).hex()}.json"
+        create_once(self.dir / "discarded" / name, json.dumps(record) + "\n", self.dir)
+
+    def discarded(self) -> int:
+        """How many later outcomes of committed batches were discarded (:meth:`record_discarded`)."""
+        try:
+            return sum(1 for name in os.listdir(self.dir / "discarded") if not name.startswith("."))
+        except FileNotFoundError:
+            return 0
 
     def result_header(self, batch: int) -> dict | None:
         """The first line of a committed result (counts and timings), cached by mtime."""
@@ -402,6 +427,7 @@ class Job(Record):
             last_commit=last_commit,
             elapsed_s=round(elapsed, 3) if started else None,
             rate_per_s=round(done_count / elapsed, 1) if started and elapsed > 0 else None,
+            duplicates=self.discarded(),
         )
 
 

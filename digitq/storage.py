@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -33,6 +34,42 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
     with atomic_open(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+#: What ``link(2)`` fails with where a file system has no hard links (FAT, some FUSE and SMB mounts).
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
+
+
+def create_once(path: str | Path, data: bytes | str, tmp_dir: str | Path | None = None) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True when this call created it.
+
+    The first writer wins, atomically: the data is written and fsynced under a temp name, then hard-linked
+    to ``path``, and a link never replaces a file. A reader sees the whole file or none, and no later call
+    changes it. ``tmp_dir`` (on the same file system) keeps the temp name out of ``path``'s folder, whose
+    mtime then changes only when ``path`` appears. Where the file system has no hard links, the temp file
+    is renamed into place if ``path`` is absent: atomic for readers, but two writers at the same instant
+    may both win there."""
+    path = Path(path)
+    tmp = Path(tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
 
 
 def atomic_write_json(path: str | Path, obj: object) -> None:

@@ -296,7 +296,8 @@ def _say_set_aside(why: object, moved: os.PathLike | None) -> None:
 
 def _commit_scored(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
                    scored: Mapping[str, scores.Score]) -> None:
-    """Commit a batch whose every file the index has scored, here, as a worker would."""
+    """Commit a batch whose every file the index has scored, here, as a worker would (if a worker committed it
+    first, its result stands and these rows are discarded and counted, as any later outcome)."""
     rows = [Row(f.path, error=f.error) if f.error else Row(f.path, *scored[f.digest], digest=f.digest) for f in files]
     job.commit(batch, rows, model_version=job.model_version, started=time.time())
     try:

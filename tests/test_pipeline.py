@@ -72,14 +72,18 @@ def test_batch_delivered_twice_yields_one_row_per_file(redis_server, tmp_path, d
         first = job.csv_path.read_bytes()
         rows = csvfile.read(job.csv_path)
         assert len(rows) == job.total == 32 and len({r["path"] for r in rows}) == 32
-        # a late duplicate after the merge overwrites its own result, never adds rows
-        before = job.result_path(1).stat().st_mtime_ns
+        # the first commit of each batch stands: the three duplicates were discarded and counted
+        wait_until(lambda: job.discarded() == 3, what="the duplicates to be discarded")
+        # a late duplicate after the merge changes nothing either, and is counted too
+        before = job.result_path(1).read_bytes()
         enqueue(settings, job, [1])
-        wait_until(lambda: job.result_path(1).stat().st_mtime_ns != before, what="duplicate batch to commit")
+        wait_until(lambda: job.discarded() == 4, what="the late duplicate to be discarded")
+        assert job.result_path(1).read_bytes() == before
         assert job.finalize() and job.csv_path.read_bytes() == first
     finally:
         stop_workers(workers)
     assert workers[0].log().count("Task digitq.predict_batch") >= 2 * 8  # received and succeeded, 8 deliveries
+    assert sum(w.log().count("discarded, a duplicate") for w in workers) == 4
 
 
 def test_merge_waits_for_last_batch_and_is_idempotent(worker, settings, digits):

@@ -72,7 +72,7 @@ def test_job_status_is_the_dict_it_always_was(tmp_path):
     assert status == job.snapshot().to_dict()
     assert list(status) == ["job_id", "state", "total", "done", "errors", "skipped", "batches", "batches_done",
                             "failed_batches", "model_version", "output", "out", "created", "started", "finished",
-                            "last_commit", "elapsed_s", "rate_per_s"]
+                            "last_commit", "elapsed_s", "rate_per_s", "duplicates"]
     assert (status["state"], status["done"], status["started"], status["elapsed_s"]) == ("queued", 0, None, None)
 
     job.commit(0, [Row(f"f{i}.png", 1, 0.9) for i in range(3)], model_version="1", started=100.0)
@@ -87,7 +87,7 @@ def test_job_status_is_the_dict_it_always_was(tmp_path):
         "batches_done": 2, "failed_batches": {}, "model_version": "1", "output": str(job.csv_path.resolve()),
         "out": "o.csv", "created": job.header["created"], "started": 50.0, "finished": done["finished"],
         "last_commit": (job.dir / "results").stat().st_mtime, "elapsed_s": round(done["finished"] - 50.0, 3),
-        "rate_per_s": round(5 / (done["finished"] - 50.0), 1),
+        "rate_per_s": round(5 / (done["finished"] - 50.0), 1), "duplicates": 0,
     }
     assert json.dumps(status) == json.dumps(expected)
     assert json.dumps(status, indent=1) == json.dumps(expected, indent=1)

@@ -109,9 +109,9 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
     assert status["state"] == "done" and len(rows) == 600
     assert sum(r["prediction"] == r["path"].split("/")[-2] for r in rows) >= 590
     # Duplicates nothing: the rows the two workers predicted, batch by batch, add up to 600, not more (the
-    # CSV cannot show a batch run twice: its second result overwrites the first).
+    # CSV cannot show a batch run twice: a second outcome is discarded, and counted).
     predicted = [int(n) for n in re.findall(r" succeeded in [^\n]*'rows': (\d+)", logs)]
-    assert len(predicted) == job.n_batches and sum(predicted) == 600
+    assert len(predicted) == job.n_batches and sum(predicted) == 600 and status["duplicates"] == 0
 
 
 def test_only_an_old_invisible_job_is_given_up():

@@ -8,15 +8,18 @@ import time
 import pytest
 import redis
 
-from digitq import csvfile, outbox
+from digitq import csvfile, outbox, stalls
+from digitq.broker import PREDICT_TASK, client_app
 from digitq.jobs import Row
 from digitq.settings import Settings
+from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
-from producer.dispatch import submit
+from producer.dispatch import job_context, message_entries, submit
 from producer.follow import wait_for
 from worker import sweeper
 from worker.process import WorkerProcess
 
+from .conftest import worker_env
 from .pipeline_helpers import MODES, make_job, start_workers, stop_workers, wait_until
 from .test_poison import marked_png, sabotaged_env
 
@@ -69,3 +72,57 @@ def test_a_job_committed_but_never_merged_is_merged_and_its_copies_forgotten(red
     assert job.is_done() and len(csvfile.read(job.csv_path)) == 6 and sent == []
     time.sleep(sweeper.interval_s(settings))  # the pass's lock lapses
     assert sweeper.sweep(settings, sent.append)["forgotten"] == 1 and outbox.jobs(settings) == []
+
+
+def test_two_sweepers_at_once_send_each_lost_batch_once(redis_server, tmp_path, mnist):
+    """Two workers collect for one data dir, so two sweepers look at its jobs. Three one-batch jobs lose their
+    messages (Redis lost the queue); each batch is sent again once, never once per sweeper."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    settings.data_dir.mkdir()
+    client = redis.Redis.from_url(url)
+    collect = settings.collect_route(data_dir_id(settings.data_dir))
+    env = {**worker_env(settings), "DIGITQ_STALL_AFTER": "5"}  # a pass every 1.25 s; each stalled job costs ~1 s
+    sweepers = [WorkerProcess(env, tmp_path / f"sweeper-{n}.log", name=f"sweeper-{n}", queues=collect)
+                for n in (1, 2)]
+    try:
+        for w in sweepers:
+            w.start()
+        jobs = []
+        for n in range(3):
+            write_image_folder(tmp_path / f"in-{n}", mnist.x_test[n:n + 1], mnist.y_test[n:n + 1])
+            jobs.append(make_job(settings, tmp_path / f"in-{n}", batch_size=1))
+        client.delete(settings.predict_queue)  # `redis-cli del predict`: nothing predicts, nothing is queued
+        wait_until(lambda: client.llen(settings.predict_queue) >= 3, timeout=90, poll=0.2,
+                   what="the lost batches to be sent again")
+        time.sleep(2 * sweeper.interval_s(Settings.from_env(stall_after=5)) + 3)  # passes that would send more
+        queued = client.lrange(settings.predict_queue, 0, -1)
+        logs = [w.log() for w in sweepers]
+    finally:
+        for w in sweepers:
+            w.stop()
+    assert len(queued) == 3 and [sum(job.id.encode() in raw for raw in queued) for job in jobs] == [1, 1, 1]
+    assert sum(log.count("sent them again") for log in logs) == 3
+
+
+def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, tmp_path, mnist):
+    """A retried batch waits in its worker for the countdown (an ETA): neither queued nor reserved, but held,
+    so neither `status` nor the sweeper takes it for lost."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    write_image_folder(tmp_path / "in", mnist.x_test[:2], mnist.y_test[:2])
+    job = make_job(settings, tmp_path / "in", batch_size=2, send=False)
+    client = redis.Redis.from_url(url)
+    with WorkerProcess(worker_env(settings), tmp_path / "w.log") as worker:
+        args = [job.id, 0, message_entries(settings, job, 0, dict(job.batches())[0]), job_context(settings, job)]
+        app = client_app(settings)
+        try:  # what `self.retry(countdown=...)` sends
+            app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, countdown=120)
+        finally:
+            app.close()
+        wait_until(lambda: client.llen(settings.predict_queue) == 0, timeout=30, what="the worker to take it")
+        wait_until(lambda: "received" in worker.log(), timeout=30, what="the worker to schedule it")
+        orphaned = stalls.orphaned(settings, job.id, {0})
+    assert orphaned is False and job.committed() == set()

@@ -151,11 +151,27 @@ def digitq_info(state) -> dict:
 
 @inspect_command()
 def digitq_held(state) -> list:
-    """The ``[job, batch]`` pairs this worker holds: running, or prefetched and waiting.
+    """The ``[job, batch]`` pairs this worker holds: running, prefetched and waiting, or waiting for a retry's
+    countdown (an ETA: such a message is neither queued nor reserved, and only this worker will run it).
 
-    ``digitq status`` uses it to tell a batch a live worker will finish from one that a
-    dead host took with it (that one comes back only after the visibility timeout)."""
+    ``digitq status`` and the sweeper use it to tell a batch a live worker will finish from one that
+    a dead host took with it (that one comes back only after the visibility timeout)."""
     from celery.worker import state as worker_state
 
-    held = state.tset(worker_state.active_requests) | state.tset(worker_state.reserved_requests)
+    held = (state.tset(worker_state.active_requests) | state.tset(worker_state.reserved_requests)
+            | _scheduled(state, worker_state))
     return [list(r.args[:2]) for r in held if r.name in (PREDICT_TASK, COLLECT_TASK) and len(r.args) >= 2]
+
+
+def _scheduled(state, worker_state) -> set:
+    """The requests waiting for their ETA: Celery's own set where its version keeps one, and the
+    consumer's timer entries, as ``celery inspect scheduled`` lists them (every version)."""
+    from celery.worker.request import Request
+
+    found = set(state.tset(getattr(worker_state, "scheduled_requests", ())))
+    schedule = getattr(getattr(getattr(state, "consumer", None), "timer", None), "schedule", None)
+    for waiting in list(getattr(schedule, "queue", None) or ()):
+        args = getattr(getattr(waiting, "entry", None), "args", None) or ()
+        if args and isinstance(args[0], Request):
+            found.add(args[0])
+    return found

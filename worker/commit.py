@@ -6,14 +6,18 @@ it sees that dir, or else a worker consuming the data dir's ``collect.<id>`` que
 which a worker without it hands the outcome in through Redis (:func:`hand_in`).
 Either way :func:`commit` runs the same steps, in an order that keeps every guarantee:
 
-1. the result file is written atomically (a rerun or duplicate overwrites, never adds);
-2. the content-hash index records the scores (a cache: failures cost nothing);
+1. the result file is created atomically, once: the first commit of a batch wins, and a later
+   outcome of it (a duplicate message, a lost ack, a sweeper's re-send, before the merge or
+   after it) is discarded, logged and counted (``digitq status --json``: ``duplicates``);
+2. the content-hash index records the scores (a cache: failures cost nothing; a discarded
+   outcome records none);
 3. the caller's ``committed`` hook runs (the delivery count is forgotten);
 4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.outbox`)
    are freed, and the job is merged if this may have been its last batch.
 
-A redelivered batch whose blobs are gone is a duplicate when its result is committed
-(:func:`already_committed`). Failures that no retry can mend are recorded the same way:
+A delivery of a batch whose result is committed is discarded before it is predicted where the
+job is visible (:func:`discard`); elsewhere, one whose blobs are gone is a duplicate when the
+ledger says so (:func:`already_committed`). Failures that no retry can mend are recorded the same way:
 on disk by whoever sees the data dir (:func:`record_failure`).
 """
 
@@ -87,9 +91,10 @@ def index_entries(entries: Sequence[dict], rows: Sequence[Row]) -> list[tuple]:
 
 def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[], None] | None = None) -> bool:
     """Commit ``outcome`` under ``job`` (steps 1 to 4 above); True when the job is now done."""
-    job.commit(outcome.batch, outcome.rows, model_version=outcome.model_version, started=outcome.started,
-               host=outcome.host, pid=outcome.pid)
-    if outcome.index:
+    if not job.commit(outcome.batch, outcome.rows, model_version=outcome.model_version, started=outcome.started,
+                      host=outcome.host, pid=outcome.pid):
+        _say_discarded(job, outcome.batch, f"an outcome from {outcome.host} (pid {outcome.pid})")
+    elif outcome.index:
         try:
             scores.record(settings.data_dir, outcome.model_version, outcome.index)
         except (OSError, sqlite3.Error) as e:  # the index is a cache: the rows are committed all the same
@@ -103,6 +108,25 @@ def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[
     except RedisError as e:  # they expire in any case
         log.warning("job %s batch %d: could not free its blobs: %s", job.id, outcome.batch, e)
     return job.finalize() if last else False
+
+
+def discard(settings: Settings, job: Job, batch: int, blob_keys: Sequence[str]) -> bool:
+    """A delivery of a batch that is committed already: discarded before any work, logged and counted; what it
+    would free is freed, and the job merged if that was still to do. True when the job is done."""
+    job.record_discarded(batch)
+    _say_discarded(job, batch, "a delivery")
+    last = _maybe_last(settings, job, batch)
+    try:
+        blobs.delete(settings, blob_keys)
+        outbox.done(settings, job.id, [batch])
+    except RedisError as e:
+        log.warning("job %s batch %d: could not free its blobs: %s", job.id, batch, e)
+    return job.finalize() if last else job.is_done()
+
+
+def _say_discarded(job: Job, batch: int, what: str) -> None:
+    log.warning("job %s batch %d: %s discarded, a duplicate: the batch's first committed result stands "
+                "(%d discarded in this job)", job.id, batch, what, job.discarded())
 
 
 def _maybe_last(settings: Settings, job: Job, batch: int) -> bool:

@@ -146,10 +146,15 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
         raise JobError(f"job {job_id} lives in another data dir, and this caller cannot hand results in")
     job = Job.load(settings.jobs_dir, job_id) if local else None
     keys = [str(e["blob"]) for e in entries if "blob" in e]
+    if job is not None and job.result_path(batch).exists():  # committed: its first result stands
+        return {"job_id": job_id, "batch": batch, "duplicate": True,
+                "done": commit.discard(settings, job, batch, keys), "pid": os.getpid()}
     fetched = dict(zip(keys, blobs.get(settings, keys), strict=True))
     missing = [k for k, v in fetched.items() if v is None]
     if missing:
         if commit.already_committed(settings, job, job_id, batch):  # a late duplicate: committed, blobs freed
+            log.warning("job %s batch %d: a delivery discarded, a duplicate: the batch is committed (the ledger says "
+                        "so) and its blobs are freed", job_id, batch)
             return {"job_id": job_id, "batch": batch, "duplicate": True, "done": job.is_done() if job else None,
                     "pid": os.getpid()}
         raise JobError(f"the image data of {len(missing)} file(s) in batch {batch} is no longer in Redis (kept "

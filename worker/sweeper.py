@@ -1,8 +1,9 @@
 """The stack's own stall handling: no `digitq wait` or `resume` needed when a message is lost.
 
-Every prediction worker that sees a data dir runs a sweeper thread; one of them at a time (a
-Redis lock) looks at the jobs of its data dir that still have message copies in
-:mod:`digitq.outbox`, and
+Every prediction worker that sees a data dir runs a sweeper thread; one of them at a time looks
+at the jobs of its data dir that still have message copies in :mod:`digitq.outbox` (a Redis lock
+held for the whole pass: extended before each job and checked before each re-send, so a pass
+that lost it, paused past its lease, sends nothing more), and
 
 - merges a job whose every batch is committed but that nobody merged (its last ledger
   entry was lost, or its last committer died between commit and merge);
@@ -20,13 +21,11 @@ A batch whose copy is gone too (Redis restarted empty, or a day passed) is left 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from digitq import outbox, stalls
 from digitq.broker import redis_client
@@ -44,19 +43,47 @@ def interval_s(settings: Settings) -> float:
     return min(15.0, max(1.0, settings.stall_after / 4))
 
 
+def lease_s(settings: Settings) -> float:
+    """How long a pass's lock outlives its last extension: far above the longest step between two (one job's
+    stall check, a second or so), and what a pass that died holding it delays the next one."""
+    return max(10.0, 2 * interval_s(settings))
+
+
 def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
     """One pass over this data dir's jobs (see the module's doc); what it did. Nothing when another
-    process of this data dir holds the pass, or this process sees no data dir."""
+    sweeper of this data dir holds the pass, or this process sees no data dir."""
     dir_id = local_data_dir(settings)
     if not dir_id:
         return {}
-    client = redis_client(settings)
-    lock = _LOCK.format(dir_id)
-    token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-    if not client.set(lock, token, nx=True, px=int(interval_s(settings) * 1000)):
+    # redis-py's lock: a token of this pass's own (not this process's: a sweeper restarted in the same
+    # process is another pass), extended and released only while the key still holds it.
+    lock = redis_client(settings).lock(_LOCK.format(dir_id), timeout=lease_s(settings), blocking=False,
+                                       thread_local=False)
+    if not lock.acquire():
         return {}
+    began = time.monotonic()
     done = {"merged": 0, "resent": 0, "forgotten": 0}
+    try:
+        _pass(settings, send, lock, done)
+    except LockError as e:  # held past its lease (a pause, a failover): another pass may run; this one stops
+        log.warning("sweeper: the pass lost its lock (%s); it stopped, and the next pass goes on", e)
+    finally:
+        # One pass an interval between all the data dir's sweepers: the lock lapses an interval after it was taken.
+        rest = interval_s(settings) - (time.monotonic() - began)
+        try:
+            if rest > 0.01:
+                lock.extend(rest, replace_ttl=True)
+            else:
+                lock.release()
+        except LockError:
+            pass  # no longer ours: nothing to give up
+    return done
+
+
+def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str, int]) -> None:
+    """The pass itself, under ``lock`` (raises :class:`redis.exceptions.LockNotOwnedError` once it is lost)."""
     for job_id in outbox.jobs(settings):
+        lock.reacquire()  # the lease again, from now
         try:
             job = Job.load(settings.jobs_dir, job_id)
         except JobNotFound:
@@ -84,16 +111,21 @@ def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
         if stalls.orphaned(settings, job_id, missing) is not True:
             continue
         kept = outbox.pending(settings, job_id, missing)
-        for args in kept.values():
-            send(args)
-        if kept:
-            log.warning("job %s: no commit for %.0f s and %d batch(es) neither queued nor held by a live worker (a "
-                        "worker host died, or Redis lost them): sent them again", job_id, time.time() - last, len(kept))
-            done["resent"] += len(kept)
+        sent = 0
+        try:
+            for args in kept.values():
+                lock.reacquire()  # the fence: once another sweeper may have taken the pass, this one sends nothing
+                send(args)
+                sent += 1
+        finally:
+            if sent:
+                log.warning("job %s: no commit for %.0f s and %d batch(es) neither queued nor held by a live worker "
+                            "(a worker host died, or Redis lost them): sent them again", job_id, time.time() - last,
+                            sent)
+                done["resent"] += sent
         if len(kept) < len(missing):
             log.error("job %s: %d missing batch(es) have no copy left in Redis (it restarted empty, or they expired): "
                       "`digitq resume %s` sends them from the files", job_id, len(missing) - len(kept), job_id)
-    return done
 
 
 class Sweeper(threading.Thread):
