@@ -61,21 +61,56 @@ def is_corrupt(error: sqlite3.Error) -> bool:
     return type(error) is sqlite3.DatabaseError
 
 
+#: How long a connection or a set-aside waits for the index's lock before it gives the index up: a cache
+#: must never stall a commit behind a stopped holder (a paused scan, a dead NFS client).
+LOCK_WAIT_S = 30.0
+
+
+def _flock(fd: int, how: int, deadline: float) -> None:
+    """``flock`` with a deadline; ``sqlite3.OperationalError`` (busy, not damaged) when it runs out."""
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"the index is locked by another process for {LOCK_WAIT_S:.0f}s") \
+                    from None
+            time.sleep(0.01)
+
+
+def _lock_file(path: Path) -> int:
+    """A descriptor to lock: read-write where it may create the file, read-only where the index's folder is
+    only readable (``flock`` works on either)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 @contextmanager
 def _locked(path: Path, exclusive: bool) -> Iterator[None]:
     """Hold the index's lock: shared by every open connection, exclusive to set it aside.
 
     A turnstile (``.gate``) first, held only while taking the lock: a waiting exclusive request holds
-    it, so that new connections queue behind it instead of starving it (``flock`` favours neither)."""
-    with open(path.with_name(path.name + ".gate"), "a+b") as gate, \
-            open(path.with_name(path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(gate.fileno(), fcntl.LOCK_EX)
+    it, so that new connections queue behind it instead of starving it (``flock`` favours neither).
+    Never call it with ``exclusive=True`` while this process holds it shared: flock would wait on itself."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    gate = _lock_file(path.with_name(path.name + ".gate"))
+    try:
+        lock = _lock_file(path.with_name(path.name + ".lock"))
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            _flock(gate, fcntl.LOCK_EX, deadline)
+            try:
+                _flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+            finally:
+                if not exclusive:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+            yield  # both files' locks go with their descriptors
         finally:
-            if not exclusive:
-                fcntl.flock(gate.fileno(), fcntl.LOCK_UN)
-        yield  # both files' locks go with their descriptors
+            os.close(lock)
+    finally:
+        os.close(gate)
 
 
 def repair(data_dir: Path) -> Path | None:
@@ -117,14 +152,20 @@ def set_aside(data_dir: Path, seen: os.stat_result | None = None) -> Path | None
     path = index_path(data_dir)
     if not path.exists():
         return None
+    if seen is None:  # judged under the shared lock: a full check must not hold up every commit
+        try:
+            with _locked(path, exclusive=False):
+                seen = os.stat(path)
+                if not _damaged(path):
+                    return None
+        except FileNotFoundError:
+            return None
     with _locked(path, exclusive=True):
         try:
             now = os.stat(path)
         except FileNotFoundError:
             return None
-        if seen is not None and (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
-            return None
-        if seen is None and not _damaged(path):
+        if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
             return None
         name = f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         target, n = path.with_name(name), 1
@@ -139,8 +180,7 @@ def set_aside(data_dir: Path, seen: os.stat_result | None = None) -> Path | None
 
 
 def _damaged(path: Path) -> bool:
-    """Whether the index file fails to open or SQLite's ``quick_check`` (every page read): called under
-    the exclusive lock only."""
+    """Whether the index file fails to open or SQLite's ``quick_check`` (every page read)."""
     try:
         db = sqlite3.connect(path, timeout=30)
         try:

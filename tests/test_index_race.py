@@ -2,10 +2,14 @@
 started together on each of many damaged indexes. Nothing but the damaged file (and its own journal) is ever
 moved, and every row a worker recorded is in the index afterwards."""
 
+import fcntl
 import json
 import multiprocessing
+import os
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from digitq import scores
 
@@ -79,3 +83,27 @@ def test_setting_a_damaged_index_aside_never_moves_a_new_index_its_journal_or_it
         lost += len(set(recorded) - set(scores.lookup(data, "1", recorded)))
     assert (new_moved, journals_moved, lost) == (0, 0, 0)
     assert recorded_total >= ROUNDS * 40  # the writers did write into each new index, as the race was run
+
+
+
+def test_a_stopped_lock_holder_costs_the_index_not_the_commit(tmp_path, monkeypatch):
+    """A holder that never lets go (a paused scan, a dead NFS client) makes connections and a set-aside give
+    up after the lock's deadline with a busy error, which callers treat as a cache miss, instead of
+    stalling every commit; the index itself is untouched."""
+    scores.record(tmp_path, "1", [(scores.digest(b"x"), 3, 0.5, None)])
+    path = scores.index_path(tmp_path)
+    monkeypatch.setattr(scores, "LOCK_WAIT_S", 0.3)
+    held = os.open(path.with_name(path.name + ".lock"), os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # its own open file description: as another process's lock
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            scores.lookup(tmp_path, "1", [scores.digest(b"x")])
+        assert not scores.is_corrupt(busy.value)
+        with pytest.raises(sqlite3.OperationalError):
+            scores.record(tmp_path, "1", [(scores.digest(b"y"), 4, 0.5, None)])
+        with pytest.raises(sqlite3.OperationalError):
+            scores.set_aside(tmp_path, os.stat(path))
+    finally:
+        os.close(held)
+    assert path.exists()
+    assert scores.lookup(tmp_path, "1", [scores.digest(b"x")]) == {scores.digest(b"x"): (3, 0.5, None)}
