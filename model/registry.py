@@ -191,7 +191,13 @@ class Registry:
             lines = (self.models_dir / "history.jsonl").read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        moves = []
+        for line in lines:
+            try:
+                moves.append(json.loads(line))
+            except ValueError:  # a line torn by a crash mid-append: that move never happened
+                continue
+        return moves
 
     def position(self) -> tuple[str, int]:
         """``(version production names, how many moves it has had)``, read together under the lock.
@@ -298,8 +304,9 @@ class Registry:
     def _move(self, current: str, target: str, *, reason: str, by: str, action: str) -> None:
         entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "time": time.time(), "action": action,
                  "from": current, "to": target, "reason": reason, "by": by}
-        with open(self.models_dir / "history.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        with open(self.models_dir / "history.jsonl", "ab+") as f:
+            torn = f.tell() > 0 and os.pread(f.fileno(), 1, f.tell() - 1) != b"\n"
+            f.write((b"\n" if torn else b"") + json.dumps(entry).encode() + b"\n")  # never glued to a torn line
             f.flush()
             os.fsync(f.fileno())
         atomic_write_json(self.models_dir / PRODUCTION, {"version": target, "since": entry["at"]})

@@ -168,3 +168,18 @@ def test_two_promotions_on_one_decision_move_production_once(tmp_path):
     # Production names the version of the decision again, but it moved since: no move on that decision.
     again = reg.promote(version, reason="r", by="c", expect=production, expect_moves=moves)
     assert again["moved"] is False and again["moves"] == 2 and reg.current() == production
+
+
+def test_a_move_torn_by_a_crash_neither_blocks_promotion_nor_glues_to_the_next(tmp_path):
+    reg = Registry(tmp_path / "models")
+    staging = reg.staging_dir("copy")
+    for item in reg.bundled().directory.iterdir():
+        shutil.copy(item, staging / item.name)
+    version = reg.publish(staging)[0].version
+    reg.models_dir.mkdir(parents=True, exist_ok=True)
+    with open(reg.models_dir / "history.jsonl", "ab") as f:
+        f.write(b'{"at": "2026-01-01T00:00:00Z", "action": "prom')  # a crash mid-append
+    production, moves = reg.position()
+    assert moves == 0
+    assert reg.promote(version, reason="r", by="t", expect=production, expect_moves=moves)["moved"] is True
+    assert _moves(reg) == [("promote", production, version)] and reg.current() == version
