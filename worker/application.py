@@ -171,7 +171,10 @@ def _scheduled(state, worker_state) -> set:
     found = set(state.tset(getattr(worker_state, "scheduled_requests", ())))
     schedule = getattr(getattr(getattr(state, "consumer", None), "timer", None), "schedule", None)
     for waiting in list(getattr(schedule, "queue", None) or ()):
-        args = getattr(getattr(waiting, "entry", None), "args", None) or ()
+        entry = getattr(waiting, "entry", None)
+        if getattr(entry, "canceled", False):  # cancelled when the connection was lost: not held any more
+            continue
+        args = getattr(entry, "args", None) or ()
         if args and isinstance(args[0], Request):
             found.add(args[0])
     return found
