@@ -9,7 +9,7 @@ from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
-from digitq.replication import confirm_replicated
+from digitq.replication import durably
 from digitq.settings import Settings, available_cores
 from worker.commit import COLLECT_TASK, local_data_dir
 from worker.sweeper import Sweeper
@@ -36,10 +36,11 @@ def _size_thread_pools(sender=None, **_: object) -> None:
 
 
 def _resend(args: list) -> None:
-    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it."""
+    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it (through a
+    failover, up to ``DIGITQ_FAILOVER_S``)."""
     settings = Settings.from_env()
-    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, argsrepr=batch_repr(args))
-    confirm_replicated(settings)
+    durably(settings, lambda: app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue,
+                                            argsrepr=batch_repr(args)), "the sweeper's re-send")
 
 
 class Collector(bootsteps.StartStopStep):
