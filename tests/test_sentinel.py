@@ -175,7 +175,7 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
     after a first attempt found the replica stopped); the scan returns with exit code 0 and the job completes with
     one row per file, with no `digitq resume` and no `digitq wait`."""
     topology, env, tmp, settings = stack["topology"], stack["env"], stack["tmp"], stack["settings"]
-    dead = [s for s in topology.servers if s.proc is None]
+    dead = [s for s in topology.servers if s.proc is None or s.proc.poll() is not None]
     for server in dead:  # killed by the previous run: back as the replica, so that there is one to promote
         topology.revive(server)
     folder = tmp / "digits"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
+from digitq.errors import DigitqError
 from digitq.replication import durably
 from digitq.settings import Settings, available_cores
 from worker.commit import COLLECT_TASK, local_data_dir
@@ -16,8 +18,18 @@ from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
 
+
+def _settings_or_exit() -> Settings:
+    """The settings; a bad ``DIGITQ_*`` value (a password that must be percent-encoded, say) ends a worker or beat
+    at its start with the one line of advice, not a traceback (which could quote the URL)."""
+    try:
+        return Settings.from_env()
+    except DigitqError as e:
+        sys.exit(f"digitq: {e}")
+
+
 app = Celery("digitq", include=["worker.tasks"])
-app.config_from_object(celery_config(Settings.from_env()))
+app.config_from_object(celery_config(_settings_or_exit()))
 # `celery -A worker beat` runs the periodic retraining (worker/beat.py); no schedule file to keep.
 app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
 
