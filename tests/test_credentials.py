@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from click.testing import CliRunner
 
 from digitq.errors import ConfigError
 from digitq.redisurl import SPECIAL, normalise, parse_sentinel, redact
