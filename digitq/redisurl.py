@@ -63,8 +63,9 @@ def normalise(url: str) -> str:
                           + ENCODE_ADVICE)
     if scheme in SENTINEL_SCHEMES:
         return parse_sentinel(url).url
-    if ";" in url.partition("?")[0]:
+    if ";" in (url if scheme == "unix" else url.partition("?")[0]):
         # kombu splits a URL at every ';' into fail-over URLs before it parses any: the password would end there.
+        # (One in a ?password= value is fine: it travels percent-encoded in the userinfo, but for unix://.)
         raise ConfigError(f"DIGITQ_REDIS_URL {redact(url)!r} has a ';', which kombu reads as the start of another "
                           f"URL (a ';' in the password?); {ENCODE_ADVICE}")
     return _normalise_one(url)
