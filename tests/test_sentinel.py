@@ -172,8 +172,8 @@ SLOW_REPLICA_S = 12.0
 def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
     """5,000 digits in batches of 25; the master SIGKILLed once some are committed, while the producer is still
     sending; Sentinel notices after ``down-after-milliseconds`` (5 s) and promotes the replica (at once, or, "slow",
-    after a first attempt found the replica stopped); the scan returns with exit code 0 and the job completes with
-    one row per file, with no `digitq resume` and no `digitq wait`."""
+    after a first attempt found the replica stopped); the scan returns with exit code 0 (the slow one with
+    ``--wait``, once the job is done) and the job completes with one row per file, with no `digitq resume`."""
     topology, env, tmp, settings = stack["topology"], stack["env"], stack["tmp"], stack["settings"]
     dead = [s for s in topology.servers if s.proc is None or s.proc.poll() is not None]
     for server in dead:  # killed by the previous run: back as the replica, so that there is one to promote
@@ -183,10 +183,12 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
     write_image_folder(folder, mnist.x_test[:n], mnist.y_test[:n])
     before = set(os.listdir(settings.jobs_dir)) if settings.jobs_dir.is_dir() else set()
     # A real producer process, still sending when the master dies (at most 40 batches in flight); it returns once
-    # everything is sent. Nothing follows the job but the workers themselves (their sweeper re-sends what a
-    # failover lost, worker/sweeper.py): no `digitq wait`, no `resume`.
+    # everything is sent. Nothing else follows the job but the workers themselves (their sweeper re-sends what a
+    # failover lost, worker/sweeper.py): no `digitq wait`, no `resume`. The slow failover's scan also follows the
+    # job to its end (`--wait`), through the failover.
+    follow = ["--wait", "--timeout", "300"] if failover == "slow" else []
     scan = subprocess.Popen([sys.executable, "-m", "producer.cli", "scan", str(folder), "--batch-size", "25",
-                             "--max-in-flight", "1000", "--json"],
+                             "--max-in-flight", "1000", "--json", *follow],
                             env={**os.environ, **env}, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -222,7 +224,10 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
     finally:
         if scan.poll() is None:
             scan.kill()
-    assert job.is_done() and json.loads(out.strip().splitlines()[-1])["job_id"] == job.id
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert job.is_done() and summary["job_id"] == job.id
+    if follow:
+        assert summary["state"] == "done" and summary["done"] == n
     last_row = max(p.stat().st_mtime for p in [job.csv_path, *(job.dir / "results").iterdir()])
     rows = csvfile.read(job.csv_path)
     paths = [r["path"] for r in rows]
