@@ -246,7 +246,7 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
               "promoted_after_s": round(promoted_s, 2), "kill_to_last_row_s": round(last_row - killed, 2),
               "kill_to_first_commit_s": round(after[0] - killed, 2) if after else None,
               "resent_by_stall_handling": [ln.strip() for log in logs.values() for ln in log.splitlines()
-                                           if "sent them again" in ln or "not merged" in ln],
+                                           if job.id in ln and ("sent them again" in ln or "not merged" in ln)],
               "predictions": runs, "unacked_left": [_describe(raw) for raw in client.hvals("unacked")],
               "queued_left": client.llen(settings.predict_queue),
               "old_master_port": old.port, "new_master_port": promoted.port,
