@@ -32,8 +32,9 @@ _CREDENTIALS = ("password", "username")
 _HIDDEN = "***"
 #: What each character that kombu or redis-py (through urllib) reads as part of a URL's structure is written as in
 #: a password: ';' starts another URL for kombu (its list of fail-over URLs, Sentinel's form); '/', '?' and '#' end
-#: the host part; '[' and ']' are an IPv6 address; '%' starts an escape (a raw '%41' is read as 'A'); '@' ends the
-#: userinfo; '&' ends a ``?password=`` value. Every other character (spaces, ':', quotes, non-ASCII...) may stay.
+#: the host part; '[' and ']' are an IPv6 address; '%' starts an escape (a raw '%41' is read as 'A', which no check
+#: can tell); '@' ends the userinfo (the last one does: a raw one works, encoded it is never wrong); '&' ends a
+#: ``?password=`` value. Every other character (spaces, ':', quotes, non-ASCII...) may stay.
 SPECIAL = {";": "%3B", "/": "%2F", "?": "%3F", "#": "%23", "[": "%5B", "]": "%5D", "%": "%25", "@": "%40", "&": "%26"}
 #: The one line of advice every refusal of a URL ends with.
 ENCODE_ADVICE = ("percent-encode these characters in a password: " +

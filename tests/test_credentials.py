@@ -84,6 +84,21 @@ def test_a_refusal_never_shows_a_piece_of_the_password_and_an_accepted_url_redac
     assert refused > 1000 and accepted > 1000
 
 
+def test_every_password_percent_encoded_is_accepted_and_read_back_whole():
+    """The refusals above never refuse a password written as their advice says."""
+    from redis.connection import parse_url
+
+    for password in _passwords(100):
+        encoded = quote(password, safe="")
+        for form in FORMS:
+            canonical = normalise(form.format(pw=encoded))
+            if form.startswith("sentinel"):
+                assert parse_sentinel(canonical).password == password, form
+            elif not form.startswith("unix"):
+                assert parse_url(canonical)["password"] == password, form
+            assert not _shows_password(redact(canonical), password)
+
+
 @pytest.mark.parametrize("char", sorted(set(SPECIAL) - {"@", "%", "&"}) + ["\t", "\n"])
 @pytest.mark.parametrize("form", ["redis://:{pw}@127.0.0.1:6379/0", "rediss://u:{pw}@h:6380/0",
                                   "sentinel://:{pw}@s1:26379;sentinel://s2:26380"])
