@@ -241,6 +241,22 @@ class SentinelTopology:
         master.proc.wait()
         return master
 
+    def revive(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Start a killed ``server`` again, empty, as a replica of the current master, and wait until the master
+        and every sentinel see it up (the topology can fail over once more)."""
+        master = self.master
+        server.args = ["--replicaof", "127.0.0.1", str(master.port)]
+        server.start()
+
+        def seen() -> bool:
+            for port, _ in self.sentinels:
+                replicas = self._client(port, self.sentinel_password).sentinel_slaves(self.master_name)
+                if not any(int(r["port"]) == server.port and not r.get("is_sdown") and not r.get("is_odown")
+                           and r.get("master-link-status") == "ok" for r in replicas):
+                    return False
+            return self._synced(master)
+        self._wait(seen, timeout, f"the revived server {server.port} in sync and seen up by every sentinel")
+
     def wait_promoted(self, old: RedisServer, timeout: float = 30.0) -> RedisServer:
         """Wait until the sentinels name another master, and it answers as one; returns it."""
         def promoted() -> bool:

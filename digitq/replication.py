@@ -12,7 +12,7 @@ It costs a round trip only where there is a replica to wait for: on a Redis with
 and does nothing else. It never raises because no replica answered: it logs that once
 and returns 0. It raises the :class:`redis.exceptions.ConnectionError` of a master lost
 before it answered, since the writes before it are then in doubt: :func:`durably` does
-an idempotent write once more (on the new master) for that.
+an idempotent write once more (on the new master) for that, through the whole failover.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from digitq import failover
 from digitq.broker import redis_client
 from digitq.redisurl import is_sentinel
 from digitq.settings import Settings
@@ -92,32 +92,13 @@ def confirm_replicated(settings: Settings) -> int | None:
     return acked
 
 
-#: How long :func:`durably` keeps writing again after a lost master: Sentinel's detection and promotion
-#: (``down-after-milliseconds`` plus an election) with room to spare.
-FAILOVER_S = 30.0
-
-
-def durably(settings: Settings, write: Callable[[], T]) -> T:
-    """``write()``, then :func:`confirm_replicated`; if the master was lost before confirming, ``write()`` again
-    (it must be idempotent: it lands on the promoted master) until it is confirmed, for up to :data:`FAILOVER_S`
-    (Sentinel may not have promoted a replica yet). Returns the last ``write()``'s value."""
-    result = write()
-    try:
+def durably(settings: Settings, write: Callable[[], T], what: str = "a write") -> T:
+    """``write()``, then :func:`confirm_replicated`; both again (``write`` must be idempotent: it lands on the
+    promoted master) after a lost master, through a failover (:func:`digitq.failover.ride`, up to
+    ``DIGITQ_FAILOVER_S``). Returns the last ``write()``'s value; raises the last error past that."""
+    def attempt() -> T:
+        result = write()
         confirm_replicated(settings)
         return result
-    except (RedisConnectionError, RedisTimeoutError) as e:
-        log.warning("Redis master lost before it confirmed a write (%s); writing again", e)
-    deadline = time.monotonic() + FAILOVER_S
-    while True:
-        time.sleep(0.5)
-        try:
-            result = write()
-            confirm_replicated(settings)
-            return result
-        except (RedisConnectionError, RedisTimeoutError, OSError, OperationalError) as again:
-            if time.monotonic() > deadline:
-                log.warning("Redis write failed again after a lost master: %r", again)
-                raise
-        except RedisError as again:
-            log.warning("Redis write failed again after a lost master: %r", again)
-            raise
+
+    return failover.ride(settings, attempt, what)

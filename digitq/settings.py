@@ -72,6 +72,9 @@ class Settings:
     redis_master: str = "mymaster"
     #: The sentinels' own password (their ``requirepass``), when they have one; the URL's is the master's.
     sentinel_password: str | None = None
+    #: Behind Sentinel, how long every role keeps trying through a failover (the sentinels'
+    #: down-after-milliseconds, the election, with room to spare) before it fails with the ``resume`` advice.
+    failover_s: float = 60.0
     data_dir: Path = Path("digitq-data")
     mnist: str | None = None
     batch_size: int = 512  # fewer messages and commits; ~150 KB a message for MNIST-sized PNGs
@@ -112,6 +115,7 @@ class Settings:
             redis_url=normalise(env.get("DIGITQ_REDIS_URL") or cls.redis_url),
             redis_master=(env.get("DIGITQ_REDIS_MASTER") or cls.redis_master).strip(),
             sentinel_password=env.get("DIGITQ_SENTINEL_PASSWORD") or None,
+            failover_s=_float("DIGITQ_FAILOVER_S", cls.failover_s),
             data_dir=Path(env.get("DIGITQ_DATA_DIR") or cls.data_dir).expanduser(),
             mnist=env.get("DIGITQ_MNIST") or None,
             batch_size=_int("DIGITQ_BATCH_SIZE", cls.batch_size),

@@ -430,6 +430,7 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
     """Send the training's task by name to the ``train`` queue."""
     from datetime import datetime
 
+    from digitq import failover
     from digitq.broker import TRAIN_TASK, client_app, redact
     from digitq.errors import BrokerError
 
@@ -439,11 +440,13 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
     if eta:
         options["eta"] = datetime.fromtimestamp(eta, tz=UTC)
     app = client_app(settings)
-    try:
-        app.send_task(TRAIN_TASK, args=[training.id], **options)
+    try:  # through a failover too (beat's periodic runs, `digitq train`): a duplicate trains at most once
+        failover.ride(settings, lambda: app.send_task(TRAIN_TASK, args=[training.id], **options),
+                      f"sending training {training.id}")
     except Exception as e:
-        raise BrokerError(f"sending training {training.id} to Redis at {redact(settings.redis_url)} failed ({e}); "
-                          f"the request is saved: run `digitq train --retry {training.id}` once Redis is back") from e
+        raise BrokerError(f"sending training {training.id} to Redis at {redact(settings.redis_url)} failed ({e})"
+                          f"{failover.explain(settings, e)}; the request is saved: run "
+                          f"`digitq train --retry {training.id}` once Redis is back") from e
     finally:
         app.close()
 

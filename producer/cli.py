@@ -26,12 +26,16 @@ from producer.training import train, training, trainings
 @click.option("--redis-master", envvar="DIGITQ_REDIS_MASTER", metavar="NAME",
               help="The master's name the sentinels know, for a sentinel:// URL. "
                    "[env DIGITQ_REDIS_MASTER; default mymaster]")
+@click.option("--failover-s", envvar="DIGITQ_FAILOVER_S", type=click.FloatRange(0), metavar="S",
+              help="Behind Sentinel, how long a command keeps trying through a failover before it fails with "
+                   "the `resume` advice. [env DIGITQ_FAILOVER_S; default 60]")
 @click.option("--data-dir", envvar="DIGITQ_DATA_DIR", metavar="DIR",
               help="Where jobs, models and outputs live; shared storage when workers run on several "
                    "hosts. [env DIGITQ_DATA_DIR; default ./digitq-data]")
 @click.version_option(__version__, prog_name="digitq")
 @click.pass_context
-def main(ctx: click.Context, redis_url: str | None, redis_master: str | None, data_dir: str | None) -> None:
+def main(ctx: click.Context, redis_url: str | None, redis_master: str | None, failover_s: float | None,
+         data_dir: str | None) -> None:
     """Classify handwritten-digit images in bulk on a Redis + Celery task queue.
 
     \b
@@ -43,7 +47,7 @@ def main(ctx: click.Context, redis_url: str | None, redis_master: str | None, da
       digitq train --data ../shared/mnist --wait
       digitq models list | digitq models promote V | digitq models rollback
     """
-    ctx.obj = {"redis_url": redis_url, "redis_master": redis_master, "data_dir": data_dir}
+    ctx.obj = {"redis_url": redis_url, "redis_master": redis_master, "failover_s": failover_s, "data_dir": data_dir}
     Settings.from_env(**ctx.obj)  # fail early on a bad DIGITQ_* value
 
 

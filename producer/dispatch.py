@@ -16,7 +16,7 @@ from typing import NamedTuple
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger, outbox, scores
+from digitq import blobs, failover, ledger, outbox, scores
 from digitq.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
 from digitq.errors import BrokerError, ConfigError, JobError
 from digitq.files import read_file
@@ -183,10 +183,11 @@ def job_context(settings: Settings, job: Job) -> dict:
     ref = Registry(settings.models_dir).resolve(job.model_version)
     dir_id = data_dir_id(settings.data_dir)
     try:
-        durably(settings, lambda: artifacts.publish(settings, ref))
+        durably(settings, lambda: artifacts.publish(settings, ref), "putting the model in Redis")
     except RedisError as e:
-        raise BrokerError(f"cannot put model {ref.version} in Redis at {redact(settings.redis_url)} ({e}); "
-                          f"the manifest is saved: run `digitq resume {job.id}` once Redis is back") from e
+        raise BrokerError(f"cannot put model {ref.version} in Redis at {redact(settings.redis_url)} ({e})"
+                          f"{failover.explain(settings, e)}; the manifest is saved: run `digitq resume {job.id}` "
+                          "once Redis is back") from e
     return {"data_dir": dir_id, "model": artifacts.descriptor(ref), "collect": settings.collect_route(dir_id)}
 
 
@@ -227,19 +228,21 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                     _release(job, in_flight)
                 args = [job.id, index, message_entries(settings, job, index, files, scored), context]
                 # A copy the stack can send again (digitq/outbox.py), then the message; returns once a replica has
-                # both (where there is one): a failover cannot lose them.
+                # both (where there is one): a failover cannot lose them. Through a failover both are sent again
+                # until the new master has them (a duplicate message commits the same rows).
                 durably(settings, lambda args=args, index=index: (
                     outbox.put(settings, job.id, index, args),
                     app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, producer=producer,
-                                  argsrepr=batch_repr(args))))
+                                  argsrepr=batch_repr(args))), f"sending batch {index} of job {job.id}")
                 in_flight[index] = (sizes[index], size)
                 sent += len(files_to_send)
                 if progress:
                     progress(handled)
     except (OSError, KombuError, RedisError) as e:
         raise BrokerError(
-            f"sending job {job.id} to Redis at {redact(settings.redis_url)} failed ({e}); "
-            f"the manifest is saved: run `digitq resume {job.id}` once Redis is back"
+            f"sending job {job.id} to Redis at {redact(settings.redis_url)} failed "
+            f"({e}){failover.explain(settings, e)}; the manifest is saved: run `digitq resume {job.id}` "
+            "once Redis is back"
         ) from e
     finally:
         app.close()

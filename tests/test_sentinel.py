@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -29,6 +31,9 @@ from .pipeline_helpers import wait_until
 
 PASSWORD = "m4ster-pw"
 SENTINEL_PASSWORD = "s3ntinel-pw"
+#: A common production setting (Redis's default is 30,000): the master is silent this long before the sentinels
+#: fail it over, and every role must ride through it (DIGITQ_FAILOVER_S).
+DOWN_AFTER_MS = 5000
 
 
 # -- the URL ---------------------------------------------------------------------------------------------------
@@ -95,7 +100,8 @@ def stack(tmp_path_factory):
     """A Sentinel topology and two workers through it: one that sees the data dir, one stateless."""
     _sentinel_available()
     tmp = tmp_path_factory.mktemp("sentinel")
-    topology = SentinelTopology(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD).start()
+    topology = SentinelTopology(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD,
+                                down_after_ms=DOWN_AFTER_MS).start()
     data = tmp / "data"
     data.mkdir()  # seen at start: the shared worker collects for it
     env = {**topology.env(), "DIGITQ_DATA_DIR": str(data), "DIGITQ_STALL_AFTER": "5"}
@@ -156,28 +162,54 @@ def test_confirm_replicated_costs_nothing_without_a_replica(redis_server, settin
     assert stats.info("stats")["total_commands_processed"] == before + 1  # only this INFO: none until REFRESH_S
 
 
-def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
-    """5,000 digits in batches of 25; the master SIGKILLed once some are committed; Sentinel promotes the
-    replica; the job completes with one row per file, with no `digitq resume` and no `digitq wait`."""
+#: How long the replica is stopped (SIGSTOP) at the kill in the "slow" failover: the sentinels find no replica to
+#: promote, abort, and try again only after twice their failover-timeout (10 s), as a loaded or partitioned replica
+#: would make a real failover last: about 15 to 25 s without a master, longer than any one client's own retries.
+SLOW_REPLICA_S = 12.0
+
+
+@pytest.mark.parametrize("failover", ["prompt", "slow"])
+def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
+    """5,000 digits in batches of 25; the master SIGKILLed once some are committed, while the producer is still
+    sending; Sentinel notices after ``down-after-milliseconds`` (5 s) and promotes the replica (at once, or, "slow",
+    after a first attempt found the replica stopped); the scan returns with exit code 0 (the slow one with
+    ``--wait``, once the job is done) and the job completes with one row per file, with no `digitq resume`."""
     topology, env, tmp, settings = stack["topology"], stack["env"], stack["tmp"], stack["settings"]
+    dead = [s for s in topology.servers if s.proc is None or s.proc.poll() is not None]
+    for server in dead:  # killed by the previous run: back as the replica, so that there is one to promote
+        topology.revive(server)
     folder = tmp / "digits"
     n = 5000
     write_image_folder(folder, mnist.x_test[:n], mnist.y_test[:n])
     before = set(os.listdir(settings.jobs_dir)) if settings.jobs_dir.is_dir() else set()
     # A real producer process, still sending when the master dies (at most 40 batches in flight); it returns once
-    # everything is sent. Nothing follows the job but the workers themselves (their sweeper re-sends what a
-    # failover lost, worker/sweeper.py): no `digitq wait`, no `resume`.
+    # everything is sent. Nothing else follows the job but the workers themselves (their sweeper re-sends what a
+    # failover lost, worker/sweeper.py): no `digitq wait`, no `resume`. The slow failover's scan also follows the
+    # job to its end (`--wait`), through the failover.
+    follow = ["--wait", "--timeout", "300"] if failover == "slow" else []
     scan = subprocess.Popen([sys.executable, "-m", "producer.cli", "scan", str(folder), "--batch-size", "25",
-                             "--max-in-flight", "1000", "--json"],
+                             "--max-in-flight", "1000", "--json", *follow],
                             env={**os.environ, **env}, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         job = wait_until(lambda: _new_job(settings, before), timeout=60, what="the job's manifest")
         wait_until(lambda: len(job.committed()) >= 10, timeout=60, what="10 committed batches")
         committed_at_kill = len(job.committed())
+        # At most 40 batches are sent and not committed: the producer has more to send, and sends them through
+        # the failover.
+        assert scan.poll() is None and committed_at_kill + 40 < job.n_batches, "the producer must still be sending"
         old = topology.kill_master()
         killed = time.time()
-        promoted = topology.wait_promoted(old, timeout=30)
+        if failover == "slow":
+            replica = next(s for s in topology.servers if s is not old)
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            resume = threading.Timer(SLOW_REPLICA_S, os.kill, (replica.proc.pid, signal.SIGCONT))
+            resume.start()
+        try:
+            promoted = topology.wait_promoted(old, timeout=90)
+        finally:
+            if failover == "slow":
+                resume.join()
         promoted_s = time.time() - killed
         try:
             out, err = scan.communicate(timeout=150)
@@ -192,7 +224,10 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
     finally:
         if scan.poll() is None:
             scan.kill()
-    assert job.is_done() and json.loads(out.strip().splitlines()[-1])["job_id"] == job.id
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert job.is_done() and summary["job_id"] == job.id
+    if follow:
+        assert summary["state"] == "done" and summary["done"] == n
     last_row = max(p.stat().st_mtime for p in [job.csv_path, *(job.dir / "results").iterdir()])
     rows = csvfile.read(job.csv_path)
     paths = [r["path"] for r in rows]
@@ -206,18 +241,19 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist):
     runs = sum(1 for log in logs.values() for line in log.splitlines()  # predictions that ran to the end
                if "digitq.predict_batch[" in line and " succeeded " in line and job.id in line)
     client = redis_client(settings)
-    report = {"files": n, "batches": job.n_batches, "committed_at_kill": committed_at_kill,
+    report = {"failover": failover, "down_after_ms": DOWN_AFTER_MS, "files": n, "batches": job.n_batches,
+              "committed_at_kill": committed_at_kill,
               "promoted_after_s": round(promoted_s, 2), "kill_to_last_row_s": round(last_row - killed, 2),
               "kill_to_first_commit_s": round(after[0] - killed, 2) if after else None,
               "resent_by_stall_handling": [ln.strip() for log in logs.values() for ln in log.splitlines()
-                                           if "sent them again" in ln or "not merged" in ln],
+                                           if job.id in ln and ("sent them again" in ln or "not merged" in ln)],
               "predictions": runs, "unacked_left": [_describe(raw) for raw in client.hvals("unacked")],
               "queued_left": client.llen(settings.predict_queue),
               "old_master_port": old.port, "new_master_port": promoted.port,
               "worker_reconnects": {k: v.count("Connection to broker lost") for k, v in logs.items()},
               "batches_by_stateless": sum(1 for b in range(job.n_batches)
                                           if (job.result_header(b) or {}).get("pid") in stateless_pids)}
-    (tmp / "failover.json").write_text(json.dumps(report, indent=1))
+    (tmp / f"failover-{failover}.json").write_text(json.dumps(report, indent=1))
     print("failover:", json.dumps(report))
     # The workers follow the failover: they answer remote control on the new master (asked by fresh commands,
     # as a person would; a long-lived process's first question may meet kombu's stale pooled connection).

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
-from digitq.replication import confirm_replicated
+from digitq.errors import DigitqError
+from digitq.replication import durably
 from digitq.settings import Settings, available_cores
 from worker.commit import COLLECT_TASK, local_data_dir
 from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
 
+
+def _settings_or_exit() -> Settings:
+    """The settings; a bad ``DIGITQ_*`` value (a password that must be percent-encoded, say) ends a worker or beat
+    at its start with the one line of advice, not a traceback (which could quote the URL)."""
+    try:
+        return Settings.from_env()
+    except DigitqError as e:
+        sys.exit(f"digitq: {e}")
+
+
 app = Celery("digitq", include=["worker.tasks"])
-app.config_from_object(celery_config(Settings.from_env()))
+app.config_from_object(celery_config(_settings_or_exit()))
 # `celery -A worker beat` runs the periodic retraining (worker/beat.py); no schedule file to keep.
 app.conf.beat_scheduler = "worker.beat:RetrainScheduler"
 
@@ -36,10 +48,11 @@ def _size_thread_pools(sender=None, **_: object) -> None:
 
 
 def _resend(args: list) -> None:
-    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it."""
+    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it (through a
+    failover, up to ``DIGITQ_FAILOVER_S``)."""
     settings = Settings.from_env()
-    app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, argsrepr=batch_repr(args))
-    confirm_replicated(settings)
+    durably(settings, lambda: app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue,
+                                            argsrepr=batch_repr(args)), "the sweeper's re-send")
 
 
 class Collector(bootsteps.StartStopStep):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq import blobs, ledger, outbox, scores
+from digitq import blobs, failover, ledger, outbox, scores
 from digitq.errors import DigitqError, JobError
 from digitq.jobs import Job, Row
 from digitq.settings import Settings
@@ -103,8 +103,8 @@ def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[
         committed()
     last = _maybe_last(settings, job, outcome.batch)
     try:  # committed: the bytes and the message's copy are no longer needed, free Redis now
-        blobs.delete(settings, outcome.blobs)
-        outbox.done(settings, job.id, [outcome.batch])
+        failover.ride(settings, lambda: (blobs.delete(settings, outcome.blobs),
+                                         outbox.done(settings, job.id, [outcome.batch])), "freeing a batch's blobs")
     except RedisError as e:  # they expire in any case
         log.warning("job %s batch %d: could not free its blobs: %s", job.id, outcome.batch, e)
     return job.finalize() if last else False

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from digitq import blobs, replication, scores
+from digitq import blobs, failover, replication, scores
 from digitq.errors import ImageError, JobError
 from digitq.files import read_file
 from digitq.jobs import Job, Row
@@ -149,7 +149,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None and job.result_path(batch).exists():  # committed: its first result stands
         return {"job_id": job_id, "batch": batch, "duplicate": True,
                 "done": commit.discard(settings, job, batch, keys), "pid": os.getpid()}
-    fetched = dict(zip(keys, blobs.get(settings, keys), strict=True))
+    fetched = dict(zip(keys, failover.ride(settings, lambda: blobs.get(settings, keys), "fetching blobs"), strict=True))
     missing = [k for k, v in fetched.items() if v is None]
     if missing:
         if commit.already_committed(settings, job, job_id, batch):  # a late duplicate: committed, blobs freed
@@ -162,7 +162,8 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None:
         ref = Registry(settings.models_dir).resolve(job.model_version)
     else:
-        ref = ARTIFACTS.get(settings, context["model"])  # type: ignore[index]
+        ref = failover.ride(settings, lambda: ARTIFACTS.get(settings, context["model"]),  # type: ignore[index]
+                            "fetching the model")
     delivery = Delivery.begin(settings, job_id, batch)
     rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
     outcome = commit.Outcome(job_id, batch, rows, ref.version, started, index=commit.index_entries(entries, rows),
@@ -170,10 +171,10 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None:
         done = commit.commit(settings, job, outcome, committed=delivery.finish)
     else:
-        commit.hand_in(send, context, outcome)  # type: ignore[arg-type]
         # Acked only once a replica has the outcome too (where there is one): a failover cannot lose it. A master
-        # lost before it confirms raises: the batch is retried, and a duplicate outcome commits the same rows.
-        replication.confirm_replicated(settings)
+        # lost before it confirms: the outcome is handed in again on the new master (a duplicate is harmless).
+        replication.durably(settings, lambda: commit.hand_in(send, context, outcome),  # type: ignore[arg-type]
+                            f"handing in batch {batch} of job {job_id}")
         delivery.finish()
         done = None  # the collector knows
     return {"job_id": job_id, "batch": batch, "rows": len(rows), "errors": sum(1 for r in rows if r.error),

@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import stalls
+from digitq import failover, stalls
 from digitq.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
 from digitq.jobs import Job
@@ -28,6 +28,9 @@ HAND_BACK_S = 2.0
 #: A job no worker has seen for this long is taken as deleted: its leftover batches are dropped, not bounced.
 GIVE_UP_AFTER_S = 7 * 24 * 3600
 _warned: set[str] = set()  # jobs and trainings this process already logged as invisible
+#: Retries a batch gets, beyond ``max_retries``, for errors of a lost Redis master that answered again (a failover
+#: per retry): a connection error that persists while Redis answers is then a failure like any other.
+LOST_MASTER_RETRIES = 10
 
 
 def job_age_s(job_id: str) -> float:
@@ -59,7 +62,22 @@ class BatchTask(app.Task):
 
     def retry_or_fail(self, settings: Settings, job_id: str, batch: int, error: Exception, doing: str,
                       context: dict | None = None) -> None:
-        """Retry with back-off (raises), or, past ``max_retries``, record the batch as failed for good."""
+        """Retry with back-off (raises), or, past ``max_retries``, record the batch as failed for good.
+
+        A lost Redis master (a failover) is no fault of the batch and does not fail it: once Redis answers again
+        (within ``DIGITQ_FAILOVER_S``) the batch is retried at once, beyond ``max_retries`` (up to
+        :data:`LOST_MASTER_RETRIES` more); past that window the task fails without recording anything, and the
+        batch comes back by the sweeper or ``digitq resume``."""
+        if failover.transient(error) and self.request.retries < self.max_retries + LOST_MASTER_RETRIES:
+            try:
+                failover.ride(settings, lambda: redis_client(settings).ping(), f"{doing} of job {job_id}")
+            except Exception as lost:
+                log.error("job %s batch %s: %s failed, and Redis did not answer again (behind Sentinel: within "
+                          "DIGITQ_FAILOVER_S=%g s): %s; the sweeper sends the batch again once it does, or run "
+                          "`digitq resume %s`", job_id, batch, doing, settings.failover_s, lost, job_id)
+                raise error from lost
+            log.warning("job %s batch %s: %s failed while Redis was lost (%s); retrying", job_id, batch, doing, error)
+            raise self.retry(exc=error, countdown=0, max_retries=self.request.retries + 1) from error
         if self.request.retries < self.max_retries:
             log.warning("job %s batch %s: %s failed (%s); retrying", job_id, batch, doing, error)
             raise self.retry(exc=error, countdown=2**self.request.retries) from error
