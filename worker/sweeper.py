@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from redis.exceptions import LockError, RedisError
 
-from digitq import outbox, stalls
+from digitq import failover, outbox, stalls
 from digitq.broker import redis_client
 from digitq.errors import DigitqError, JobNotFound
 from digitq.jobs import Job
@@ -45,8 +45,9 @@ def interval_s(settings: Settings) -> float:
 
 def lease_s(settings: Settings) -> float:
     """How long a pass's lock outlives its last extension: far above the longest step between two (one job's
-    stall check, a second or so), and what a pass that died holding it delays the next one."""
-    return max(10.0, 2 * interval_s(settings))
+    stall check, a second or so; a re-send riding through a failover, up to ``DIGITQ_FAILOVER_S``), and
+    what a pass that died holding it delays the next one."""
+    return max(10.0, 2 * interval_s(settings), failover.window_s(settings) + interval_s(settings))
 
 
 def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
