@@ -9,9 +9,9 @@ from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
+from digitq.commit import COLLECT_TASK, local_data_dir
 from digitq.replication import confirm_replicated
 from digitq.settings import Settings, available_cores
-from worker.commit import COLLECT_TASK, local_data_dir
 from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
@@ -44,7 +44,7 @@ def _resend(args: list) -> None:
 
 class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
-    (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
+    (digitq/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
     sweeper (worker/sweeper.py). A data dir that appears after the start (the first scan creates it) is looked
     for again every 2 s."""
 
