@@ -141,25 +141,38 @@ def hand_in_failure(send: Callable[[str, list], None], context: dict, job_id: st
     send(str(context["collect"]), [job_id, batch, {"failed": error, "at": time.time()}])
 
 
-_ids: dict[str, str] = {}
+#: data dir -> (what ``stat`` said of its ``.digitq-id``, the id read then).
+_ids: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
 
 
 def local_data_dir(settings: Settings) -> str | None:
-    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir does not exist:
-    such a worker serves every job statelessly and never creates the dir (a mount that is late, say)."""
+    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir has none: such a
+    worker serves every job statelessly. It never creates the id (that is the producer's, or ``digitq init``'s):
+    an empty mountpoint must not get one of its own before the volume mounts over it.
+
+    A ``stat`` per call tells a changed id (a volume mounted late, a symlink bound to another target) from the
+    one read before, so that the id is read again only when the file is another."""
+    path = settings.data_dir / ".digitq-id"
     key = str(settings.data_dir)
-    if key not in _ids:
-        if not settings.data_dir.is_dir():
-            return None
-        try:
-            found = data_dir_id(settings.data_dir)
-        except OSError as e:  # read-only or unreadable: as good as absent
-            log.warning("data dir %s cannot hold an id (%s): serving statelessly", settings.data_dir, e)
-            return None
-        if found:
-            _ids[key] = found
-        return found
-    return _ids[key]
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        _ids.pop(key, None)
+        return None
+    except OSError as e:  # unreadable: as good as absent
+        log.warning("data dir %s: cannot read its id (%s): serving statelessly", settings.data_dir, e)
+        return None
+    seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _ids.get(key)
+    if cached and cached[0] == seen:
+        return cached[1]
+    try:
+        found = data_dir_id(settings.data_dir, create=False)
+    except OSError as e:
+        log.warning("data dir %s: cannot read its id (%s): serving statelessly", settings.data_dir, e)
+        return None
+    _ids[key] = (seen, found)
+    return found
 
 
 def sees(settings: Settings, context: dict | None) -> bool:

@@ -172,6 +172,38 @@ def _load_job(settings: Settings, job_id: str):
     return Job.load(settings.jobs_dir, job_id)
 
 
+# -- data dir -------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def init(ctx, as_json):
+    """Create the data dir and its identity (``.digitq-id``), and print the id.
+
+    The first scan does this too. Workers never do: one whose data dir has no id
+    (a volume not mounted yet) serves statelessly until the id appears. Safe to
+    run again: an existing id is kept.
+    """
+    from digitq.errors import ConfigError
+    from digitq.storage import data_dir_id
+
+    settings = settings_for(ctx)
+    try:
+        had = data_dir_id(settings.data_dir, create=False) if settings.data_dir.is_dir() else None
+        dir_id = had or data_dir_id(settings.data_dir, create=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the data dir's id in {settings.data_dir} ({e.strerror or e}); set "
+                          "DIGITQ_DATA_DIR / --data-dir to a writable directory") from e
+    summary = {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": dir_id, "created": had is None,
+               "collect_queue": settings.collect_route(dir_id)}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(dir_id)
+        click.echo(f"data dir {summary['data_dir']} ({'new id' if had is None else 'id kept'}); workers that see it "
+                   f"commit its jobs and collect {summary['collect_queue']}", err=True)
+
+
 # -- job commands -------------------------------------------------------------
 
 @main.command()
