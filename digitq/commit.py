@@ -131,6 +131,20 @@ def record_failure(job: Job, batch: int, error: str) -> None:
     job.mark_failed(batch, error)
 
 
+def collect(settings: Settings, job_id: str, batch: int, payload: dict) -> dict:
+    """Commit what a stateless worker handed in (an outcome, or a failure for good) under ``job_id``: what a
+    ``collect.<id>`` message asks, whoever consumes it (a worker that sees the data dir, or the process waiting on
+    the data host). Raises :class:`digitq.errors.JobNotFound` for a job not under this data dir, and a
+    :class:`JobError` for a malformed message (no retry mends either)."""
+    job = Job.load(settings.jobs_dir, job_id)
+    if "failed" in payload:
+        record_failure(job, int(batch), str(payload["failed"]))
+        return {"job_id": job_id, "batch": batch, "failed": True}
+    outcome = Outcome.from_message(job_id, int(batch), payload)
+    done = commit(settings, job, outcome)
+    return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+
+
 def hand_in(send: Callable[[str, list], None], context: dict, outcome: Outcome) -> None:
     """Send ``outcome`` to the ``collect`` queue of the data dir the job lives in (``context`` of its message)."""
     send(str(context["collect"]), [outcome.job_id, outcome.batch, outcome.to_message()])

@@ -104,7 +104,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, sen
     found.files.clear()  # the manifest on disk has them now; a million paths need not stay in memory
     try:
         with Progress(job.total, "enqueue") as bar:
-            enqueued = enqueue_parallel(settings, job, progress=bar.update)
+            enqueued = enqueue_parallel(settings, job, progress=bar.update, collect=wait_)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest", err=True)
         ctx.exit(130)
@@ -155,8 +155,9 @@ def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = Fa
     resend = (lambda: resume(settings, job)) if resume_stalled and settings is not None else None
     try:
         with Progress(job.total, "predict") as bar:
+            # On the data host: commits what stateless workers hand in while no worker that sees it does.
             status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]), settings=settings,
-                              resume_stalled=resend)
+                              resume_stalled=resend, collect=settings is not None)
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; job {job.id} goes on: `digitq wait {job.id}` to follow it again", err=True)
         sys.exit(130)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import logging
-import os
 import time
 
 from celery.exceptions import Reject
@@ -124,13 +123,7 @@ def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
     """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`digitq.commit`."""
     settings = Settings.from_env()
     try:
-        job = Job.load(settings.jobs_dir, job_id)
-        if "failed" in payload:
-            commit.record_failure(job, int(batch), str(payload["failed"]))
-            return {"job_id": job_id, "batch": batch, "failed": True}
-        outcome = commit.Outcome.from_message(job_id, int(batch), payload)
-        done = commit.commit(settings, job, outcome)
-        return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+        return commit.collect(settings, job_id, int(batch), payload)
     except JobNotFound as e:
         _hand_back(settings, "job", job_id, e, self.request.hostname)
         return None
