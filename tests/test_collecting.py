@@ -3,6 +3,7 @@ they hand in, so `scan --wait` and `digitq wait` complete; without a waiter, `st
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -36,15 +37,20 @@ def _stateless(settings: Settings, tmp_path, name: str = "stateless") -> WorkerP
 
 @contextmanager
 def _scan(settings: Settings, *args: str):
-    """`digitq scan ARGS --wait --json` in its own process (given up after 90 s: exit 3)."""
+    """`digitq scan ARGS --wait --json` in its own process group (its senders are forked children); its wait
+    gives up after 90 s (exit 3), and the group is killed on the way out."""
     proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "--redis-url", settings.redis_url,
                              "--data-dir", str(settings.data_dir), "scan", *args, "--wait", "--timeout", "90",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            start_new_session=True)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.returncode is None:
             proc.communicate()
 
 
@@ -61,7 +67,7 @@ def test_scan_wait_completes_with_only_stateless_workers(redis_server, tmp_path,
     with _stateless(settings, tmp_path) as worker:
         # A window of two batches: the scan must commit results while it still sends, then while it waits.
         with _scan(settings, str(folder), "--batch-size", "10", "--max-in-flight", "20") as scan:
-            out, err = scan.communicate(timeout=240)
+            out, err = scan.communicate(timeout=150)
         log = worker.log()
     assert scan.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
@@ -113,7 +119,7 @@ def test_a_collecting_worker_that_appears_mid_wait_shares_the_queue_safely(redis
         wait_until(lambda: job.committed(), timeout=90, poll=0.1, what="the scan's first commits")
         with WorkerProcess(worker_env(settings), tmp_path / "collector.log", name="collector",
                            queues=collect) as collector:
-            out, err = scan.communicate(timeout=240)
+            out, err = scan.communicate(timeout=150)
             by_worker = collector.log().count("Task digitq.collect_batch") // 2  # received, then succeeded
     assert scan.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["state"] == "done"

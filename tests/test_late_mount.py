@@ -30,10 +30,12 @@ def test_a_worker_whose_data_dir_is_mounted_mid_job_collects_for_it_without_a_re
     mount.symlink_to(empty)
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:80], mnist.y_test[:80])
-    with WorkerProcess({**worker_env(settings), "DIGITQ_DATA_DIR": str(mount)}, tmp_path / "late.log",
-                       name="late") as late:
+    # A short stall time: the sweeper passes every second, so that its lock shows which data dir it serves.
+    with WorkerProcess({**worker_env(settings), "DIGITQ_DATA_DIR": str(mount), "DIGITQ_STALL_AFTER": "4"},
+                       tmp_path / "late.log", name="late") as late:
         job = make_job(settings, folder, batch_size=10)  # 8 batches
-        collect = settings.collect_route(data_dir_id(real, create=False))
+        report_id = data_dir_id(real, create=False)
+        collect = settings.collect_route(report_id)
         # Predicted statelessly, handed in for a data dir nobody sees yet.
         wait_until(lambda: client.llen(collect) >= 2, timeout=90, poll=0.1, what="results waiting to be collected")
         assert job.status()["done"] == 0
@@ -42,6 +44,8 @@ def test_a_worker_whose_data_dir_is_mounted_mid_job_collects_for_it_without_a_re
         (tmp_path / "data.new").symlink_to(real)
         os.replace(tmp_path / "data.new", mount)
         status = wait_for(job, timeout=90)  # polls the files only: this process commits nothing
+        wait_until(lambda: client.exists(f"digitq:sweeper:{report_id}"), timeout=30, poll=0.1,
+                   what="the sweeper to pass over the mounted data dir")
         report = json.loads(cli_for(settings)("workers", "--json").stdout)
         log = late.log()
     assert status["state"] == "done" and len(csvfile.read(job.csv_path)) == 80
@@ -62,3 +66,21 @@ def test_init_creates_the_data_dir_and_its_id_once(redis_server, tmp_path):
     assert made["collect_queue"] == f"collect.{made['data_dir_id']}"
     again = cli("init")
     assert again.exit_code == 0 and again.stdout.strip() == made["data_dir_id"]
+
+
+def test_the_data_dir_id_is_read_again_when_it_changes_and_never_created(tmp_path):
+    from digitq.commit import local_data_dir
+
+    first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
+    empty.mkdir()
+    ids = [data_dir_id(first), data_dir_id(second)]
+    path = tmp_path / "data"
+    settings = Settings.from_env(redis_url="redis://127.0.0.1:1/0", data_dir=str(path))
+    assert local_data_dir(settings) is None  # no dir at all
+    path.symlink_to(empty)
+    assert local_data_dir(settings) is None and not (empty / ".digitq-id").exists()
+    for target, expected in ((first, ids[0]), (second, ids[1]), (empty, None), (first, ids[0])):
+        (tmp_path / "next").symlink_to(target)
+        os.replace(tmp_path / "next", path)
+        assert local_data_dir(settings) == expected
+    assert list(empty.iterdir()) == []
