@@ -68,11 +68,12 @@ def uncollected(settings: Settings, job_id: str) -> int:
     return _queued(redis_client(settings), queue, job_id) if queue else 0
 
 
-def describe_uncollected(settings: Settings, waiting: int) -> str:
-    """Why results wait, for a person: no worker sees this data dir to commit them."""
-    return (f"{waiting} batch result(s) from stateless workers wait in Redis (queue {collect_queue(settings)}) for a "
-            f"worker that sees this data dir {settings.data_dir.resolve()}: start `celery -A worker worker` with "
-            "that DIGITQ_DATA_DIR on a host that has it. Nothing is lost meanwhile")
+def describe_uncollected(settings: Settings, waiting: int, job_id: str) -> str:
+    """Why results wait, for a person: no worker sees this data dir to commit them, and what commits them."""
+    return (f"{waiting} batch result(s) from stateless workers wait in Redis (queue {collect_queue(settings)}) and no "
+            f"live worker sees this data dir {settings.data_dir.resolve()} to commit them: run `digitq wait {job_id}` "
+            "on this host (it commits them), or start `celery -A worker worker` with that DIGITQ_DATA_DIR on a host "
+            "that has it. Nothing is lost meanwhile")
 
 
 def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:

@@ -108,7 +108,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, sen
     found.files.clear()  # the manifest on disk has them now; a million paths need not stay in memory
     try:
         with Progress(job.total, "enqueue") as bar:
-            enqueued = enqueue_parallel(settings, job, progress=bar.update)
+            enqueued = enqueue_parallel(settings, job, progress=bar.update, collect=wait_)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: job {job.id} is saved; `digitq resume {job.id}` sends the rest", err=True)
         ctx.exit(130)
@@ -159,8 +159,9 @@ def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = Fa
     resend = (lambda: resume(settings, job)) if resume_stalled and settings is not None else None
     try:
         with Progress(job.total, "predict") as bar:
+            # On the data host: commits what stateless workers hand in while no worker that sees it does.
             status = wait_for(job, timeout, on_status=lambda s: bar.update(s["done"]), settings=settings,
-                              resume_stalled=resend)
+                              resume_stalled=resend, collect=settings is not None)
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; job {job.id} goes on: `digitq wait {job.id}` to follow it again", err=True)
         sys.exit(130)
@@ -174,6 +175,38 @@ def _load_job(settings: Settings, job_id: str):
     from digitq.jobs import Job
 
     return Job.load(settings.jobs_dir, job_id)
+
+
+# -- data dir -------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def init(ctx, as_json):
+    """Create the data dir and its identity (``.digitq-id``), and print the id.
+
+    The first scan does this too. Workers never do: one whose data dir has no id
+    (a volume not mounted yet) serves statelessly until the id appears. Safe to
+    run again: an existing id is kept.
+    """
+    from digitq.errors import ConfigError
+    from digitq.storage import data_dir_id
+
+    settings = settings_for(ctx)
+    try:
+        had = data_dir_id(settings.data_dir, create=False) if settings.data_dir.is_dir() else None
+        dir_id = had or data_dir_id(settings.data_dir, create=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the data dir's id in {settings.data_dir} ({e.strerror or e}); set "
+                          "DIGITQ_DATA_DIR / --data-dir to a writable directory") from e
+    summary = {"data_dir": str(settings.data_dir.resolve()), "data_dir_id": dir_id, "created": had is None,
+               "collect_queue": settings.collect_route(dir_id)}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(dir_id)
+        click.echo(f"data dir {summary['data_dir']} ({'new id' if had is None else 'id kept'}); workers that see it "
+                   f"commit its jobs and collect {summary['collect_queue']}", err=True)
 
 
 # -- job commands -------------------------------------------------------------

@@ -192,7 +192,7 @@ def job_context(settings: Settings, job: Job) -> dict:
 
 
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
-            progress: Progress | None = None, poll: float = 0.25) -> Enqueued:
+            progress: Progress | None = None, poll: float = 0.25, collect: bool = False) -> Enqueued:
     """Send the given batches (default: all) in order, keeping at most ``max_in_flight`` images
     and ``max_in_flight_bytes`` of image data sent but not committed. For an incremental job,
     what the index has scored is filled in instead (a batch of nothing else is committed here).
@@ -201,8 +201,12 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
     A batch that failed for good (``failed/<batch>.json``) will never commit: waiting on it would
     wait forever, so once any batch of the job has failed this stops sending and raises the
     :class:`JobError` of :func:`job_failed` (the reason, and ``digitq resume JOB`` to send the rest
-    once the cause is fixed)."""
+    once the cause is fixed).
+
+    ``collect`` (``scan --wait``): while it waits for room, commit the results of stateless workers that no
+    worker seeing this data dir commits (:mod:`producer.collector`); without it, they fill the window for good."""
     wanted = set(range(job.n_batches)) if batches is None else set(batches)
+    collector = None
     sizes = job.batch_sizes
     context = job_context(settings, job)
     app = client_app(settings)
@@ -224,6 +228,9 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                 size = sum(f.size for f in files_to_send)
                 while in_flight and (sum(n for n, _ in in_flight.values()) + sizes[index] > settings.max_in_flight
                                      or sum(b for _, b in in_flight.values()) + size > settings.max_in_flight_bytes):
+                    if collect:
+                        collector = collector or _collector(settings)
+                        collector.step()
                     time.sleep(poll)
                     _release(job, in_flight)
                 args = [job.id, index, message_entries(settings, job, index, files, scored), context]
@@ -245,10 +252,18 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
             "once Redis is back"
         ) from e
     finally:
+        if collector is not None:
+            collector.close()
         app.close()
     if incremental and job.is_complete():
         job.finalize()  # every batch came from the index: no worker will merge
     return Enqueued(sent, from_index)
+
+
+def _collector(settings: Settings):
+    from producer.collector import Collector
+
+    return Collector(settings, say=lambda line: print(f"\nwarning: {line}", file=sys.stderr))
 
 
 def _release(job: Job, in_flight: dict[int, tuple[int, int]]) -> None:

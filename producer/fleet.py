@@ -73,7 +73,8 @@ def _fleet(settings: Settings, timeout: float) -> dict:
     predicting = [w for w in workers if settings.predict_queue in w["queues"]]
     if predicting and collect and not any(collect in w["queues"] for w in workers):
         warnings.append(f"no live worker sees this data dir {settings.data_dir.resolve()} (id {ours}): results of "
-                        f"stateless workers wait in Redis ({collect}) until a worker with this DIGITQ_DATA_DIR runs")
+                        f"stateless workers wait in Redis ({collect}) until a worker with this DIGITQ_DATA_DIR runs, "
+                        "or `digitq wait JOB` on this host commits them")
     return {"workers": workers, "queues": depths, "data_dir": str(settings.data_dir.resolve()),
             "data_dir_id": ours, "redis_maxmemory_policy": policy, "warnings": warnings}
 

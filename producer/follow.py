@@ -23,10 +23,11 @@ NO_WORKER_AFTER_S = 10.0
 START_WORKER = "celery -A worker worker"
 
 
-def live_status(settings: Settings, job: Job, orphans: bool = True) -> dict:
+def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: bool = False) -> dict:
     """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot
     run it, or (with ``orphans``) when no commit came for ``stall_after`` seconds and none of its missing
-    batches is queued or held by a live worker (see :func:`digitq.stalls.orphaned`)."""
+    batches is queued or held by a live worker (see :func:`digitq.stalls.orphaned`), or when results of
+    stateless workers wait with nobody to commit them (unless ``collecting``: this process commits them)."""
     status = job.status()
     if status["state"] in ("done", "failed"):
         return status
@@ -38,10 +39,11 @@ def live_status(settings: Settings, job: Job, orphans: bool = True) -> dict:
         status.update(state="stalled", stalled={**record, "cause": stalls.describe(record)})
         return status
     idle = time.time() - (status["last_commit"] or status["created"])
-    if orphans and idle > NO_WORKER_AFTER_S and _nobody_collects(settings, job):
+    if orphans and not collecting and idle > NO_WORKER_AFTER_S and _nobody_collects(settings, job):
         waiting = stalls.uncollected(settings, job.id)
-        status.update(state="stalled", stalled={"cause": stalls.describe_uncollected(settings, waiting),
-                                                "uncollected": waiting})
+        status.update(state="stalled", stalled={"cause": stalls.describe_uncollected(settings, waiting, job.id),
+                                                "uncollected": waiting, "queue": stalls.collect_queue(settings),
+                                                "collect": f"digitq wait {job.id}"})
         return status
     if orphans and idle > settings.stall_after:
         missing = set(range(job.n_batches)) - job.committed()
@@ -54,25 +56,45 @@ def live_status(settings: Settings, job: Job, orphans: bool = True) -> dict:
 
 def wait_for(job: Job, timeout: float | None, on_status: Callable[[dict], None] | None = None,
              poll: float | None = None, settings: Settings | None = None,
-             resume_stalled: Callable[[], list[int]] | None = None) -> dict:
+             resume_stalled: Callable[[], list[int]] | None = None, collect: bool = False) -> dict:
     """Poll the job's files until it is done; raise on failure or timeout. With ``settings``,
     also say (once) when a worker reports that it cannot run the job, and when its missing
-    batches are orphaned; then call ``resume_stalled``, if given, to send them again.
+    batches are orphaned; then call ``resume_stalled``, if given, to send them again. With
+    ``collect`` too, commit the results of stateless workers while no live worker does
+    (:mod:`producer.collector`).
 
     A poll lists the job's results, so big jobs are polled less often (20 ms up to half a second)."""
     poll = poll or min(0.5, max(0.02, job.n_batches / 4000))
     deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    collector = None
+    if settings is not None and collect:
+        from producer.collector import Collector
+
+        collector = Collector(settings, say=lambda line: click.secho(f"\n{line}", err=True, fg="yellow"))
+    try:
+        return _follow_files(job, deadline, timeout, poll, on_status, settings, resume_stalled, collector, started)
+    finally:
+        if collector is not None:
+            collector.close()
+
+
+def _follow_files(job: Job, deadline: float | None, timeout: float | None, poll: float,
+                  on_status: Callable[[dict], None] | None, settings: Settings | None,
+                  resume_stalled: Callable[[], list[int]] | None, collector, started: float) -> dict:
+    """The loop of :func:`wait_for`."""
     last_change, last_done, hinted = time.monotonic(), -1, False
     stall_checked, orphans_checked, stall_said, workers_checked = 0.0, 0.0, False, False
-    started = time.monotonic()
     while True:
+        if collector is not None:
+            collector.step()
         if job.is_complete():
             job.finalize()  # idempotent; covers a worker that died between commit and merge
         if settings is not None and time.monotonic() - stall_checked > STALL_CHECK_S:
             stall_checked = time.monotonic()
             orphans = time.monotonic() - orphans_checked > ORPHAN_CHECK_S
             orphans_checked = time.monotonic() if orphans else orphans_checked
-            status = live_status(settings, job, orphans=orphans)
+            status = live_status(settings, job, orphans=orphans, collecting=bool(collector and collector.active))
             if status["state"] == "stalled" and status["stalled"].get("resume") and resume_stalled:
                 resent = resume_stalled()
                 click.secho(f"\njob {job.id} was stalled ({len(resent)} batch(es) neither queued nor held by a live "

@@ -31,27 +31,28 @@ def default_senders() -> int:
     return min(2, available_cores())
 
 
-def enqueue_parallel(settings: Settings, job: Job, progress: Progress | None = None) -> Enqueued:
+def enqueue_parallel(settings: Settings, job: Job, progress: Progress | None = None, collect: bool = False) -> Enqueued:
     """:func:`producer.dispatch.enqueue` for all of ``job``, by ``settings.senders`` processes (0: the
     default): this one and forked children, batch ``i`` by sender ``i % senders``. One process where
-    forking is not safe (another thread runs, or no ``fork``) or the job is small."""
+    forking is not safe (another thread runs, or no ``fork``) or the job is small. ``collect``: see
+    :func:`producer.dispatch.enqueue` (each sender collects while it waits for room)."""
     senders = min(settings.senders or default_senders(), job.n_batches // MIN_BATCHES_PER_SENDER)
     if senders < 2 or not can_fork():
-        return enqueue(settings, job, progress=progress)
+        return enqueue(settings, job, progress=progress, collect=collect)
     share = replace(settings, max_in_flight=max(1, settings.max_in_flight // senders),
                     max_in_flight_bytes=max(1, settings.max_in_flight_bytes // senders))
     counts = mmap.mmap(-1, 8 * senders)  # shared with the children: files each has handled
     children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
     try:
         for rank in range(1, senders):
-            children.append(_fork_sender(share, job, rank, senders, counts))
+            children.append(_fork_sender(share, job, rank, senders, counts, collect))
 
         def mine(handled: int) -> None:
             struct.pack_into("q", counts, 0, handled)
             if progress:
                 progress(sum(struct.unpack_from(f"{senders}q", counts)))
 
-        result = enqueue(share, job, range(0, job.n_batches, senders), progress=mine)
+        result = enqueue(share, job, range(0, job.n_batches, senders), progress=mine, collect=collect)
     finally:
         outcomes = [_reap(pid, fd, job) for pid, fd in children]
     if progress:
@@ -66,22 +67,23 @@ def enqueue_parallel(settings: Settings, job: Job, progress: Progress | None = N
     return result
 
 
-def _fork_sender(settings: Settings, job: Job, rank: int, senders: int, counts: mmap.mmap) -> tuple[int, int]:
+def _fork_sender(settings: Settings, job: Job, rank: int, senders: int, counts: mmap.mmap,
+                 collect: bool = False) -> tuple[int, int]:
     """Start the sender of batches ``rank``, ``rank + senders``, ...; its pid and result pipe."""
     read_end, write_end = os.pipe()
-    pid = fork_child(lambda: _send_share(settings, job, rank, senders, counts, read_end, write_end))
+    pid = fork_child(lambda: _send_share(settings, job, rank, senders, counts, read_end, write_end, collect))
     os.close(write_end)
     return pid, read_end
 
 
 def _send_share(settings: Settings, job: Job, rank: int, senders: int, counts: mmap.mmap, unused: int,
-                fd: int) -> int:
+                fd: int, collect: bool = False) -> int:
     """The child's side: send its share, report on the pipe; the exit code."""
     os.close(unused)
     code = 1
     try:
         done = enqueue(settings, job, range(rank, job.n_batches, senders),
-                       progress=lambda handled: struct.pack_into("q", counts, 8 * rank, handled))
+                       progress=lambda handled: struct.pack_into("q", counts, 8 * rank, handled), collect=collect)
         report = {"sent": done.sent, "from_index": done.from_index}
         code = 0
     except DigitqError as e:  # its message says what to do; the parent raises the same kind

@@ -134,10 +134,10 @@ def test_a_sender_that_dies_is_reported_with_advice(settings, mnist, tmp_path):
         from producer.scan import find_images
 
         real = senders.enqueue
-        def dying(settings, job, batches=None, progress=None):
+        def dying(settings, job, batches=None, progress=None, **options):
             if batches is not None and batches.start == 1:
                 os._exit(3)  # the forked sender, before it sends anything
-            return real(settings, job, batches, progress)
+            return real(settings, job, batches, progress, **options)
         senders.enqueue = dying
         settings = Settings.from_env(redis_url={url!r}, data_dir={str(tmp_path / "data")!r}, senders=2)
         job = new_job(settings, find_images([{str(folder)!r}]).files, sources=["x"], batch_size=4)

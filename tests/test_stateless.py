@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from digitq import csvfile
+from digitq.commit import Outcome
 from digitq.errors import JobError, ModelError
 from digitq.jobs import Row
 from digitq.settings import Settings
@@ -21,7 +22,6 @@ from model.dataset import write_image_folder
 from model.registry import ONNX_FILE, Registry
 from producer.dispatch import enqueue
 from producer.follow import wait_for
-from worker.commit import Outcome
 from worker.process import WorkerProcess
 
 from .conftest import worker_env

@@ -10,10 +10,10 @@ from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
 from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
+from digitq.commit import COLLECT_TASK, local_data_dir
 from digitq.errors import DigitqError
 from digitq.replication import durably
 from digitq.settings import Settings, available_cores
-from worker.commit import COLLECT_TASK, local_data_dir
 from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
@@ -57,9 +57,10 @@ def _resend(args: list) -> None:
 
 class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
-    (worker/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
-    sweeper (worker/sweeper.py). A data dir that appears after the start (the first scan creates it) is looked
-    for again every 2 s."""
+    (digitq/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
+    sweeper (worker/sweeper.py). The data dir's id is looked at again every 2 s: one that appears after the start
+    (the first scan, `digitq init`, a volume mounted late) or changes (another volume, a symlink bound elsewhere)
+    moves the worker to the right collect queue, without a restart."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
     every_s = 2.0
@@ -68,10 +69,17 @@ class Collector(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.timer = None
         self.sweeper: Sweeper | None = None
+        self.added: str | None = None  # the collect queue this step added (not one -Q named)
 
     def start(self, consumer) -> None:
-        if not self._look(consumer):
-            self.timer = consumer.timer.call_repeatedly(self.every_s, self._look, (consumer,), priority=10)
+        settings = Settings.from_env()
+        queues = consumer.app.amqp.queues
+        consumed = set(queues.consume_from or queues)
+        collecting = any(q.startswith(settings.collect_queue + ".") for q in consumed)
+        if settings.predict_queue not in consumed and not collecting:
+            return  # a training worker: nothing to add
+        self._look(consumer)
+        self.timer = consumer.timer.call_repeatedly(self.every_s, self._look, (consumer,), priority=10)
 
     def stop(self, consumer) -> None:
         if self.timer is not None:
@@ -81,26 +89,32 @@ class Collector(bootsteps.StartStopStep):
             self.sweeper.stop()
             self.sweeper = None
 
-    def _look(self, consumer) -> bool:
+    def _look(self, consumer) -> None:
         settings = Settings.from_env()
+        dir_id = local_data_dir(settings)
+        route = settings.collect_route(dir_id) if dir_id else None
+        if route == _pool.get("collect"):
+            return
+        if self.added is not None:  # the data dir this worker collected for is gone from its path
+            consumer.cancel_task_queue(self.added)
+            self.added = None
         queues = consumer.app.amqp.queues
         consumed = set(queues.consume_from or queues)
-        collecting = any(q.startswith(settings.collect_queue + ".") for q in consumed)
-        if settings.predict_queue not in consumed and not collecting:
-            return True  # a training worker: nothing to add
-        dir_id = local_data_dir(settings)
-        if not dir_id:
-            return False
-        _pool["collect"] = settings.collect_route(dir_id)
-        if _pool["collect"] not in consumed:
-            consumer.add_task_queue(_pool["collect"])
+        if route is None:
+            log.warning("data dir %s has no id any more: serving statelessly until it has one",
+                        settings.data_dir.resolve())
+            _pool.pop("collect", None)
+            return
+        if route not in consumed:
+            consumer.add_task_queue(route)
+            self.added = route
+        if "collect" in _pool:
+            log.warning("data dir %s now has id %s (another volume?): commits its batches, and what stateless "
+                        "workers hand in (queue %s)", settings.data_dir.resolve(), dir_id, route)
+        _pool["collect"] = route
         if self.sweeper is None:  # the stack's own stall handling for this data dir's jobs (worker/sweeper.py)
-            self.sweeper = Sweeper(settings, _resend)
+            self.sweeper = Sweeper(settings, _resend)  # each pass reads the data dir's id anew
             self.sweeper.start()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        return True
 
 
 class TrainingGuard(bootsteps.StartStopStep):
@@ -142,9 +156,9 @@ def _announce(**_: object) -> None:
              redact(settings.redis_url), settings.data_dir.resolve(), _pool.get("concurrency", 1),
              os.environ.get("DIGITQ_TF_THREADS", "?"))
     if local_data_dir(settings) is None:
-        log.warning("data dir %s does not exist (yet): serving statelessly until it does (models come through "
-                    "Redis, results go back through Redis to a worker that sees the job's data dir)",
-                    settings.data_dir.resolve())
+        log.warning("data dir %s does not exist or has no id (yet): serving statelessly until it has one (the "
+                    "first scan or `digitq init` gives it one; models come through Redis, results go back through "
+                    "Redis to a worker that sees the job's data dir)", settings.data_dir.resolve())
     elif "collect" in _pool:
         log.info("commits the batches of jobs in this data dir, and what stateless workers hand in (queue %s); "
                  "jobs of other data dirs are served statelessly", _pool["collect"])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from digitq import blobs, failover, replication, scores
+from digitq import blobs, commit, failover, replication, scores
 from digitq.errors import ImageError, JobError
 from digitq.files import read_file
 from digitq.jobs import Job, Row
@@ -25,7 +25,6 @@ from model.artifacts import ArtifactCache
 from model.preprocess import decode_image
 from model.registry import Registry
 from model.runtime import ModelCache, Predictor
-from worker import commit
 
 #: One cache per process, filled after the fork, on the first batch.
 CACHE = ModelCache()
@@ -135,7 +134,7 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
 def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
               context: dict | None = None, cache: ModelCache = CACHE,
               send: Callable[[str, list], None] | None = None) -> dict:
-    """Predict one batch of a job with its pinned model; commit it (:mod:`worker.commit`) when this worker sees
+    """Predict one batch of a job with its pinned model; commit it (:mod:`digitq.commit`) when this worker sees
     the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
 
     ``context`` is what the message says about its job (data dir id, model, collect queue); a message without

@@ -29,10 +29,10 @@ from redis.exceptions import LockError, RedisError
 
 from digitq import failover, outbox, stalls
 from digitq.broker import redis_client
+from digitq.commit import local_data_dir
 from digitq.errors import DigitqError, JobNotFound
 from digitq.jobs import Job
 from digitq.settings import Settings
-from worker.commit import local_data_dir
 
 log = logging.getLogger("digitq.worker")
 _LOCK = "digitq:sweeper:{}"

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import calendar
 import logging
-import os
 import time
 
 from celery.exceptions import Reject
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import failover, stalls
+from digitq import commit, failover, stalls
 from digitq.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
+from digitq.commit import COLLECT_TASK
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
 from digitq.jobs import Job
 from digitq.settings import Settings
 from digitq.trainings import STALE_AFTER_S, TrainingClaimed
-from worker import commit, inference
+from worker import inference
 from worker.application import app
-from worker.commit import COLLECT_TASK
 
 log = logging.getLogger("digitq.worker")
 #: How long a worker that cannot see a job waits before handing its batch back (so that it does
@@ -139,16 +138,10 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict], context: dic
 
 @app.task(name=COLLECT_TASK, bind=True, max_retries=5, base=BatchTask)
 def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
-    """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`worker.commit`."""
+    """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`digitq.commit`."""
     settings = Settings.from_env()
     try:
-        job = Job.load(settings.jobs_dir, job_id)
-        if "failed" in payload:
-            commit.record_failure(job, int(batch), str(payload["failed"]))
-            return {"job_id": job_id, "batch": batch, "failed": True}
-        outcome = commit.Outcome.from_message(job_id, int(batch), payload)
-        done = commit.commit(settings, job, outcome)
-        return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+        return commit.collect(settings, job_id, int(batch), payload)
     except JobNotFound as e:
         _hand_back(settings, "job", job_id, e, self.request.hostname)
         return None

@@ -155,6 +155,20 @@ def record_failure(job: Job, batch: int, error: str) -> None:
     job.mark_failed(batch, error)
 
 
+def collect(settings: Settings, job_id: str, batch: int, payload: dict) -> dict:
+    """Commit what a stateless worker handed in (an outcome, or a failure for good) under ``job_id``: what a
+    ``collect.<id>`` message asks, whoever consumes it (a worker that sees the data dir, or the process waiting on
+    the data host). Raises :class:`digitq.errors.JobNotFound` for a job not under this data dir, and a
+    :class:`JobError` for a malformed message (no retry mends either)."""
+    job = Job.load(settings.jobs_dir, job_id)
+    if "failed" in payload:
+        record_failure(job, int(batch), str(payload["failed"]))
+        return {"job_id": job_id, "batch": batch, "failed": True}
+    outcome = Outcome.from_message(job_id, int(batch), payload)
+    done = commit(settings, job, outcome)
+    return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+
+
 def hand_in(send: Callable[[str, list], None], context: dict, outcome: Outcome) -> None:
     """Send ``outcome`` to the ``collect`` queue of the data dir the job lives in (``context`` of its message)."""
     send(str(context["collect"]), [outcome.job_id, outcome.batch, outcome.to_message()])
@@ -165,25 +179,38 @@ def hand_in_failure(send: Callable[[str, list], None], context: dict, job_id: st
     send(str(context["collect"]), [job_id, batch, {"failed": error, "at": time.time()}])
 
 
-_ids: dict[str, str] = {}
+#: data dir -> (what ``stat`` said of its ``.digitq-id``, the id read then).
+_ids: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
 
 
 def local_data_dir(settings: Settings) -> str | None:
-    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir does not exist:
-    such a worker serves every job statelessly and never creates the dir (a mount that is late, say)."""
+    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir has none: such a
+    worker serves every job statelessly. It never creates the id (that is the producer's, or ``digitq init``'s):
+    an empty mountpoint must not get one of its own before the volume mounts over it.
+
+    A ``stat`` per call tells a changed id (a volume mounted late, a symlink bound to another target) from the
+    one read before, so that the id is read again only when the file is another."""
+    path = settings.data_dir / ".digitq-id"
     key = str(settings.data_dir)
-    if key not in _ids:
-        if not settings.data_dir.is_dir():
-            return None
-        try:
-            found = data_dir_id(settings.data_dir)
-        except OSError as e:  # read-only or unreadable: as good as absent
-            log.warning("data dir %s cannot hold an id (%s): serving statelessly", settings.data_dir, e)
-            return None
-        if found:
-            _ids[key] = found
-        return found
-    return _ids[key]
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        _ids.pop(key, None)
+        return None
+    except OSError as e:  # unreadable: as good as absent
+        log.warning("data dir %s: cannot read its id (%s): serving statelessly", settings.data_dir, e)
+        return None
+    seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _ids.get(key)
+    if cached and cached[0] == seen:
+        return cached[1]
+    try:
+        found = data_dir_id(settings.data_dir, create=False)
+    except OSError as e:
+        log.warning("data dir %s: cannot read its id (%s): serving statelessly", settings.data_dir, e)
+        return None
+    _ids[key] = (seen, found)
+    return found
 
 
 def sees(settings: Settings, context: dict | None) -> bool:
