@@ -11,6 +11,8 @@ from digitq.redisserver import RedisServer
 from digitq.settings import Settings
 from worker.process import WorkerProcess
 
+from .pipeline_helpers import DATABASES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,7 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisServer().start()
+    server = RedisServer(args=["--databases", str(DATABASES)]).start()
     yield server
     server.stop()
 

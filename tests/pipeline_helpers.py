@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from pathlib import Path
 
 from digitq.settings import Settings
 from producer.dispatch import submit
+
+#: The session's redis-server keeps this many databases (conftest); 0-15 stay for fixed uses.
+DATABASES = 4096
+_next_db = itertools.count(16)
+_dbs: dict[tuple[str, str, int], int] = {}
+
+
+def db_url(url: str, key: int) -> str:
+    """``url`` on a database of its own for the running test: the same ``key`` names the same database
+    within one test, and no other test ever gets it (no hand-picked numbers to collide)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    base = url.rsplit("/", 1)[0]
+    db = _dbs.setdefault((test, base, key), next(_next_db))
+    return f"{base}/{db}"
 
 
 def make_job(settings: Settings, folder: Path, batch_size: int, send: bool = True, **kw):

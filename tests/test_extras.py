@@ -15,6 +15,7 @@ from digitq.errors import DataError, ModelError
 from model.extras import TRAIN_PACKAGES, MissingExtra, missing, require_train
 
 from .conftest import ROOT
+from .pipeline_helpers import db_url
 
 ABSENT = f"import sys\nfor name in {TRAIN_PACKAGES!r}: sys.modules[name] = None\n"
 
@@ -90,7 +91,7 @@ def test_a_worker_without_the_train_extra_leaves_the_train_queue_alone(redis_ser
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(ABSENT)  # in the worker's process: the slim install
-    settings = Settings.from_env(redis_url=redis_server.url.rsplit("/", 1)[0] + "/12", data_dir=str(tmp_path / "d"))
+    settings = Settings.from_env(redis_url=db_url(redis_server.url, 12), data_dir=str(tmp_path / "d"))
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     with WorkerProcess({**worker_env(settings), "PYTHONPATH": path}, tmp_path / "w.log", queues="predict,train",
                        name="slim") as worker:

@@ -13,11 +13,11 @@ from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import wait_until
+from .pipeline_helpers import db_url, wait_until
 
 
 def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/8"
+    url = db_url(redis_server.url, 8)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:200], mnist.y_test[:200])
@@ -66,7 +66,7 @@ def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_serv
 def test_workers_warns_about_an_evicting_redis(redis_server, tmp_path):
     import redis
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/9"
+    url = db_url(redis_server.url, 9)
     client = redis.Redis.from_url(url)
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:

@@ -15,7 +15,7 @@ from model.dataset import write_image_folder
 from model.registry import Registry
 from producer.cli import main
 
-from .pipeline_helpers import MODES, last_json, start_workers, stop_workers
+from .pipeline_helpers import MODES, db_url, last_json, start_workers, stop_workers
 
 
 def _png(pixels) -> bytes:
@@ -38,7 +38,7 @@ def test_the_index_keeps_versions_apart(tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_incremental_rescans_predict_only_changed_and_new_files(redis_server, tmp_path, mnist, mode):
-    url = redis_server.url.rsplit("/", 1)[0] + "/13"
+    url = db_url(redis_server.url, 13)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:300], mnist.y_test[:300])

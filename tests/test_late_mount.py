@@ -14,12 +14,12 @@ from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import cli_for, make_job, wait_until
+from .pipeline_helpers import cli_for, db_url, make_job, wait_until
 
 
 def test_a_worker_whose_data_dir_is_mounted_mid_job_collects_for_it_without_a_restart(redis_server, tmp_path,
                                                                                         mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    url = db_url(redis_server.url, 11)
     client = redis.Redis.from_url(url)
     client.flushdb()
     real = tmp_path / "volume"  # the producer's data dir: the volume, before it is mounted on the worker's path

@@ -18,7 +18,7 @@ from producer.cli import main
 from producer.dispatch import enqueue, message_entries
 from producer.follow import wait_for
 
-from .pipeline_helpers import MODES, last_json, make_job, start_workers, stop_workers, wait_until
+from .pipeline_helpers import MODES, db_url, last_json, make_job, start_workers, stop_workers, wait_until
 
 
 def cli(settings: Settings, *args: str):
@@ -63,7 +63,7 @@ def test_scan_end_to_end_with_corrupt_images(worker, settings, digits, tmp_path)
 
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_delivered_twice_yields_one_row_per_file(redis_server, tmp_path, digits, mode):
-    settings = Settings.from_env(redis_url=redis_server.url.rsplit("/", 1)[0] + "/2", data_dir=str(tmp_path / "d"))
+    settings = Settings.from_env(redis_url=db_url(redis_server.url, 2), data_dir=str(tmp_path / "d"))
     workers = start_workers(mode, settings, tmp_path)
     try:
         job = make_job(settings, digits, batch_size=10)

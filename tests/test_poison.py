@@ -15,7 +15,7 @@ from producer.dispatch import submit
 from producer.follow import wait_for
 
 from .conftest import ROOT, worker_env
-from .pipeline_helpers import MODES, start_workers, stop_workers
+from .pipeline_helpers import MODES, db_url, start_workers, stop_workers
 
 MARKER = "DIGITQ-TEST-KILLS-THE-DECODER"
 
@@ -38,7 +38,7 @@ def marked_png(pixels, text: str) -> bytes:
 @pytest.mark.parametrize("mode", MODES)
 def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_completes(redis_server, tmp_path, mnist,
                                                                                      mode):
-    url = redis_server.url.rsplit("/", 1)[0] + "/10"
+    url = db_url(redis_server.url, 10)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:30], mnist.y_test[:30])
@@ -70,7 +70,7 @@ def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_serve
     from digitq.jobs import Row
     from worker.inference import _guarded_rows
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/10"
+    url = db_url(redis_server.url, 10)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path))
     for _ in range(quarantine.MAX_DELIVERIES):
         quarantine.Delivery.begin(settings, "job-x", 0)  # ten deliveries, whatever ended them

@@ -20,7 +20,7 @@ from producer.training import request_training
 from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
-from .pipeline_helpers import wait_until
+from .pipeline_helpers import db_url, wait_until
 from .test_poison import marked_png
 
 BLOCK = "DIGITQ-TEST-BLOCKS-HERE"
@@ -33,7 +33,7 @@ def racing_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def test_two_concurrent_deliveries_of_a_training_train_it_once(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/13"
+    url = db_url(redis_server.url, 13)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
@@ -67,7 +67,7 @@ def test_two_concurrent_deliveries_of_a_training_train_it_once(redis_server, tmp
 
 
 def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/14"
+    url = db_url(redis_server.url, 14)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
@@ -112,7 +112,7 @@ def _hold_in_child(code: str) -> subprocess.Popen:
 def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_at_once_when_it_is_killed(redis_server):
     from digitq.holders import Holder, Lease
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    url = db_url(redis_server.url, 15)
     client = redis.Redis.from_url(url)
     child = _hold_in_child(f"""
         import redis
@@ -159,7 +159,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     from digitq import quarantine
     from digitq.settings import Settings
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    url = db_url(redis_server.url, 15)
     settings = Settings.from_env(redis_url=url)
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -203,7 +203,7 @@ def test_a_holder_of_another_boot_is_never_taken_for_a_local_one(redis_server):
     from digitq.holders import Holder, Lease, _pid_namespace, boot_id
 
     assert boot_id() and Holder.me().boot == boot_id()
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    client = redis.Redis.from_url(db_url(redis_server.url, 15))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs here
     # Two hosts with the same host name (a fixed container `hostname:`) and the init pid namespace, whose
@@ -230,7 +230,7 @@ def test_a_lost_lease_is_never_taken_again(redis_server):
     from digitq.holders import UNKNOWN, Holder, Lease
     from digitq.redisserver import free_port
 
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    client = redis.Redis.from_url(db_url(redis_server.url, 15))
     # Another holder took it (after a lapse): lost, and lost for good even once the key is free again.
     mine = Lease(client, "test:keep", 60)
     assert mine.acquire() is None and mine.keep() is None
@@ -279,7 +279,7 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
     from digitq.trainings import TrainingClaimed, claim_key, create_training
     from model.training import run_training
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    url = db_url(redis_server.url, 15)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path))
     settings.trainings_dir.mkdir(parents=True)
     training = create_training(settings.trainings_dir, sources=[str(tmp_path)], epochs=1, from_version=None,
@@ -312,7 +312,7 @@ def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_ove
     from digitq.trainings import Training, claim_key, create_training
     from model.training import run_training
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    url = db_url(redis_server.url, 12)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     settings.trainings_dir.mkdir(parents=True)
     folder = tmp_path / "labelled"

@@ -19,11 +19,11 @@ from producer.cli import main
 from worker.process import WorkerProcess
 
 from .conftest import mnist_source, worker_env
-from .pipeline_helpers import last_json
+from .pipeline_helpers import db_url, last_json
 
 
 def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/14"
+    url = db_url(redis_server.url, 14)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:60], mnist.y_test[:60])

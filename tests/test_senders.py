@@ -17,7 +17,7 @@ import numpy as np
 from model.dataset import write_image_folder
 
 from .conftest import ROOT
-from .pipeline_helpers import wait_until
+from .pipeline_helpers import db_url, wait_until
 
 
 def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_two_senders_send_every_batch_once(settings, mnist, tmp_path):
     import redis
 
     folder = _pngs(tmp_path / "in", mnist, 120)
-    url = settings.redis_url.rsplit("/", 1)[0] + "/3"
+    url = db_url(settings.redis_url, 3)
     out = _scan(url, tmp_path / "data", str(folder), "--batch-size", "10", "--senders", "2")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -124,7 +124,7 @@ def test_two_senders_end_to_end_one_row_per_file(worker, settings, mnist, tmp_pa
 
 def test_a_sender_that_dies_is_reported_with_advice(settings, mnist, tmp_path):
     folder = _pngs(tmp_path / "in", mnist, 40)
-    url = settings.redis_url.rsplit("/", 1)[0] + "/4"
+    url = db_url(settings.redis_url, 4)
     out = _python(f"""
         import os
         import producer.senders as senders
@@ -167,7 +167,7 @@ def test_threaded_callers_send_from_one_process(settings, tmp_path):
 
     folder = tmp_path / "in"
     write_image_folder(folder, np.zeros((12, 28, 28), np.uint8), np.zeros(12, np.uint8))
-    url = settings.redis_url.rsplit("/", 1)[0] + "/5"
+    url = db_url(settings.redis_url, 5)
     local = settings.__class__.from_env(redis_url=url, data_dir=str(tmp_path / "data"), senders=2)
     job = new_job(local, find_images([str(folder)]).files, sources=["x"], batch_size=1)  # 12 batches: enough for 2
     blocker = threading.Event()

@@ -15,14 +15,14 @@ from producer.cli import main
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import MODES, cli_for, last_json, start_workers, stop_workers, wait_until
+from .pipeline_helpers import MODES, cli_for, db_url, last_json, start_workers, stop_workers, wait_until
 
 
 def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collector_is_said(redis_server, tmp_path,
                                                                                           mnist):
     """A worker that cannot see the job's data dir (another host, a typo) now predicts it statelessly; while no
     worker sees the data dir to commit its results, the job shows stalled with the cause. Nothing is lost."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/4"  # this test's own queue
+    url = db_url(redis_server.url, 4)  # this test's own queue
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "in"
@@ -49,7 +49,7 @@ def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collect
 
 
 def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # no worker listens on this database
+    url = db_url(redis_server.url, 5)  # no worker listens on this database
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
     args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "16"]
@@ -67,7 +67,7 @@ def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
 
 
 def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/6"  # no train worker listens here
+    url = db_url(redis_server.url, 6)  # no train worker listens here
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
     args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "train", "--data", str(folder),
@@ -84,7 +84,7 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
     from producer.dispatch import submit
     from producer.follow import wait_for
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    url = db_url(redis_server.url, 7)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:600], mnist.y_test[:600])
@@ -131,7 +131,7 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
 
     from .test_poison import marked_png, sabotaged_env
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    url = db_url(redis_server.url, 11)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:9], mnist.y_test[:9])
@@ -174,7 +174,7 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
 
 
 def test_a_train_worker_with_the_wrong_data_dir_hands_the_training_back(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    url = db_url(redis_server.url, 12)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "labelled"

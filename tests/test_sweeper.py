@@ -20,13 +20,13 @@ from worker import sweeper
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import MODES, make_job, start_workers, stop_workers, wait_until
+from .pipeline_helpers import MODES, db_url, make_job, start_workers, stop_workers, wait_until
 from .test_poison import marked_png, sabotaged_env
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_batch_a_dead_host_took_is_sent_again_by_the_stack_itself(redis_server, tmp_path, mnist, mode):
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    url = db_url(redis_server.url, 3)
     redis.Redis.from_url(url).flushdb()
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "in"
@@ -57,7 +57,7 @@ def test_a_batch_a_dead_host_took_is_sent_again_by_the_stack_itself(redis_server
 
 
 def test_a_job_committed_but_never_merged_is_merged_and_its_copies_forgotten(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    url = db_url(redis_server.url, 3)
     redis.Redis.from_url(url).flushdb()
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"), stall_after=1)
     folder = tmp_path / "in"
@@ -77,7 +77,7 @@ def test_a_job_committed_but_never_merged_is_merged_and_its_copies_forgotten(red
 def test_two_sweepers_at_once_send_each_lost_batch_once(redis_server, tmp_path, mnist):
     """Two workers collect for one data dir, so two sweepers look at its jobs. Three one-batch jobs lose their
     messages (Redis lost the queue); each batch is sent again once, never once per sweeper."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    url = db_url(redis_server.url, 3)
     redis.Redis.from_url(url).flushdb()
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     settings.data_dir.mkdir()
@@ -109,7 +109,7 @@ def test_two_sweepers_at_once_send_each_lost_batch_once(redis_server, tmp_path, 
 def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, tmp_path, mnist):
     """A retried batch waits in its worker for the countdown (an ETA): neither queued nor reserved, but held,
     so neither `status` nor the sweeper takes it for lost."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    url = db_url(redis_server.url, 3)
     redis.Redis.from_url(url).flushdb()
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     write_image_folder(tmp_path / "in", mnist.x_test[:2], mnist.y_test[:2])

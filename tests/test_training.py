@@ -26,13 +26,13 @@ from producer.training import request_training
 from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
-from .pipeline_helpers import last_json, make_job, wait_until
+from .pipeline_helpers import db_url, last_json, make_job, wait_until
 
 
 @pytest.fixture(scope="module")
 def tsettings(redis_server, tmp_path_factory) -> Settings:
     # Its own Redis database and data dir: the session's predict worker must not take these batches.
-    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    url = db_url(redis_server.url, 2)
     return Settings.from_env(redis_url=url, data_dir=str(tmp_path_factory.mktemp("training-data")))
 
 
@@ -425,7 +425,7 @@ def test_crontab_parsing():
 def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
     import redis
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"  # no train worker listens here: the first training stays queued
+    url = db_url(redis_server.url, 3)  # no train worker listens here: the first training stays queued
     data_dir = tmp_path / "beat-data"
     env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir),
            "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_RETRAIN_DATA": str(labelled),

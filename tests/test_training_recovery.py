@@ -17,7 +17,7 @@ from model.training import run_training
 from producer.training import request_training
 from worker.process import WorkerProcess
 
-from .pipeline_helpers import wait_until
+from .pipeline_helpers import db_url, wait_until
 from .test_races import racing_env
 
 
@@ -26,7 +26,7 @@ def _moves(reg: Registry) -> list[tuple[str, str, str]]:
 
 
 def test_a_training_killed_between_publish_and_promote_is_promoted_by_its_redelivery(redis_server, tmp_path, mnist):
-    url = redis_server.url.rsplit("/", 1)[0] + "/13"
+    url = db_url(redis_server.url, 13)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
@@ -56,7 +56,7 @@ def test_a_training_that_loses_its_claim_between_publish_and_promote_is_promoted
         redis_server, tmp_path, mnist, monkeypatch):
     from digitq import trainings
 
-    url = redis_server.url.rsplit("/", 1)[0] + "/12"
+    url = db_url(redis_server.url, 12)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     settings.trainings_dir.mkdir(parents=True)
     folder = tmp_path / "labelled"
@@ -125,7 +125,7 @@ def _published(settings: Settings, reg: Registry, *, promote: bool) -> tuple[Tra
 
 def test_a_published_version_is_promoted_on_its_gate_decision_once_and_never_over_a_newer_move(
         redis_server, tmp_path):
-    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    url = db_url(redis_server.url, 15)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     settings.trainings_dir.mkdir(parents=True)
     reg = Registry(settings.models_dir)
