@@ -149,8 +149,9 @@ def already_committed(settings: Settings, job: Job | None, job_id: str, batch: i
 
 def record_failure(job: Job, batch: int, error: str) -> None:
     """Record a batch that failed for good (``resume`` sends it again), unless a result was committed since."""
-    if job.result_path(batch).exists():
-        log.warning("job %s batch %d: a failure arrived after its result (%s); kept the result", job.id, batch, error)
+    if job.result_path(batch).exists():  # a stale delivery failed: discarded like any later outcome
+        job.record_discarded(batch)
+        _say_discarded(job, batch, f"a failure ({error})")
         return
     job.mark_failed(batch, error)
 
@@ -161,6 +162,10 @@ def collect(settings: Settings, job_id: str, batch: int, payload: dict) -> dict:
     the data host). Raises :class:`digitq.errors.JobNotFound` for a job not under this data dir, and a
     :class:`JobError` for a malformed message (no retry mends either)."""
     job = Job.load(settings.jobs_dir, job_id)
+    if "duplicate" in payload:  # a stateless worker dropped a delivery of a committed batch: count it here
+        job.record_discarded(int(batch), host=str(payload.get("host", "?")), pid=int(payload.get("pid", 0)))
+        _say_discarded(job, int(batch), f"a delivery on {payload.get('host', '?')}")
+        return {"job_id": job_id, "batch": batch, "duplicate": True}
     if "failed" in payload:
         record_failure(job, int(batch), str(payload["failed"]))
         return {"job_id": job_id, "batch": batch, "failed": True}
@@ -172,6 +177,13 @@ def collect(settings: Settings, job_id: str, batch: int, payload: dict) -> dict:
 def hand_in(send: Callable[[str, list], None], context: dict, outcome: Outcome) -> None:
     """Send ``outcome`` to the ``collect`` queue of the data dir the job lives in (``context`` of its message)."""
     send(str(context["collect"]), [outcome.job_id, outcome.batch, outcome.to_message()])
+
+
+def hand_in_duplicate(send: Callable[[str, list], None], context: dict, job_id: str, batch: int) -> None:
+    """Tell the data dir's ``collect`` queue that a delivery of a committed batch was dropped, to be counted
+    there (``duplicates`` in the job's status), where this worker cannot see the job."""
+    send(str(context["collect"]), [job_id, batch, {"duplicate": True, "host": socket.gethostname(),
+                                                   "pid": os.getpid(), "at": time.time()}])
 
 
 def hand_in_failure(send: Callable[[str, list], None], context: dict, job_id: str, batch: int, error: str) -> None:

@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 import redis
 from PIL import Image
@@ -118,3 +119,42 @@ def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypat
     target = tmp_path / "r.jsonl"
     assert create_once(target, "first\n") and not create_once(target, "second\n")
     assert target.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_late_duplicate_whose_blobs_are_freed_is_counted_in_both_modes(redis_server, tmp_path, mnist, mode):
+    """A delivery that comes after the commit freed its blobs (a lost ack, a sweeper's copy) is dropped before any
+    work; a stateless worker, which cannot see the job, hands the drop in to be counted where it can."""
+    from digitq import blobs
+    from digitq.broker import PREDICT_TASK, client_app
+    from producer.dispatch import job_context, message_entries
+
+    settings = _settings(redis_server, tmp_path, 7)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):  # noise around a digit: a PNG over the inline limit, sent as a blob
+        page = rng.integers(0, 40, (200, 200), dtype=np.uint8)
+        page[86:114, 86:114] = np.maximum(page[86:114, 86:114], mnist.x_test[i])
+        Image.fromarray(page).save(folder / f"{i}.png")
+    assert all(p.stat().st_size > blobs.INLINE_MAX for p in folder.iterdir())
+    cli = cli_for(settings)
+    workers = start_workers(mode, settings, tmp_path)
+    try:
+        scanned = cli("scan", str(folder), "--batch-size", "2", "--wait", "--timeout", "120", "--json")
+        assert scanned.exit_code == 0, scanned.output
+        job = Job.load(settings.jobs_dir, last_json(scanned)["job_id"])
+        result = job.result_path(0).read_bytes()
+        entries = message_entries(settings, job, 0, dict(job.batches([0]))[0])
+        keys = [e["blob"] for e in entries if "blob" in e]
+        assert keys
+        blobs.delete(settings, keys)  # as the first commit left them
+        app = client_app(settings)
+        app.send_task(PREDICT_TASK, args=[job.id, 0, entries, job_context(settings, job)], queue=settings.predict_queue)
+        app.close()
+        wait_until(lambda: job.discarded() == 1, timeout=120, what="the late duplicate to be counted")
+    finally:
+        stop_workers(workers)
+    assert job.result_path(0).read_bytes() == result
+    status = json.loads(cli("status", job.id, "--json").stdout)
+    assert status["state"] == "done" and status["duplicates"] == 1

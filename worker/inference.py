@@ -154,6 +154,11 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
         if commit.already_committed(settings, job, job_id, batch):  # a late duplicate: committed, blobs freed
             log.warning("job %s batch %d: a delivery discarded, a duplicate: the batch is committed (the ledger says "
                         "so) and its blobs are freed", job_id, batch)
+            if job is None and send is not None and context and context.get("collect"):
+                try:  # counted where the job is seen; a lost notice costs a count, never a row
+                    commit.hand_in_duplicate(send, context, job_id, batch)
+                except Exception as e:  # noqa: BLE001 - the batch is committed whatever happens here
+                    log.warning("job %s batch %d: could not hand the duplicate in to be counted: %s", job_id, batch, e)
             return {"job_id": job_id, "batch": batch, "duplicate": True, "done": job.is_done() if job else None,
                     "pid": os.getpid()}
         raise JobError(f"the image data of {len(missing)} file(s) in batch {batch} is no longer in Redis (kept "
