@@ -48,6 +48,8 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
         return None
     if exact is None:
         exact = g.shape == (28, 28)
+    if not exact and _plain(g):
+        return None
     g, speckled = _despeckle(g)
     dark = _dark_ink(g)
     p = g if dark else 255.0 - g  # ink dark on light paper from here on
@@ -62,12 +64,28 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
         level = _paper_level(p, paper)
         ink = np.clip(1.0 - p / np.maximum(level, 16.0), 0, 1) * 255.0
     lines = _remove_lines(ink)
-    if flat and not speckled and lines is None:
-        return None
     if lines is not None:
         ink = lines
+    box = _remove_box(ink)
+    if box is not None:
+        ink = box
+    if flat and not speckled and lines is None and box is None:
+        return None
     peak = float(ink.max())
     return ink * (255.0 / peak) if peak > 0 else ink
+
+
+def _plain(g: np.ndarray) -> bool:
+    """Clean at a glance: paper of one level all round the edge (no shading, speckle or line reaches it),
+    ink on the side of it that the framing's border rule expects, and no box drawn round the digit."""
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    level = float(border[0])
+    if float(border.max() - border.min()) > 2.0:
+        return False
+    below, above = level - float(g.min()), float(g.max()) - level
+    if (below > above) != (level > 127.0):
+        return False
+    return _remove_box(np.abs(g - level)) is None
 
 
 def _border_median(a: np.ndarray) -> float:
@@ -191,10 +209,17 @@ def _chords(shape: tuple[int, int]) -> tuple[np.ndarray, int]:
 
 def _accumulate(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     offset = int(np.ceil(np.hypot(*shape))) + 1
-    rho = np.rint(xs[:, None] * _COS + ys[:, None] * _SIN).astype(np.int64) + offset
-    flat = (np.arange(len(_THETAS)) * (2 * offset + 1))[None, :] + rho
-    acc = np.bincount(flat.ravel(), minlength=len(_THETAS) * (2 * offset + 1))
-    return acc.reshape(len(_THETAS), 2 * offset + 1), offset
+    bins = 2 * offset + 1
+    rho = xs.astype(np.float32)[:, None] * _COS + ys.astype(np.float32)[:, None] * _SIN
+    rho += offset + 0.5 + _BASES(bins)
+    acc = np.bincount(rho.astype(np.int32).ravel(), minlength=len(_THETAS) * bins)
+    return acc.reshape(len(_THETAS), bins), offset
+
+
+@functools.lru_cache(maxsize=16)
+def _BASES(bins: int) -> np.ndarray:
+    """Where each angle's bins start in the flat accumulator."""
+    return (np.arange(len(_THETAS), dtype=np.float32) * bins)[None, :]
 
 
 def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
@@ -206,6 +231,8 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     if peak <= 0:
         return None
     mask = ink > LINE_INK * peak
+    if not (mask[:2].any() or mask[-2:].any() or mask[:, :2].any() or mask[:, -2:].any()):
+        return None  # a line across the image reaches its edges
     grown = np.max(_neighbours(mask.astype(np.uint8)), axis=0).astype(bool) | mask
     ys, xs = np.nonzero(grown)
     if len(ys) < max(h, w) * 0.6:
@@ -311,3 +338,83 @@ def _cut(ink: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.n
     out = ink.copy()
     out[band] = best
     return out
+
+
+#: Angles (indexes into the accumulator's) of horizontal and vertical lines.
+_HORIZONTAL, _VERTICAL = 45, 0
+
+
+def _longest_runs(mask: np.ndarray) -> np.ndarray:
+    """Each row's longest run of ink (gaps of one pixel bridged)."""
+    closed = mask.copy()
+    closed[:, 1:-1] |= mask[:, :-2] & mask[:, 2:]
+    counts = np.cumsum(closed, axis=1)
+    since = np.maximum.accumulate(np.where(closed, 0, counts), axis=1)
+    return (counts - since).max(axis=1)
+
+
+def _runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """Each row's longest run, measured only where the row holds enough ink for one of 70% of ``length``."""
+    runs = np.zeros(mask.shape[0], np.int64)
+    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) >= 0.7 * length)
+    if len(rows) >= 2:
+        runs[rows] = _longest_runs(mask[rows])
+    return runs
+
+
+def _sides(runs: np.ndarray, length: int, widest: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The first and last band of rows whose runs reach 70% of ``length``, if both are thin and apart."""
+    rows = np.flatnonzero(runs >= 0.7 * length)
+    if len(rows) < 2:
+        return None
+    breaks = np.flatnonzero(np.diff(rows) > 1)
+    first = (int(rows[0]), int(rows[breaks[0]] if len(breaks) else rows[-1]))
+    last = (int(rows[breaks[-1] + 1] if len(breaks) else rows[0]), int(rows[-1]))
+    if not len(breaks) or first[1] - first[0] + 1 > widest or last[1] - last[0] + 1 > widest:
+        return None
+    return first, last
+
+
+def _remove_box(ink: np.ndarray) -> np.ndarray | None:
+    """``ink`` without a box drawn round the digit (a form's field), or None if there is none: thin
+    horizontal lines at its top and bottom and vertical ones at its sides, each reaching most of the way
+    across the ink; bridged where strokes cross them. Refused where little would be left (a boxy 0)."""
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > LINE_INK * peak
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    if min(height, width) < 8:
+        return None
+    widest = max(3.0, 0.1 * min(mask.shape))
+    across = _sides(_runs(mask, width), width, widest)
+    if across is None:
+        return None
+    down = _sides(_runs(mask.T, height), height, widest)
+    if down is None:
+        return None
+    (top, bottom), (left, right) = across, down
+    if bottom[1] - top[0] + 1 < 0.7 * height or right[1] - left[0] + 1 < 0.7 * width:
+        return None  # a box holds the digit (give or take a stroke across its sides), not part of it
+    # each side runs unbroken from corner to corner (a boxy 0 has round corners, an 8 a waist)
+    inside = (slice(top[0], bottom[1] + 1), slice(left[0], right[1] + 1))
+    sides = [(mask, top, -1, inside[1]), (mask, bottom, 1, inside[1]),
+             (mask.T, left, -1, inside[0]), (mask.T, right, 1, inside[0])]
+    if not all(_side(*side) for side in sides):
+        return None
+    ys, xs = np.indices(ink.shape, dtype=np.float32)
+    out = ink
+    for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
+        out = _cut(out, t, lo - 0.5, hi + 0.5, xs, ys)
+    return out if float(out.sum()) >= 0.3 * float(ink.sum()) else None
+
+
+def _side(mask: np.ndarray, rows: tuple[int, int], outward: int, span: slice) -> bool:
+    """Whether a horizontal band is a box's side along ``span``: ink from corner to corner, and paper two
+    pixels beyond it on its ``outward`` side (-1: above), as the sheet outside a box is; a thick stroke's
+    inner edge has the rest of the stroke there."""
+    if mask[rows[0] : rows[1] + 1, span].any(axis=0).mean() < 0.95:
+        return False
+    row = rows[0] - 2 if outward < 0 else rows[1] + 2
+    return not 0 <= row < mask.shape[0] or float(mask[row, span].mean()) <= 0.3
