@@ -14,7 +14,8 @@ and background rules apply unchanged. In order:
 4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes,
    box borders) are found in a Hough accumulator by the share of their chord that is ink, and
    removed except where a stroke crosses them;
-5. outlines: hollow strokes (an edge filter's or an outline font's) are filled.
+5. outlines: hollow strokes (an edge filter's or an outline font's) are filled: paper enclosed by thin
+   walls in channels narrower than a loop's hole (:func:`fill_outlines`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
     box = _remove_box(ink)
     if box is not None:
         ink = box
-    if flat and not speckled and lines is None and box is None:
+    filled = fill_outlines(ink)
+    if filled is not None:
+        ink = filled
+    if flat and not speckled and lines is None and box is None and filled is None:
         return None
     peak = float(ink.max())
     return ink * (255.0 / peak) if peak > 0 else ink
@@ -85,7 +89,8 @@ def _plain(g: np.ndarray) -> bool:
     below, above = level - float(g.min()), float(g.max()) - level
     if (below > above) != (level > 127.0):
         return False
-    return _remove_box(np.abs(g - level)) is None
+    ink = np.abs(g - level)
+    return _remove_box(ink) is None and fill_outlines(ink) is None
 
 
 def _border_median(a: np.ndarray) -> float:
@@ -418,3 +423,76 @@ def _side(mask: np.ndarray, rows: tuple[int, int], outward: int, span: slice) ->
         return False
     row = rows[0] - 2 if outward < 0 else rows[1] + 2
     return not 0 <= row < mask.shape[0] or float(mask[row, span].mean()) <= 0.3
+
+
+# -- outlines ---------------------------------------------------------------------------------------
+
+#: Enclosed paper in thin channels at least this share of the ink's area: hollow strokes.
+HOLLOW = 0.5
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a (2r+1) square (outside the image counts as paper)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    p = np.pad(mask, r, constant_values=False)
+    return sliding_window_view(sliding_window_view(p, 2 * r + 1, axis=1).min(axis=-1), 2 * r + 1, axis=0).min(axis=-1)
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    p = np.pad(mask, r, constant_values=False)
+    return sliding_window_view(sliding_window_view(p, 2 * r + 1, axis=1).max(axis=-1), 2 * r + 1, axis=0).max(axis=-1)
+
+
+def fill_outlines(ink: np.ndarray) -> np.ndarray | None:
+    """``ink`` (light on black) with hollow strokes filled, or None when its strokes are not hollow.
+
+    Paper that the sheet outside cannot reach (a flood fill from the edges) is enclosed; what of it lies in
+    channels narrower than about two walls is the inside of a hollow stroke, while a loop's hole (of a 0,
+    6, 8 or 9) is wider and stays. Only where such channels are a good share of the ink is anything filled.
+    """
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > 0.25 * peak
+    rows = np.flatnonzero(mask.any(axis=1))
+    height = float(rows[-1] - rows[0] + 1)
+    if _stroke_width(mask) > 0.1 * height:  # a pen's strokes, not walls
+        return None
+    enclosed = ~mask & ~_outside(~mask)
+    if not enclosed.any():
+        return None
+    r = max(1, int(round(0.07 * height)))
+    channels = enclosed & ~_dilate(_erode(enclosed, r), r)
+    if np.count_nonzero(channels) < HOLLOW * np.count_nonzero(mask):
+        return None
+    return np.maximum(ink, np.where(channels, peak, 0.0))
+
+
+def _outside(paper: np.ndarray) -> np.ndarray:
+    """The paper reachable from the image's edges through paper (4-connected): a flood fill, grown a step
+    at a time in each direction until it stops."""
+    reach = np.zeros_like(paper)
+    reach[0], reach[-1], reach[:, 0], reach[:, -1] = paper[0], paper[-1], paper[:, 0], paper[:, -1]
+    for _ in range(2 * sum(paper.shape)):
+        before = np.count_nonzero(reach)
+        for _ in range(4):
+            grown = reach.copy()
+            grown[1:] |= reach[:-1]
+            grown[:-1] |= reach[1:]
+            grown[:, 1:] |= reach[:, :-1]
+            grown[:, :-1] |= reach[:, 1:]
+            reach = grown & paper
+        if np.count_nonzero(reach) == before:
+            break
+    return reach
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """The median length of the mask's horizontal runs."""
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1).ravel()
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    return float(np.median(runs)) if len(runs) else 1.0
