@@ -90,7 +90,7 @@ def _plain(g: np.ndarray) -> bool:
     if (below > above) != (level > 127.0):
         return False
     ink = np.abs(g - level)
-    return _remove_box(ink) is None and fill_outlines(ink) is None
+    return _find_box(ink) is None and fill_outlines(ink) is None
 
 
 def _border_median(a: np.ndarray) -> float:
@@ -330,18 +330,18 @@ def _cut(ink: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.n
     band = (rho >= lo - 1.0) & (rho <= hi + 1.0)
     centre, reach = (lo + hi) / 2, (hi - lo) / 2 + 1.5
     by, bx, br = ys[band], xs[band], rho[band]
-    best = np.zeros(len(by), np.float32)
-    for slide in range(-int(np.ceil(reach)), int(np.ceil(reach)) + 1):
-        pair = []
-        for side in (1.0, -1.0):
-            shift = centre + side * reach - br
-            qx = np.rint(bx + shift * c - side * slide * s).astype(int)
-            qy = np.rint(by + shift * s + side * slide * c).astype(int)
-            inside = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
-            pair.append(np.where(inside, ink[np.clip(qy, 0, h - 1), np.clip(qx, 0, w - 1)], 0.0))
-        np.maximum(best, np.minimum(*pair), out=best)
+    k = int(np.ceil(reach))
+    slides = np.arange(-k, k + 1, dtype=np.float32)[:, None]
+    pad = 2 * k + 4  # beyond any sample's reach: paper outside the image
+    sheet = np.pad(ink, pad)
+    pair = []
+    for side in (1.0, -1.0):
+        shift = centre + side * reach - br
+        qx = np.rint(bx + shift * c - side * slides * s).astype(np.intp) + pad
+        qy = np.rint(by + shift * s + side * slides * c).astype(np.intp) + pad
+        pair.append(sheet[qy, qx])
     out = ink.copy()
-    out[band] = best
+    out[band] = np.minimum(*pair).max(axis=0)
     return out
 
 
@@ -368,22 +368,44 @@ def _runs(mask: np.ndarray, length: int) -> np.ndarray:
 
 
 def _sides(runs: np.ndarray, length: int, widest: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The first and last band of rows whose runs reach 70% of ``length``, if both are thin and apart."""
+    """The first and last band of rows whose runs reach 70% of ``length``, if apart and one at least thin."""
     rows = np.flatnonzero(runs >= 0.7 * length)
     if len(rows) < 2:
         return None
     breaks = np.flatnonzero(np.diff(rows) > 1)
     first = (int(rows[0]), int(rows[breaks[0]] if len(breaks) else rows[-1]))
     last = (int(rows[breaks[-1] + 1] if len(breaks) else rows[0]), int(rows[-1]))
-    if not len(breaks) or first[1] - first[0] + 1 > widest or last[1] - last[0] + 1 > widest:
+    if not len(breaks):
         return None
+    thick = [b[1] - b[0] + 1 > widest for b in (first, last)]
+    if all(thick):
+        return None
+    # a stroke lying against one side widens its band: that side is as thick as the other, from outside in
+    if thick[0]:
+        first = (first[0], first[0] + last[1] - last[0])
+    elif thick[1]:
+        last = (last[1] - (first[1] - first[0]), last[1])
     return first, last
 
 
 def _remove_box(ink: np.ndarray) -> np.ndarray | None:
-    """``ink`` without a box drawn round the digit (a form's field), or None if there is none: thin
-    horizontal lines at its top and bottom and vertical ones at its sides, each reaching most of the way
-    across the ink; bridged where strokes cross them. Refused where little would be left (a boxy 0)."""
+    """``ink`` without a box drawn round the digit (a form's field), or None if there is none (see
+    :func:`_find_box`); bridged where strokes cross its sides. Refused where little would be left."""
+    box = _find_box(ink)
+    if box is None:
+        return None
+    ys, xs = np.indices(ink.shape, dtype=np.float32)
+    out = ink
+    top, bottom, left, right = box
+    for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
+        out = _cut(out, t, lo - 0.5, hi + 0.5, xs, ys)
+    return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
+
+
+def _find_box(ink: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """The (top, bottom, left, right) bands of a box drawn round the digit, or None: thin horizontal lines
+    at its top and bottom and vertical ones at its sides, each reaching most of the way across the ink,
+    running unbroken from corner to corner with the sheet outside them."""
     peak = float(ink.max())
     if peak <= 0:
         return None
@@ -408,11 +430,7 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
              (mask.T, left, -1, inside[0]), (mask.T, right, 1, inside[0])]
     if not all(_side(*side) for side in sides):
         return None
-    ys, xs = np.indices(ink.shape, dtype=np.float32)
-    out = ink
-    for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
-        out = _cut(out, t, lo - 0.5, hi + 0.5, xs, ys)
-    return out if float(out.sum()) >= 0.3 * float(ink.sum()) else None
+    return top, bottom, left, right
 
 
 def _side(mask: np.ndarray, rows: tuple[int, int], outward: int, span: slice) -> bool:
