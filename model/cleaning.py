@@ -73,7 +73,10 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
     filled = fill_outlines(ink)
     if filled is not None:
         ink = filled
-    if flat and not speckled and lines is None and box is None and filled is None:
+    strays = None if exact else _strays(ink)
+    if strays is not None:
+        ink = np.where(strays, 0.0, ink)
+    if flat and not speckled and lines is None and box is None and filled is None and strays is None:
         return None
     peak = float(ink.max())
     return ink * (255.0 / peak) if peak > 0 else ink
@@ -91,6 +94,22 @@ def _plain(g: np.ndarray) -> bool:
         return False
     ink = np.abs(g - level)
     return _find_box(ink) is None and fill_outlines(ink) is None
+
+
+def _strays(ink: np.ndarray) -> np.ndarray | None:
+    """Pixels bright enough to count as ink for framing (20% of the peak) that stand alone or in pairs
+    (paper noise: a stroke, even 1 px wide, has at least two such neighbours) away from the strokes, where
+    there are a few: what would widen the frame."""
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > 0.2 * peak
+    company = _neighbours(mask.astype(np.uint8)).sum(axis=0, dtype=np.int16)
+    strays = mask & (company < 2)
+    if np.count_nonzero(strays) < 3:
+        return None
+    strays &= ~_dilate(mask & ~strays, 2)  # specks beside a stroke are its own (a blur's, a scatter's)
+    return strays if strays.any() else None
 
 
 def _border_median(a: np.ndarray) -> float:

@@ -399,3 +399,15 @@ def test_outline_strokes_are_not_made_worse():
     out = decode_image(_png(255 - big))
     rows = np.flatnonzero(out.max(axis=1) > 50)
     assert 18 <= rows[-1] - rows[0] + 1 <= 21
+
+
+def test_noisy_paper_does_not_widen_the_frame():
+    """A small digit on a large sheet with paper noise (sigma 12): specks of noise bright enough to pass
+    for ink no longer stretch the frame, so the digit fills its 20-pixel box."""
+    digit = _digit(24)
+    sheet = np.zeros((128, 128), np.float32)
+    sheet[40:64, 70:94] = digit
+    noisy = 215.0 - 180.0 * sheet / 255.0 + 12.0 * np.random.default_rng(5).standard_normal(sheet.shape)
+    out = decode_image(_png(np.clip(np.rint(noisy), 0, 255).astype(np.uint8)))
+    top, bottom, left, right = _box(out)
+    assert 18 <= bottom - top + 1 <= 21 and right - left + 1 >= 8
