@@ -271,11 +271,12 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     rejected = np.zeros(acc.shape, bool)
     my, mx = np.nonzero(mask)
     core = _accumulate(my, mx, (h, w))[0] / chords
+    # of the bins whose chord is covered, the one most covered by the line's core is its true angle
+    core3 = 10.0 + core + np.roll(core, 1, axis=1) + np.roll(core, -1, axis=1) + 0.5 * core
     for _ in range(16):
-        cover = np.where(long & ~rejected, acc / chords, 0.0)
-        # of the bins whose chord is covered, the one most covered by the line's core: its true angle
-        core3 = core + np.roll(core, 1, axis=1) + np.roll(core, -1, axis=1)
-        best = np.where(cover >= LINE_COVER, 10.0 + core3 + 0.5 * core, cover)
+        cover = acc / chords
+        cover[~long | rejected] = 0.0
+        best = np.where(cover >= LINE_COVER, core3, cover)
         t, r = np.unravel_index(int(np.argmax(best)), cover.shape)
         if cover[t, r] < LINE_COVER:
             break
@@ -296,8 +297,6 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
         grown &= ~band
         gy, gx = np.nonzero(gone)
         acc = acc - _accumulate(gy, gx, (h, w))[0]
-        gy, gx = np.nonzero(mask & band)
-        core = core - _accumulate(gy, gx, (h, w))[0] / chords
     if not bands:
         return None
     rest = mask.copy()
