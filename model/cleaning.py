@@ -306,8 +306,29 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     out = ink
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
-            out = _cut(out, t, lo, hi, xx, yy)
+            out = _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy)
     return None if out is ink else out
+
+
+def _bridge_or_clear(ink: np.ndarray, rest: np.ndarray, t: int, lo: float, hi: float, band: np.ndarray,
+                     xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The line removed: bridged across the digit (:func:`_cut`) where it crosses strokes; but where
+    bridging would take much more ink than the line's own from the digit's stretch of it (the line runs
+    along a stroke), that stretch is left as it is and only the line beyond the digit is cleared."""
+    cut = _cut(ink, t, lo, hi, xs, ys)
+    along = -xs * _SIN[t] + ys * _COS[t]
+    first, last = np.percentile(along[rest], [1, 99])
+    over = band & (along >= first - 1.0) & (along <= last + 1.0)
+    beyond = band & ~over
+    if not beyond.any() or not over.any():
+        return cut
+    # the line's ink per unit of its length, where it runs over paper alone (one stretch each side)
+    whole, inner = float(np.ptp(along[band])) + 1.0, float(np.ptp(along[over])) + 1.0
+    per_length = float(ink[beyond].sum()) / max(whole - inner, 1.0)
+    taken = float((ink - cut)[over].sum())
+    if taken <= 1.3 * per_length * inner:
+        return cut
+    return np.where(over, ink, cut)
 
 
 def _thin(mask: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> bool:
