@@ -51,6 +51,9 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
         exact = g.shape == (28, 28)
     if not exact and _plain(g):
         return None
+    # A large image that needs cleaning is cleaned, and then framed, at about ANALYSIS_SIDE px: a digit
+    # that fills a photo is still 50-100 px tall there, and every step costs a tenth of what it would.
+    g = _shrunk(g)
     g, speckled = _despeckle(g)
     dark = _dark_ink(g)
     p = g if dark else 255.0 - g  # ink dark on light paper from here on
@@ -178,16 +181,27 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(big)[top : top + shape[0], left : left + shape[1]]
 
 
+#: Images larger than this are cleaned (and framed) box-reduced to about this size.
+ANALYSIS_SIDE = 160
+
+
+def _shrunk(g: np.ndarray) -> np.ndarray:
+    """``g`` box-reduced by a whole factor to at most :data:`ANALYSIS_SIDE` px (``g`` itself if small)."""
+    factor = -(-max(g.shape) // ANALYSIS_SIDE)
+    if factor < 2:
+        return g
+    return np.asarray(Image.fromarray(np.ascontiguousarray(g, np.float32), mode="F").reduce(factor))
+
+
 def _paper_level(p: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """The paper's level at every pixel (dark ink on light paper): the median of each cell's paper pixels
     (those the ``coarse`` grid's level shows as no ink), on a grid twice as fine; cells with no paper take
     their neighbours' level."""
     first = _upsample(coarse, p.shape)
     paper = np.where(p > first * 0.85, p, np.nan)
-    blocks = _blocks(paper, _cells(p.shape, 7))
+    grid = _nan_median(_blocks(paper, _cells(p.shape, 7)))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        grid = np.nanmedian(blocks, axis=2)
         for _ in range(4):
             holes = np.isnan(grid)
             if not holes.any():
@@ -199,6 +213,16 @@ def _paper_level(p: np.ndarray, coarse: np.ndarray) -> np.ndarray:
             grid = np.where(holes, near, grid)
     grid = np.where(np.isnan(grid), np.nanmax(coarse), grid)
     return _upsample(grid.astype(np.float32), p.shape)
+
+
+def _nan_median(blocks: np.ndarray) -> np.ndarray:
+    """The median of each cell's values that are not NaN (NaN where none are), along the last axis: NaN
+    sorts last, so it is the middle of each row's valid prefix (a tenth of ``np.nanmedian``'s cost here)."""
+    ordered = np.sort(blocks, axis=-1)
+    valid = np.count_nonzero(~np.isnan(blocks), axis=-1)
+    low = np.take_along_axis(ordered, np.maximum(valid - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, (valid // 2)[..., None], axis=-1)[..., 0]
+    return np.where(valid > 0, (low + high) * 0.5, np.nan)
 
 
 def _dark_ink(g: np.ndarray) -> bool:
