@@ -11,11 +11,15 @@ and background rules apply unchanged. In order:
 3. background: the paper's level on a coarse grid (a high percentile of each cell, median-filtered
    across cells), bilinearly upsampled, and the ink taken as reflectance against it, so grey, bright
    and shaded paper all become a flat background;
-4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes,
-   box borders) are found in a Hough accumulator by the share of their chord that is ink, and
-   removed except where a stroke crosses them;
+4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes) are
+   found in a Hough accumulator by the share of their chord that is ink, and removed except where a
+   stroke crosses them; a box drawn round the digit (a form's field) likewise;
 5. outlines: hollow strokes (an edge filter's or an outline font's) are filled: paper enclosed by thin
-   walls in channels narrower than a loop's hole (:func:`fill_outlines`).
+   walls in channels narrower than a loop's hole (:func:`fill_outlines`);
+6. framing: lone specks of paper noise away from the strokes are dropped, so they do not widen the frame.
+
+Each step changes the pixels only where its trigger is found. An image larger than ANALYSIS_SIDE that
+needs any of it is cleaned (and then framed) box-reduced to about that size.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def _plain(g: np.ndarray) -> bool:
     below, above = level - float(g.min()), float(g.max()) - level
     if (below > above) != (level > 127.0):
         return False
-    ink = np.abs(g - level)
+    ink = np.abs(_shrunk(g) - level)
     return _find_box(ink) is None and fill_outlines(ink) is None
 
 
