@@ -231,6 +231,9 @@ def status(ctx, job_id, as_json):
         click.echo(f"elapsed   {st['elapsed_s']:.1f}s ({st['rate_per_s'] or 0:,.0f} images/s)")
     for batch, error in st["failed_batches"].items():
         click.echo(f"failed    batch {batch}: {error}")
+    if st.get("duplicates"):
+        click.echo(f"discarded {st['duplicates']} later outcome(s) of committed batches (duplicates; the first "
+                   "commit of each batch stands)")
     if st.get("stalled"):
         click.echo(f"stalled   {st['stalled']['cause']}")
     click.echo(f"output    {st['output']}" + ("" if st["state"] == "done" else " (when done)"))

@@ -158,3 +158,4 @@ def test_a_late_duplicate_whose_blobs_are_freed_is_counted_in_both_modes(redis_s
     assert job.result_path(0).read_bytes() == result
     status = json.loads(cli("status", job.id, "--json").stdout)
     assert status["state"] == "done" and status["duplicates"] == 1
+    assert "discarded 1 later outcome(s)" in cli("status", job.id).output
