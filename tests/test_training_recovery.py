@@ -152,12 +152,17 @@ def test_a_published_version_is_promoted_on_its_gate_decision_once_and_never_ove
     assert Training.load(settings.trainings_dir, older.id).status()["promoted"] is False
 
 
-def test_two_promotions_on_one_decision_move_production_once(tmp_path):
+def _registry_with_a_copy(tmp_path) -> tuple[Registry, str]:
+    """A registry with one published version: a copy of the bundled model, not promoted."""
     reg = Registry(tmp_path / "models")
     staging = reg.staging_dir("copy")
     for item in reg.bundled().directory.iterdir():
         shutil.copy(item, staging / item.name)
-    version = reg.publish(staging)[0].version
+    return reg, reg.publish(staging)[0].version
+
+
+def test_two_promotions_on_one_decision_move_production_once(tmp_path):
+    reg, version = _registry_with_a_copy(tmp_path)
     production, moves = reg.position()
     first = reg.promote(version, reason="r", by="a", expect=production, expect_moves=moves)
     second = reg.promote(version, reason="r", by="b", expect=production, expect_moves=moves)
@@ -171,11 +176,7 @@ def test_two_promotions_on_one_decision_move_production_once(tmp_path):
 
 
 def test_a_move_torn_by_a_crash_neither_blocks_promotion_nor_glues_to_the_next(tmp_path):
-    reg = Registry(tmp_path / "models")
-    staging = reg.staging_dir("copy")
-    for item in reg.bundled().directory.iterdir():
-        shutil.copy(item, staging / item.name)
-    version = reg.publish(staging)[0].version
+    reg, version = _registry_with_a_copy(tmp_path)
     reg.models_dir.mkdir(parents=True, exist_ok=True)
     with open(reg.models_dir / "history.jsonl", "ab") as f:
         f.write(b'{"at": "2026-01-01T00:00:00Z", "action": "prom')  # a crash mid-append
