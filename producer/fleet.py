@@ -70,6 +70,10 @@ def _fleet(settings: Settings, timeout: float) -> dict:
     depths = {q: client.llen(q) for q in (settings.predict_queue, settings.train_queue, collect) if q}
     policy, eviction = eviction_policy(settings)
     warnings = [eviction] if eviction else []
+    if ours is None:
+        warnings.append(f"the data dir {settings.data_dir.resolve()} has no id yet, so no worker can be said to see "
+                        "it: `digitq init` (or the first scan) gives it one, and workers that see it pick it up "
+                        "within 2 s")
     predicting = [w for w in workers if settings.predict_queue in w["queues"]]
     if predicting and collect and not any(collect in w["queues"] for w in workers):
         warnings.append(f"no live worker sees this data dir {settings.data_dir.resolve()} (id {ours}): results of "

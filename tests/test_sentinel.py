@@ -23,6 +23,7 @@ from digitq.redisserver import SentinelTopology, find_redis_server
 from digitq.redisurl import normalise, parse_sentinel, redact
 from digitq.replication import confirm_replicated
 from digitq.settings import Settings
+from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.cli import main
 from worker.process import WorkerProcess
@@ -103,7 +104,7 @@ def stack(tmp_path_factory):
     topology = SentinelTopology(password=PASSWORD, sentinel_password=SENTINEL_PASSWORD,
                                 down_after_ms=DOWN_AFTER_MS).start()
     data = tmp / "data"
-    data.mkdir()  # seen at start: the shared worker collects for it
+    data_dir_id(data)  # as `digitq init` does: the data dir and its id, seen at start by the worker that collects
     env = {**topology.env(), "DIGITQ_DATA_DIR": str(data), "DIGITQ_STALL_AFTER": "5"}
     private = tmp / "private"
     private.mkdir()
