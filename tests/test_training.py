@@ -18,6 +18,7 @@ from digitq.settings import Settings
 from digitq.trainings import Training, send_training
 from model.dataset import write_image_folder
 from model.registry import Registry, sha256_file
+from model.robustness import HELD_OUT_FAMILIES, SHIFTS
 from model.runtime import load_predictor
 from producer.cli import main
 from producer.dispatch import enqueue
@@ -113,8 +114,13 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert calibration["examples"] > 240 * 10 and outcome["temperature"] == calibration["temperature"]
     assert load_predictor(ref, "onnx").temperature == calibration["temperature"]
     robustness = meta["robustness"]
-    assert [r["name"] for r in robustness["shifts"]][:2] == ["clean", "lowres-8"] and len(robustness["shifts"]) == 22
-    assert robustness["shifts"][0]["examples"] == 60 and robustness["average"]["shifts"] == 21
+    assert [r["name"] for r in robustness["shifts"]][:2] == ["clean", "lowres-8"] and \
+        len(robustness["shifts"]) == len(SHIFTS)
+    assert robustness["shifts"][0]["examples"] == 60 and robustness["average"]["shifts"] == len(SHIFTS) - 1
+    # the families no renderer draws: recorded, reported apart, and not fitted on by the temperature
+    assert meta["held_out_families"] == robustness["held_out_families"] == list(HELD_OUT_FAMILIES)
+    assert robustness["held_out"]["shifts"] == sum(s.family in HELD_OUT_FAMILIES for s in SHIFTS.values())
+    assert "without the held-out families" in calibration["fitted_on"]
     assert meta["baseline"]["robustness"]["set"] == robustness["set"] == meta["evaluation"]["description"]
     assert 0 <= meta["evaluation"]["ece"] <= 1 and outcome["ece"] == meta["ece"] == meta["evaluation"]["ece"]
     assert {r["name"] for r in outcome["robustness"]["shifts"]} == {r["name"] for r in robustness["shifts"]}
