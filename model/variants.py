@@ -47,12 +47,12 @@ def _slanted(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _grey_light(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A light digit on grey paper, at MNIST's size or a 2x scan."""
-    return shifts.paper_tone((50, 170), (60, 160), scale=int(rng.integers(1, 3)))(digit, rng)
+    return shifts.paper_tone((50, 150), (60, 160), scale=int(rng.integers(1, 3)))(digit, rng)
 
 
 def _grey_dark(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A dark digit on grey or bright paper (lighter than the ink), faint or strong."""
-    return shifts.paper_tone((110, 250), (-150, -40), scale=int(rng.integers(1, 3)))(digit, rng)
+    return shifts.paper_tone((130, 250), (-150, -40), scale=int(rng.integers(1, 3)))(digit, rng)
 
 
 def _shaded(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -94,11 +94,18 @@ FAMILIES_DRAWN = ("resolution", "stroke", "geometry", "style", "paper-tone", "sh
 STYLE_SHARE = 0.5
 
 
-def variant(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
-    """One rendered variant of an MNIST digit, as ``decode_image`` gives it to the model (uint8 28x28)."""
+#: Decoded variants with less contrast than this (max - min) are blanks the preprocessing made.
+MIN_CONTRAST = 40
+
+
+def variant(digit: np.ndarray, label: int, rng: np.random.Generator, generic: bool = False) -> np.ndarray:
+    """One rendered variant of an MNIST digit, as ``decode_image`` gives it to the model (uint8 28x28);
+    ``generic``: one of the pen, geometry and resolution renderers only."""
     from model.preprocess import decode_image
 
-    if label == 7 and rng.random() < STYLE_SHARE:
+    if generic:
+        image = _GENERIC[int(rng.integers(len(_GENERIC)))](digit, rng)
+    elif label == 7 and rng.random() < STYLE_SHARE:
         image = shifts.seven_with_crossbar(digit, rng)
     elif label == 1 and rng.random() < STYLE_SHARE:
         image = shifts.one_with_flag_and_base(digit, rng)
@@ -108,7 +115,12 @@ def variant(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarr
         image = _GENERIC[int(rng.integers(len(_GENERIC)))](digit, rng)
     out = io.BytesIO()
     Image.fromarray(image).save(out, format="PNG", compress_level=0)
-    return decode_image(out.getvalue())
+    decoded = decode_image(out.getvalue())
+    if not generic and int(decoded.max()) - int(decoded.min()) < MIN_CONTRAST:
+        # The preprocessing lost the digit (a blank frame): no lesson in it, and a label on a blank
+        # teaches a guess. A generic variant of the same digit takes its place.
+        return variant(digit, label, rng, generic=True)
+    return decoded
 
 
 def make_pool(x: np.ndarray, y: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
