@@ -95,7 +95,7 @@ def test_subsets_are_one_seeded_order_and_style_shifts_keep_their_class(mnist):
         chosen = pick(y, SHIFTS[name])
         assert len(chosen) == int((y == digit).sum()) and set(y[chosen]) == {digit}, name
     with pytest.raises(ConfigError, match="unknown shift"):
-        resolve(["blur", "fog"])
+        resolve(["blur", "smoke"])
 
 
 # -- each shift does what its name says ---------------------------------------------------------
