@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from digitq.errors import ImageError
 from digitq.settings import jpeg_reader_setting
+from model.cleaning import clean_ink
 
 try:
     import pyspng as _spng
@@ -234,13 +235,44 @@ def _border_median(a: np.ndarray) -> float:
     return float(border[n // 2 - 1 : n // 2 + 1].mean())  # float32 arrays: np.mean's own rounding
 
 
+#: The outermost pixels of a 28x28 image in order around it (flat indexes), and the pixel inside each.
+_RIM = np.array([(0, c) for c in range(28)] + [(r, 27) for r in range(1, 28)]
+                + [(27, c) for c in range(26, -1, -1)] + [(r, 0) for r in range(26, 0, -1)])
+_BORDER_28 = _RIM[:, 0] * 28 + _RIM[:, 1]
+_INSIDE_28 = np.clip(_RIM, 1, 26) @ np.array([28, 1])
+
+
 def _mnist_sized(gray: np.ndarray) -> np.ndarray:
-    """A uint8 28x28 image: only the polarity can change; pixels stay exact (what :func:`to_mnist` gives)."""
-    return 255 - gray if _border_median(gray) > 127.0 else np.array(gray, dtype=np.uint8)
+    """A uint8 28x28 image, never reframed. A clean digit keeps its pixels exactly (inverted if it is dark
+    on white); anything else is cleaned first (:func:`clean_ink`)."""
+    border = gray.take(_BORDER_28)
+    lit = np.count_nonzero(border)
+    if lit == 0:  # 99% of MNIST: its border all black
+        return np.array(gray, dtype=np.uint8)
+    if lit == border.size and border.min() == 255:
+        return 255 - gray
+    if _touches_border(gray, border):
+        return np.array(gray, dtype=np.uint8)
+    ink = clean_ink(gray.astype(np.float32), exact=True)
+    if ink is None:  # clean after all: the polarity is all that changes
+        return 255 - gray if _border_median(gray) > 127.0 else np.array(gray, dtype=np.uint8)
+    return np.clip(np.rint(ink), 0, 255).astype(np.uint8)
+
+
+def _touches_border(gray: np.ndarray, border: np.ndarray) -> bool:
+    """A clean digit on black that reaches the border (1% of MNIST): at least half its pixels black, and
+    its border lit in one stretch that runs on inwards (a stripe enters and leaves, a speck stands alone)."""
+    lit = border > 0
+    if np.count_nonzero(lit & ~np.roll(lit, 1)) != 1 or np.count_nonzero(gray) > gray.size // 2:
+        return False
+    return bool(gray.take(_INSIDE_28)[lit].any())
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """Frame a grayscale array like MNIST: light ink on dark, 20x20 box, mass-centred."""
+    cleaned = clean_ink(gray, exact=gray.shape == (28, 28))
+    if cleaned is not None:
+        gray = cleaned
     background = _border_median(gray)
     if background > 127.0:
         gray = 255.0 - gray  # dark ink on light paper
