@@ -49,19 +49,27 @@ MIN_SHIFT_IMAGES = 200
 def robustness_problems(candidate: dict, production: dict, tolerance_pts: float) -> list[str]:
     """Why a candidate loses robustness, from both versions' :func:`model.evaluation.score_shifts` on the
     same suite build: every shift of at least :data:`MIN_SHIFT_IMAGES` images where it trails production
-    by more than :data:`SHIFT_TOLERANCE_PTS` points, and its average over the shifts when that trails by
-    more than ``tolerance_pts`` (the accuracy gate's tolerance: "worse" means the same for both) and the
-    suite has a shift of that size. Empty: no loss."""
+    by more than :data:`SHIFT_TOLERANCE_PTS` points, the mean over the shifts of its held-out families when
+    that trails by more than :data:`HELD_OUT_TOLERANCE_PTS` (judged once they hold that many images
+    together), and its average over the shifts when that trails by more than ``tolerance_pts`` (the
+    accuracy gate's tolerance: "worse" means the same for both) and the suite has a shift of that size.
+    Empty: no loss.
+
+    A held-out shift is judged in the mean, not alone: the model has no skill there to keep (outlines,
+    58%), and a retraining that changes nothing about them moves such a shift by more than 0.5 points
+    either way at 1,000 images (a 3-epoch fine-tune of bundled-3: outline -0.7, ink-diffusion +0.2)."""
+    families = candidate.get("held_out_families") or ()
     theirs = {r["name"]: r["accuracy"] for r in production["shifts"] if r["accuracy"] is not None}
     problems = []
     for row in candidate["shifts"]:
         base = theirs.get(row["name"])
         if row["family"] == "none" or row["accuracy"] is None or base is None:
             continue  # clean is the accuracy gate's
+        if row["family"] in families:
+            continue  # judged in the held-out mean, below
         if row["examples"] >= MIN_SHIFT_IMAGES and row["accuracy"] < base - SHIFT_TOLERANCE_PTS / 100 - 1e-12:
             problems.append(f"{row['name']} {row['accuracy']:.2%} vs {base:.2%} "
                             f"({(base - row['accuracy']) * 100:.2f} points below, more than {SHIFT_TOLERANCE_PTS:g})")
-    families = candidate.get("held_out_families") or ()
     mine, base = held_out_mean(candidate, families), held_out_mean(production, families)
     images = sum(r["examples"] for r in candidate["shifts"] if r["family"] in families)
     if images >= MIN_SHIFT_IMAGES and mine is not None and base is not None \
@@ -361,7 +369,10 @@ def _compare_shifts(candidate: dict, production: dict) -> dict:
                         "baseline_ece": theirs.get(r["name"], {}).get("ece")} for r in candidate["shifts"]],
             "average": {"accuracy": candidate["average"]["accuracy"], "ece": candidate["average"]["ece"],
                         "baseline_accuracy": production["average"]["accuracy"],
-                        "baseline_ece": production["average"]["ece"]}}
+                        "baseline_ece": production["average"]["ece"]},
+            "held_out": {"families": candidate.get("held_out_families") or [],
+                         "accuracy": held_out_mean(candidate, candidate.get("held_out_families") or ()),
+                         "baseline_accuracy": held_out_mean(production, candidate.get("held_out_families") or ())}}
 
 
 def _promote(settings: Settings, registry: Registry, ref: ModelRef, policy: str, training: Training,

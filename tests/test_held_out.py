@@ -226,6 +226,13 @@ def test_the_gate_refuses_a_candidate_worse_on_the_held_out_mean_by_more_than_ha
     within = _scores({**base, "fog": 0.98 - 0.019}, n)  # 0.475 points on the mean: allowed
     assert robustness_problems(within, production, 5.0) == []
     assert gate("auto", 0.99, 0.99, "bundled-2", 5.0, 10_000, (within, production))[0] is True
+    # one held-out shift 0.7 points down, the mean 0.175: judged in the mean only, so passed; the same loss on a
+    # trained shift of as many images is refused
+    big = MIN_SHIFT_IMAGES * 5
+    one = _scores({**base, "outline": 0.98 - 0.007}, big)
+    assert robustness_problems(one, _scores(base, big), 5.0) == []
+    lost = _scores({**base, "lines": 0.99 - 0.007}, big)
+    assert [p.split(" ")[0] for p in robustness_problems(lost, _scores(base, big), 5.0)] == ["lines-a"]
     # too few held-out images to judge a mean (a small folder's hold-out): not judged
     few = _scores({**base, "fog": 0.5}, 10)
     assert robustness_problems(few, _scores(base, 10), 100.0) == []

@@ -124,6 +124,8 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert meta["baseline"]["robustness"]["set"] == robustness["set"] == meta["evaluation"]["description"]
     assert 0 <= meta["evaluation"]["ece"] <= 1 and outcome["ece"] == meta["ece"] == meta["evaluation"]["ece"]
     assert {r["name"] for r in outcome["robustness"]["shifts"]} == {r["name"] for r in robustness["shifts"]}
+    assert outcome["robustness"]["held_out"]["families"] == list(HELD_OUT_FAMILIES)
+    assert outcome["robustness"]["held_out"]["accuracy"] == pytest.approx(robustness["held_out"]["accuracy"])
     assert outcome["robustness"]["average"]["baseline_accuracy"] == \
         meta["baseline"]["robustness"]["average"]["accuracy"]
     for name, sha in ref.artifacts().items():
