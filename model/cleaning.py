@@ -11,10 +11,15 @@ and background rules apply unchanged. In order:
 3. background: the paper's level on a coarse grid (a high percentile of each cell, median-filtered
    across cells), bilinearly upsampled, and the ink taken as reflectance against it, so grey, bright
    and shaded paper all become a flat background;
-4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes,
-   box borders) are found in a Hough accumulator by the share of their chord that is ink, and
-   removed except where a stroke crosses them;
-5. outlines: hollow strokes (an edge filter's or an outline font's) are filled.
+4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes) are
+   found in a Hough accumulator by the share of their chord that is ink, and removed except where a
+   stroke crosses them; a box drawn round the digit (a form's field) likewise;
+5. outlines: hollow strokes (an edge filter's or an outline font's) are filled: paper enclosed by thin
+   walls in channels narrower than a loop's hole (:func:`fill_outlines`);
+6. framing: lone specks of paper noise away from the strokes are dropped, so they do not widen the frame.
+
+Each step changes the pixels only where its trigger is found. An image larger than ANALYSIS_SIDE that
+needs any of it is cleaned (and then framed) box-reduced to about that size.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
         return None
     if exact is None:
         exact = g.shape == (28, 28)
+    if not exact and _plain(g):
+        return None
+    # A large image that needs cleaning is cleaned, and then framed, at about ANALYSIS_SIDE px: a digit
+    # that fills a photo is still 50-100 px tall there, and every step costs a tenth of what it would.
+    g = _shrunk(g)
     g, speckled = _despeckle(g)
     dark = _dark_ink(g)
     p = g if dark else 255.0 - g  # ink dark on light paper from here on
@@ -62,12 +72,51 @@ def clean_ink(gray: np.ndarray, exact: bool | None = None) -> np.ndarray | None:
         level = _paper_level(p, paper)
         ink = np.clip(1.0 - p / np.maximum(level, 16.0), 0, 1) * 255.0
     lines = _remove_lines(ink)
-    if flat and not speckled and lines is None:
-        return None
     if lines is not None:
         ink = lines
+    box = _remove_box(ink)
+    if box is not None:
+        ink = box
+    filled = fill_outlines(ink)
+    if filled is not None:
+        ink = filled
+    strays = None if exact else _strays(ink)
+    if strays is not None:
+        ink = np.where(strays, 0.0, ink)
+    if flat and not speckled and lines is None and box is None and filled is None and strays is None:
+        return None
     peak = float(ink.max())
     return ink * (255.0 / peak) if peak > 0 else ink
+
+
+def _plain(g: np.ndarray) -> bool:
+    """Clean at a glance: paper of one level all round the edge (no shading, speckle or line reaches it),
+    ink on the side of it that the framing's border rule expects, and no box drawn round the digit."""
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    level = float(border[0])
+    if float(border.max() - border.min()) > 2.0:
+        return False
+    below, above = level - float(g.min()), float(g.max()) - level
+    if (below > above) != (level > 127.0):
+        return False
+    ink = np.abs(_shrunk(g) - level)
+    return _find_box(ink) is None and fill_outlines(ink) is None
+
+
+def _strays(ink: np.ndarray) -> np.ndarray | None:
+    """Pixels bright enough to count as ink for framing (20% of the peak) that stand alone or in pairs
+    (paper noise: a stroke, even 1 px wide, has at least two such neighbours) away from the strokes, where
+    there are a few: what would widen the frame."""
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > 0.2 * peak
+    company = _neighbours(mask.astype(np.uint8)).sum(axis=0, dtype=np.int16)
+    strays = mask & (company < 2)
+    if np.count_nonzero(strays) < 3:
+        return None
+    strays &= ~_dilate(mask & ~strays, 2)  # specks beside a stroke are its own (a blur's, a scatter's)
+    return strays if strays.any() else None
 
 
 def _border_median(a: np.ndarray) -> float:
@@ -136,16 +185,27 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(big)[top : top + shape[0], left : left + shape[1]]
 
 
+#: Images larger than this are cleaned (and framed) box-reduced to about this size.
+ANALYSIS_SIDE = 160
+
+
+def _shrunk(g: np.ndarray) -> np.ndarray:
+    """``g`` box-reduced by a whole factor to at most :data:`ANALYSIS_SIDE` px (``g`` itself if small)."""
+    factor = -(-max(g.shape) // ANALYSIS_SIDE)
+    if factor < 2:
+        return g
+    return np.asarray(Image.fromarray(np.ascontiguousarray(g, np.float32), mode="F").reduce(factor))
+
+
 def _paper_level(p: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """The paper's level at every pixel (dark ink on light paper): the median of each cell's paper pixels
     (those the ``coarse`` grid's level shows as no ink), on a grid twice as fine; cells with no paper take
     their neighbours' level."""
     first = _upsample(coarse, p.shape)
     paper = np.where(p > first * 0.85, p, np.nan)
-    blocks = _blocks(paper, _cells(p.shape, 7))
+    grid = _nan_median(_blocks(paper, _cells(p.shape, 7)))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        grid = np.nanmedian(blocks, axis=2)
         for _ in range(4):
             holes = np.isnan(grid)
             if not holes.any():
@@ -157,6 +217,16 @@ def _paper_level(p: np.ndarray, coarse: np.ndarray) -> np.ndarray:
             grid = np.where(holes, near, grid)
     grid = np.where(np.isnan(grid), np.nanmax(coarse), grid)
     return _upsample(grid.astype(np.float32), p.shape)
+
+
+def _nan_median(blocks: np.ndarray) -> np.ndarray:
+    """The median of each cell's values that are not NaN (NaN where none are), along the last axis: NaN
+    sorts last, so it is the middle of each row's valid prefix (a tenth of ``np.nanmedian``'s cost here)."""
+    ordered = np.sort(blocks, axis=-1)
+    valid = np.count_nonzero(~np.isnan(blocks), axis=-1)
+    low = np.take_along_axis(ordered, np.maximum(valid - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, (valid // 2)[..., None], axis=-1)[..., 0]
+    return np.where(valid > 0, (low + high) * 0.5, np.nan)
 
 
 def _dark_ink(g: np.ndarray) -> bool:
@@ -191,10 +261,17 @@ def _chords(shape: tuple[int, int]) -> tuple[np.ndarray, int]:
 
 def _accumulate(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     offset = int(np.ceil(np.hypot(*shape))) + 1
-    rho = np.rint(xs[:, None] * _COS + ys[:, None] * _SIN).astype(np.int64) + offset
-    flat = (np.arange(len(_THETAS)) * (2 * offset + 1))[None, :] + rho
-    acc = np.bincount(flat.ravel(), minlength=len(_THETAS) * (2 * offset + 1))
-    return acc.reshape(len(_THETAS), 2 * offset + 1), offset
+    bins = 2 * offset + 1
+    rho = xs.astype(np.float32)[:, None] * _COS + ys.astype(np.float32)[:, None] * _SIN
+    rho += offset + 0.5 + _BASES(bins)
+    acc = np.bincount(rho.astype(np.int32).ravel(), minlength=len(_THETAS) * bins)
+    return acc.reshape(len(_THETAS), bins), offset
+
+
+@functools.lru_cache(maxsize=16)
+def _BASES(bins: int) -> np.ndarray:
+    """Where each angle's bins start in the flat accumulator."""
+    return (np.arange(len(_THETAS), dtype=np.float32) * bins)[None, :]
 
 
 def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
@@ -206,6 +283,8 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     if peak <= 0:
         return None
     mask = ink > LINE_INK * peak
+    if not (mask[:2].any() or mask[-2:].any() or mask[:, :2].any() or mask[:, -2:].any()):
+        return None  # a line across the image reaches its edges
     grown = np.max(_neighbours(mask.astype(np.uint8)), axis=0).astype(bool) | mask
     ys, xs = np.nonzero(grown)
     if len(ys) < max(h, w) * 0.6:
@@ -220,11 +299,12 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     rejected = np.zeros(acc.shape, bool)
     my, mx = np.nonzero(mask)
     core = _accumulate(my, mx, (h, w))[0] / chords
+    # of the bins whose chord is covered, the one most covered by the line's core is its true angle
+    core3 = 10.0 + core + np.roll(core, 1, axis=1) + np.roll(core, -1, axis=1) + 0.5 * core
     for _ in range(16):
-        cover = np.where(long & ~rejected, acc / chords, 0.0)
-        # of the bins whose chord is covered, the one most covered by the line's core: its true angle
-        core3 = core + np.roll(core, 1, axis=1) + np.roll(core, -1, axis=1)
-        best = np.where(cover >= LINE_COVER, 10.0 + core3 + 0.5 * core, cover)
+        cover = acc / chords
+        cover[~long | rejected] = 0.0
+        best = np.where(cover >= LINE_COVER, core3, cover)
         t, r = np.unravel_index(int(np.argmax(best)), cover.shape)
         if cover[t, r] < LINE_COVER:
             break
@@ -245,8 +325,6 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
         grown &= ~band
         gy, gx = np.nonzero(gone)
         acc = acc - _accumulate(gy, gx, (h, w))[0]
-        gy, gx = np.nonzero(mask & band)
-        core = core - _accumulate(gy, gx, (h, w))[0] / chords
     if not bands:
         return None
     rest = mask.copy()
@@ -256,8 +334,29 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     out = ink
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
-            out = _cut(out, t, lo, hi, xx, yy)
+            out = _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy)
     return None if out is ink else out
+
+
+def _bridge_or_clear(ink: np.ndarray, rest: np.ndarray, t: int, lo: float, hi: float, band: np.ndarray,
+                     xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The line removed: bridged across the digit (:func:`_cut`) where it crosses strokes; but where
+    bridging would take much more ink than the line's own from the digit's stretch of it (the line runs
+    along a stroke), that stretch is left as it is and only the line beyond the digit is cleared."""
+    cut = _cut(ink, t, lo, hi, xs, ys)
+    along = -xs * _SIN[t] + ys * _COS[t]
+    first, last = np.percentile(along[rest], [1, 99])
+    over = band & (along >= first - 1.0) & (along <= last + 1.0)
+    beyond = band & ~over
+    if not beyond.any() or not over.any():
+        return cut
+    # the line's ink per unit of its length, where it runs over paper alone (one stretch each side)
+    whole, inner = float(np.ptp(along[band])) + 1.0, float(np.ptp(along[over])) + 1.0
+    per_length = float(ink[beyond].sum()) / max(whole - inner, 1.0)
+    taken = float((ink - cut)[over].sum())
+    if taken <= 1.3 * per_length * inner:
+        return cut
+    return np.where(over, ink, cut)
 
 
 def _thin(mask: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> bool:
@@ -298,16 +397,187 @@ def _cut(ink: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.n
     band = (rho >= lo - 1.0) & (rho <= hi + 1.0)
     centre, reach = (lo + hi) / 2, (hi - lo) / 2 + 1.5
     by, bx, br = ys[band], xs[band], rho[band]
-    best = np.zeros(len(by), np.float32)
-    for slide in range(-int(np.ceil(reach)), int(np.ceil(reach)) + 1):
-        pair = []
-        for side in (1.0, -1.0):
-            shift = centre + side * reach - br
-            qx = np.rint(bx + shift * c - side * slide * s).astype(int)
-            qy = np.rint(by + shift * s + side * slide * c).astype(int)
-            inside = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
-            pair.append(np.where(inside, ink[np.clip(qy, 0, h - 1), np.clip(qx, 0, w - 1)], 0.0))
-        np.maximum(best, np.minimum(*pair), out=best)
+    k = int(np.ceil(reach))
+    slides = np.arange(-k, k + 1, dtype=np.float32)[:, None]
+    pad = 2 * k + 4  # beyond any sample's reach: paper outside the image
+    sheet = np.pad(ink, pad)
+    pair = []
+    for side in (1.0, -1.0):
+        shift = centre + side * reach - br
+        qx = np.rint(bx + shift * c - side * slides * s).astype(np.intp) + pad
+        qy = np.rint(by + shift * s + side * slides * c).astype(np.intp) + pad
+        pair.append(sheet[qy, qx])
     out = ink.copy()
-    out[band] = best
+    out[band] = np.minimum(*pair).max(axis=0)
     return out
+
+
+#: Angles (indexes into the accumulator's) of horizontal and vertical lines.
+_HORIZONTAL, _VERTICAL = 45, 0
+
+
+def _longest_runs(mask: np.ndarray) -> np.ndarray:
+    """Each row's longest run of ink (gaps of one pixel bridged)."""
+    closed = mask.copy()
+    closed[:, 1:-1] |= mask[:, :-2] & mask[:, 2:]
+    counts = np.cumsum(closed, axis=1)
+    since = np.maximum.accumulate(np.where(closed, 0, counts), axis=1)
+    return (counts - since).max(axis=1)
+
+
+def _runs(mask: np.ndarray, length: int) -> np.ndarray:
+    """Each row's longest run, measured only where the row holds enough ink for one of 70% of ``length``."""
+    runs = np.zeros(mask.shape[0], np.int64)
+    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) >= 0.7 * length)
+    if len(rows) >= 2:
+        runs[rows] = _longest_runs(mask[rows])
+    return runs
+
+
+def _sides(runs: np.ndarray, length: int, widest: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The first and last band of rows whose runs reach 70% of ``length``, if apart and one at least thin."""
+    rows = np.flatnonzero(runs >= 0.7 * length)
+    if len(rows) < 2:
+        return None
+    breaks = np.flatnonzero(np.diff(rows) > 1)
+    first = (int(rows[0]), int(rows[breaks[0]] if len(breaks) else rows[-1]))
+    last = (int(rows[breaks[-1] + 1] if len(breaks) else rows[0]), int(rows[-1]))
+    if not len(breaks):
+        return None
+    thick = [b[1] - b[0] + 1 > widest for b in (first, last)]
+    if all(thick):
+        return None
+    # a stroke lying against one side widens its band: that side is as thick as the other, from outside in
+    if thick[0]:
+        first = (first[0], first[0] + last[1] - last[0])
+    elif thick[1]:
+        last = (last[1] - (first[1] - first[0]), last[1])
+    return first, last
+
+
+def _remove_box(ink: np.ndarray) -> np.ndarray | None:
+    """``ink`` without a box drawn round the digit (a form's field), or None if there is none (see
+    :func:`_find_box`); bridged where strokes cross its sides. Refused where little would be left."""
+    box = _find_box(ink)
+    if box is None:
+        return None
+    ys, xs = np.indices(ink.shape, dtype=np.float32)
+    out = ink
+    top, bottom, left, right = box
+    for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
+        out = _cut(out, t, lo - 0.5, hi + 0.5, xs, ys)
+    return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
+
+
+def _find_box(ink: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """The (top, bottom, left, right) bands of a box drawn round the digit, or None: thin horizontal lines
+    at its top and bottom and vertical ones at its sides, each reaching most of the way across the ink,
+    running unbroken from corner to corner with the sheet outside them."""
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > LINE_INK * peak
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    if min(height, width) < 8:
+        return None
+    widest = max(3.0, 0.1 * min(mask.shape))
+    across = _sides(_runs(mask, width), width, widest)
+    if across is None:
+        return None
+    down = _sides(_runs(mask.T, height), height, widest)
+    if down is None:
+        return None
+    (top, bottom), (left, right) = across, down
+    if bottom[1] - top[0] + 1 < 0.7 * height or right[1] - left[0] + 1 < 0.7 * width:
+        return None  # a box holds the digit (give or take a stroke across its sides), not part of it
+    # each side runs unbroken from corner to corner (a boxy 0 has round corners, an 8 a waist)
+    inside = (slice(top[0], bottom[1] + 1), slice(left[0], right[1] + 1))
+    sides = [(mask, top, -1, inside[1]), (mask, bottom, 1, inside[1]),
+             (mask.T, left, -1, inside[0]), (mask.T, right, 1, inside[0])]
+    if not all(_side(*side) for side in sides):
+        return None
+    return top, bottom, left, right
+
+
+def _side(mask: np.ndarray, rows: tuple[int, int], outward: int, span: slice) -> bool:
+    """Whether a horizontal band is a box's side along ``span``: ink from corner to corner, and paper two
+    pixels beyond it on its ``outward`` side (-1: above), as the sheet outside a box is; a thick stroke's
+    inner edge has the rest of the stroke there."""
+    if mask[rows[0] : rows[1] + 1, span].any(axis=0).mean() < 0.95:
+        return False
+    row = rows[0] - 2 if outward < 0 else rows[1] + 2
+    return not 0 <= row < mask.shape[0] or float(mask[row, span].mean()) <= 0.3
+
+
+# -- outlines ---------------------------------------------------------------------------------------
+
+#: Enclosed paper in thin channels at least this share of the ink's area: hollow strokes.
+HOLLOW = 0.5
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a (2r+1) square (outside the image counts as paper)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    p = np.pad(mask, r, constant_values=False)
+    return sliding_window_view(sliding_window_view(p, 2 * r + 1, axis=1).min(axis=-1), 2 * r + 1, axis=0).min(axis=-1)
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    p = np.pad(mask, r, constant_values=False)
+    return sliding_window_view(sliding_window_view(p, 2 * r + 1, axis=1).max(axis=-1), 2 * r + 1, axis=0).max(axis=-1)
+
+
+def fill_outlines(ink: np.ndarray) -> np.ndarray | None:
+    """``ink`` (light on black) with hollow strokes filled, or None when its strokes are not hollow.
+
+    Paper that the sheet outside cannot reach (a flood fill from the edges) is enclosed; what of it lies in
+    channels narrower than about two walls is the inside of a hollow stroke, while a loop's hole (of a 0,
+    6, 8 or 9) is wider and stays. Only where such channels are a good share of the ink is anything filled.
+    """
+    peak = float(ink.max())
+    if peak <= 0:
+        return None
+    mask = ink > 0.25 * peak
+    rows = np.flatnonzero(mask.any(axis=1))
+    height = float(rows[-1] - rows[0] + 1)
+    if _stroke_width(mask) > 0.1 * height:  # a pen's strokes, not walls
+        return None
+    enclosed = ~mask & ~_outside(~mask)
+    if not enclosed.any():
+        return None
+    r = max(1, int(round(0.07 * height)))
+    channels = enclosed & ~_dilate(_erode(enclosed, r), r)
+    if np.count_nonzero(channels) < HOLLOW * np.count_nonzero(mask):
+        return None
+    return np.maximum(ink, np.where(channels, peak, 0.0))
+
+
+def _outside(paper: np.ndarray) -> np.ndarray:
+    """The paper reachable from the image's edges through paper (4-connected): a flood fill, grown a step
+    at a time in each direction until it stops."""
+    reach = np.zeros_like(paper)
+    reach[0], reach[-1], reach[:, 0], reach[:, -1] = paper[0], paper[-1], paper[:, 0], paper[:, -1]
+    for _ in range(2 * sum(paper.shape)):
+        before = np.count_nonzero(reach)
+        for _ in range(4):
+            grown = reach.copy()
+            grown[1:] |= reach[:-1]
+            grown[:-1] |= reach[1:]
+            grown[:, 1:] |= reach[:, :-1]
+            grown[:, :-1] |= reach[:, 1:]
+            reach = grown & paper
+        if np.count_nonzero(reach) == before:
+            break
+    return reach
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """The median length of the mask's horizontal runs."""
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1).ravel()
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    return float(np.median(runs)) if len(runs) else 1.0

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from digitq.errors import ImageError
 from digitq.paths import is_image_name
@@ -256,3 +256,172 @@ def test_damaged_pngs_fail_or_decode_exactly_as_pillow_does(mnist):
             assert results[0] == results[1]
             outcomes.add(results[0] == "error")
     assert outcomes == {True, False}  # both kinds of outcome were exercised
+
+
+# -- cleaning before framing: paper tone, shading, lines, speckle, outlines -------------------------
+
+def _digit(size: int = 28, shape: str = "zero") -> np.ndarray:
+    """A synthetic MNIST-style digit (white on black, anti-aliased, in a 20x20 box) at ``size`` px: a
+    "zero" (a ring) or a "seven" (a bar and a slanted stem)."""
+    from PIL import ImageDraw
+
+    s = size * 4 / 28
+    big = Image.new("L", (size * 4, size * 4), 0)
+    draw = ImageDraw.Draw(big)
+    if shape == "zero":
+        draw.ellipse((8 * s, 4 * s, 20 * s, 24 * s), outline=255, width=round(3 * s))
+    else:
+        draw.line([(7 * s, 6 * s), (21 * s, 6 * s), (12 * s, 24 * s)], fill=255, width=round(3 * s))
+    return np.asarray(big.resize((size, size), Image.Resampling.BOX))
+
+
+def _on(ink: np.ndarray, paper: np.ndarray | float, pen: np.ndarray | float) -> np.ndarray:
+    """White-on-black ``ink`` drawn in ``pen`` on ``paper`` (either may be lighter), as uint8."""
+    a = ink.astype(np.float32) / 255.0
+    return np.clip(np.rint(paper + (pen - paper) * a), 0, 255).astype(np.uint8)
+
+
+def test_clean_mnist_digits_keep_their_pixels(mnist):
+    """Real MNIST digits, those that reach the border included, come out exactly as they went in (and
+    exactly inverted when dark on white): the cleaning never touches a clean digit."""
+    x = mnist.x_test
+    rim = np.ones((28, 28), bool)
+    rim[1:-1, 1:-1] = False
+    touching = np.flatnonzero(x[:, rim].any(axis=1))
+    assert len(touching) > 50
+    for i in np.concatenate([np.arange(1500), touching]):
+        np.testing.assert_array_equal(decode_image(_png(x[i])), x[i])
+    for i in np.concatenate([np.arange(200), touching[:40]]):
+        np.testing.assert_array_equal(decode_image(_png(255 - x[i])), x[i])
+    for i in range(100):  # framed from a larger file, clean paper: as before the cleaning (the oracle)
+        big = np.kron(255 - x[i], np.ones((3, 3), np.uint8))
+        np.testing.assert_array_equal(decode_image(_png(big)), _frame(big.astype(np.float32)))
+
+
+@pytest.mark.parametrize("paper, pen", [(110, 235), (60, 140), (175, 250), (200, 70), (150, 40)])
+def test_grey_paper_becomes_flat_background_with_the_ink_light(paper, pen):
+    """A 28x28 digit on grey paper, lighter or darker than its ink (light ink on light-grey paper too,
+    which the border rule alone read the wrong way round): the paper comes out black, the digit white."""
+    digit = _digit()
+    out = decode_image(_png(_on(digit, paper, pen)))
+    assert out[digit == 0].max() <= 2  # flat background
+    assert out[digit >= 200].min() >= 200  # the ink, bright: the polarity is right
+    assert np.abs(out.astype(int) - digit).max() <= 3  # the digit itself, to rounding
+
+
+def test_shaded_paper_is_flattened_and_framed_as_on_white():
+    """Light falling from 250 to 70 across a 2x scan, multiplied into paper and ink: the decoded digit
+    is the one the evenly lit scan gives, and no shading is left as ink."""
+    digit = _digit(56)
+    evenly = _on(digit, 245.0, 25.0)
+    ys, xs = np.indices(digit.shape) / 55.0
+    light = 250.0 - 180.0 * (0.6 * xs + 0.4 * ys)
+    shaded = np.clip(np.rint(evenly * light / 250.0), 0, 255).astype(np.uint8)
+    reference, out = decode_image(_png(evenly)), decode_image(_png(shaded))
+    assert out[reference == 0].max() <= 25
+    assert np.abs(out.astype(int) - reference).mean() < 6
+    assert np.corrcoef(out.ravel(), reference.ravel())[0, 1] > 0.97
+
+
+def test_fog_over_a_28x28_digit_leaves_a_flat_background():
+    """Haze over part of the sheet (lower contrast in a blob): the background still comes out black."""
+    digit = _digit()
+    ys, xs = np.indices(digit.shape)
+    cover = 0.55 * np.exp(-((ys - 8.0) ** 2 + (xs - 20.0) ** 2) / 80.0)
+    foggy = _on(digit, 240.0, 25.0) * (1 - cover) + 200.0 * cover
+    out = decode_image(_png(np.clip(np.rint(foggy), 0, 255).astype(np.uint8)))
+    assert out[digit == 0].max() <= 20 and out[digit >= 200].min() >= 100  # contrast lower under the haze
+
+
+def test_a_line_across_the_digit_is_removed_away_from_it_and_kept_where_it_crosses():
+    """A bright ruled line across a 28x28 digit: gone where it runs over paper, the digit's own pixels
+    away from it unchanged, and the stroke it crosses still whole."""
+    digit = _digit(shape="seven")
+    lined = digit.copy()
+    lined[15:17] = 255
+    out = decode_image(_png(lined))
+    cols = np.flatnonzero(digit.max(axis=0) > 0)
+    beside = np.r_[0 : cols[0] - 2, cols[-1] + 3 : 28]
+    assert out[15:17][:, beside].max() == 0  # the line, gone over the paper
+    np.testing.assert_array_equal(out[:13], digit[:13])  # the digit away from it: as it was
+    np.testing.assert_array_equal(out[19:], digit[19:])
+    stem = int(np.argmax(digit[16]))  # where the stem crosses the line
+    assert out[15:17, stem].min() >= 128
+
+
+def test_ruled_paper_and_a_box_border_are_not_framed_as_ink():
+    """A 2x scan on ruled paper, and one in a form's box: the framing box is the digit's, as on plain paper."""
+    digit = _digit(56, "seven")
+    page = np.zeros((80, 80), np.uint8)
+    page[12:68, 12:68] = digit
+    plain = decode_image(_png(_on(page, 245.0, 25.0)))
+    ruled = _on(page, 245.0, 25.0)
+    ruled[[8, 9, 30, 31, 52, 53, 74, 75]] = 90  # lines 2 px wide, 22 apart, over the whole page
+    boxed = _on(page, 245.0, 25.0)
+    rows, cols = np.flatnonzero(page.max(axis=1) > 64), np.flatnonzero(page.max(axis=0) > 64)
+    top, bottom, left, right = rows[0] - 4, rows[-1] + 4, cols[0] - 5, cols[-1] + 3
+    for r in (top, bottom):
+        boxed[r : r + 2, left : right + 2] = 30
+    for c in (left, right):
+        boxed[top : bottom + 2, c : c + 2] = 30
+    for image in (ruled, boxed):
+        out = decode_image(_png(image))
+        assert _box(out) == _box(plain)
+        assert np.abs(out.astype(int) - plain).mean() < 8
+
+
+def _box(a: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(a.max(axis=1) > 50), np.flatnonzero(a.max(axis=0) > 50)
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+@pytest.mark.parametrize("size", [28, 56])
+def test_speckle_is_removed_and_strokes_are_kept(size):
+    """Salt and pepper on 6% of the pixels: no speck left on the paper, the strokes whole."""
+    digit = _digit(size)
+    rng = np.random.default_rng(3)
+    noisy = digit.copy() if size == 28 else 255 - digit
+    hit = rng.random(noisy.shape) < 0.06
+    noisy[hit] = np.where(rng.random(noisy.shape) < 0.5, 0, 255).astype(np.uint8)[hit]
+    out = decode_image(_png(noisy))
+    clean = decode_image(_png(digit if size == 28 else 255 - digit))
+    near = np.asarray(Image.fromarray(clean).filter(ImageFilter.MaxFilter(5))) > 0
+    assert out[~near].max() <= 40  # no speck away from the digit
+    assert np.count_nonzero(out[clean >= 200] >= 128) >= 0.95 * np.count_nonzero(clean >= 200)
+
+
+def test_outline_strokes_are_not_made_worse():
+    """Hollow strokes (an edge filter's): decoded as the file has them, framed like MNIST when larger."""
+    digit = _digit()
+    hollow = np.asarray(Image.fromarray(digit).filter(ImageFilter.FIND_EDGES))
+    np.testing.assert_array_equal(decode_image(_png(hollow)), hollow)
+    big = np.asarray(Image.fromarray(_digit(112)).filter(ImageFilter.FIND_EDGES))
+    out = decode_image(_png(255 - big))
+    rows = np.flatnonzero(out.max(axis=1) > 50)
+    assert 18 <= rows[-1] - rows[0] + 1 <= 21
+
+
+def test_noisy_paper_does_not_widen_the_frame():
+    """A small digit on a large sheet with paper noise (sigma 12): specks of noise bright enough to pass
+    for ink no longer stretch the frame, so the digit fills its 20-pixel box."""
+    digit = _digit(24)
+    sheet = np.zeros((128, 128), np.float32)
+    sheet[40:64, 70:94] = digit
+    noisy = 215.0 - 180.0 * sheet / 255.0 + 12.0 * np.random.default_rng(5).standard_normal(sheet.shape)
+    out = decode_image(_png(np.clip(np.rint(noisy), 0, 255).astype(np.uint8)))
+    top, bottom, left, right = _box(out)
+    assert 18 <= bottom - top + 1 <= 21 and right - left + 1 >= 8
+
+
+def test_hollow_strokes_of_a_larger_file_are_filled():
+    """Hollow strokes (a thick pen's outline, 1-2 px walls) in a file that is framed: read as the solid
+    pen, the channels between the walls filled, the loop of the 0 still open."""
+    for shape in ("seven", "zero"):
+        solid = (_digit(112, shape) > 127).astype(np.uint8) * 255
+        solid = np.asarray(Image.fromarray(solid).filter(ImageFilter.MaxFilter(5)))  # a pen 16 px wide
+        inner = np.asarray(Image.fromarray(solid).filter(ImageFilter.MinFilter(5)))
+        hollow = np.where(inner > 0, 0, solid).astype(np.uint8)
+        want, out = decode_image(_png(255 - solid)), decode_image(_png(255 - hollow))
+        assert np.corrcoef(out.ravel(), want.ravel())[0, 1] > 0.75  # 0.41 with the strokes left hollow
+        if shape == "zero":
+            assert out[12:16, 12:16].max() < 60  # the hole of the 0 is not filled
