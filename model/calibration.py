@@ -90,13 +90,15 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, tol: float = 1e-4) ->
     return round(math.exp((lo + hi) / 2), 4)
 
 
-def calibration_images(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def calibration_images(x: np.ndarray, y: np.ndarray, limit: int | None,
+                       held_out: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The images a temperature is fitted on: ``x`` itself (clean, as decode_image frames it) and every
     shift of the robustness suite applied to (the first ``limit`` of one seeded order of) ``x``, made
-    with :data:`CALIBRATION_SEED`; the same decode path as production."""
-    from model.robustness import build_suite, resolve
+    with :data:`CALIBRATION_SEED`; the same decode path as production. Never the shifts of the ``held_out``
+    families (default: the suite's): their ECE must measure the calibration, not be fitted to."""
+    from model.robustness import HELD_OUT_FAMILIES, build_suite, calibration_shifts
 
-    shifts = resolve()
+    shifts = calibration_shifts(HELD_OUT_FAMILIES if held_out is None else held_out)
     clean = build_suite(x, y, shifts=[s for s in shifts if s.family == "none"], seed=CALIBRATION_SEED)
     shifted = build_suite(x, y, shifts=[s for s in shifts if s.family != "none"], limit=limit, seed=CALIBRATION_SEED)
     images = np.concatenate([s.images for s in clean + shifted])
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from digitq.storage import atomic_write
     from model.dataset import load_dataset
-    from model.evaluation import expected_calibration_error, profile, score_shifts
+    from model.evaluation import expected_calibration_error, held_out_of, profile, score_shifts
     from model.registry import ONNX_FILE, _read_meta
     from model.robustness import SEED, build_suite
     from model.runtime import OnnxPredictor
@@ -150,30 +152,36 @@ def main(argv: list[str] | None = None) -> None:
     predictor = OnnxPredictor(ref, ref.read_verified(ONNX_FILE), 1)
     started = time.monotonic()
     sample = np.sort(np.random.default_rng(CALIBRATION_SEED).permutation(len(data.y_train))[:DIRECTORY_SAMPLE])
-    images, labels = calibration_images(data.x_train[sample], data.y_train[sample], 1000)
+    held_out = held_out_of(ref.meta)
+    images, labels = calibration_images(data.x_train[sample], data.y_train[sample], 1000, held_out)
     record = fit(predictor.predict_raw, images, labels,
                  f"clean copies of a seeded sample (seed {CALIBRATION_SEED}) of {len(sample)} MNIST training digits "
                  f"and the robustness suite's shifts of them (seed {CALIBRATION_SEED}, 1000 images per shift at "
                  f"most). Caveat: {ref.meta.get('version')} trained on all 60,000 training digits, so the clean "
                  "ones were seen in training; these shifted images were not, though a recipe with rendered "
-                 "variants (model/variants.py) trained on others drawn by the same renderers")
+                 "variants (model/variants.py) trained on others drawn by the same renderers; never the held-out "
+                 f"families ({', '.join(held_out)})")
+    record["held_out_families"] = list(held_out)
     record["seconds"] = round(time.monotonic() - started, 1)
     t = record["temperature"]
     sets = build_suite(data.x_test, data.y_test, limit=limit)
-    before = score_shifts(sets, predictor.predict_raw)
-    after = score_shifts(sets, lambda x: apply_temperature(predictor.predict_raw(x), t))
+    before = score_shifts(sets, predictor.predict_raw, held_out)
+    after = score_shifts(sets, lambda x: apply_temperature(predictor.predict_raw(x), t), held_out)
     raw = predictor.predict_raw(data.x_test)
     clean = apply_temperature(raw, t)
     record["test_ece_before"] = round(expected_calibration_error(raw, data.y_test), 6)
     record["test_ece_after"] = round(expected_calibration_error(clean, data.y_test), 6)
     record["suite_ece_before"] = {r["name"]: r["ece"] for r in before["shifts"]}
     record["suite_ece_before"]["average"] = before["average"]["ece"]
-    keep = ("name", "family", "examples", "accuracy", "ece", "mean_confidence")
+    keep = ("name", "family", "held_out", "examples", "accuracy", "ece", "mean_confidence")
     meta = dict(ref.meta)
     meta["calibration"] = record
+    meta["held_out_families"] = list(held_out)
     meta["robustness"] = {"suite": "robustness", "set": "MNIST test split", "seed": SEED, "limit": limit,
                           "ece_bins": 15, "calibrated": True,
-                          "shifts": [{k: r[k] for k in keep} for r in after["shifts"]], "average": after["average"]}
+                          "shifts": [{k: r[k] for k in keep} for r in after["shifts"]], "average": after["average"],
+                          "held_out_families": list(held_out), "held_out": after["held_out"],
+                          "trained": after["trained"]}
     # What the version serves on the test split, calibrated: the profile a job's report compares with.
     accuracy, loss = score(clean, data.y_test)
     meta["evaluation"] = {**meta.get("evaluation", {}), "set": "MNIST test split", "examples": int(len(data.y_test)),

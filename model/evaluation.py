@@ -83,32 +83,54 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.abs(gap).sum() / len(labels))
 
 
-def score_shifts(sets: Sequence[ShiftedSet], predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+def score_shifts(sets: Sequence[ShiftedSet], predict: Callable[[np.ndarray], np.ndarray],
+                 held_out: Sequence[str] = ()) -> dict:
     """Accuracy, ECE and mean confidence of ``predict`` (uint8 (N, 28, 28) -> probabilities (N, 10))
     on each shifted set of :func:`model.robustness.build_suite`, and their averages over the shifts
-    (each shift counts once; ``clean`` is reported but not averaged)."""
+    (each shift counts once; ``clean`` is reported but not averaged): over all of them, over those of the
+    ``held_out`` families (never trained on: the headline) and over the others (``trained``). A set built
+    with ``naive`` also gets ``naive_accuracy``: the model alone on the same files, without decode_image."""
     rows = []
     for s in sets:
         probs = np.asarray(predict(s.images)) if len(s.images) else np.zeros((0, 10), np.float32)
         correct = probs.argmax(axis=1) == s.labels
-        rows.append({
+        row = {
             "name": s.shift.name,
             "family": s.shift.family,
+            "held_out": s.shift.family in held_out,
             "description": s.shift.description,
             "digits": list(s.shift.labels) if s.shift.labels is not None else list(range(10)),
             "examples": int(len(s.labels)),
             "accuracy": round(float(correct.mean()), 6) if len(correct) else None,
             "ece": round(expected_calibration_error(probs, s.labels), 6),
             "mean_confidence": round(float(probs.max(axis=1).mean()), 6) if len(probs) else None,
-        })
+        }
+        if s.naive is not None and len(s.naive):
+            alone = np.asarray(predict(s.naive)).argmax(axis=1) == s.labels
+            row["naive_accuracy"] = round(float(alone.mean()), 6)
+        rows.append(row)
     shifted = [r for r in rows if r["family"] != "none" and r["examples"]]
-    average = {
-        "shifts": len(shifted),
-        "accuracy": round(float(np.mean([r["accuracy"] for r in shifted])), 6) if shifted else None,
-        "ece": round(float(np.mean([r["ece"] for r in shifted])), 6) if shifted else None,
-        "worst": min(shifted, key=lambda r: r["accuracy"])["name"] if shifted else None,
-    }
-    return {"shifts": rows, "average": average}
+    average = _mean_of(shifted)
+    average["worst"] = min(shifted, key=lambda r: r["accuracy"])["name"] if shifted else None
+    return {"shifts": rows, "average": average, "held_out_families": list(held_out),
+            "held_out": _mean_of([r for r in shifted if r["held_out"]]),
+            "trained": _mean_of([r for r in shifted if not r["held_out"]])}
+
+
+def _mean_of(rows: Sequence[dict]) -> dict:
+    """The number of shifts and their mean accuracy and ECE (each shift counts once); None without any."""
+    return {"shifts": len(rows),
+            "accuracy": round(float(np.mean([r["accuracy"] for r in rows])), 6) if rows else None,
+            "ece": round(float(np.mean([r["ece"] for r in rows])), 6) if rows else None}
+
+
+def held_out_of(meta: dict) -> tuple[str, ...]:
+    """The families a version never trained on, as its ``model.json`` records them; a version that records
+    none (published before the suite had them) trained on none of the current held-out families either."""
+    from model.robustness import HELD_OUT_FAMILIES
+
+    recorded = meta.get("held_out_families")
+    return tuple(recorded) if recorded is not None else HELD_OUT_FAMILIES
 
 
 def evaluate_robustness(settings: Settings, data: str | None, model_version: str | None = None,
@@ -124,9 +146,9 @@ def evaluate_robustness(settings: Settings, data: str | None, model_version: str
         raise DataError(f"{dataset.source} has no test images")
     predictor = load_predictor(ref)
     started = time.monotonic()
-    sets = build_suite(dataset.x_test, dataset.y_test, limit=limit)
+    sets = build_suite(dataset.x_test, dataset.y_test, limit=limit, naive=True)
     built = time.monotonic()
-    scores = score_shifts(sets, predictor.predict)
+    scores = score_shifts(sets, predictor.predict, held_out_of(ref.meta))
     return {
         "suite": "robustness",
         "model_version": ref.version,
@@ -137,8 +159,10 @@ def evaluate_robustness(settings: Settings, data: str | None, model_version: str
         "limit": limit,
         "ece_bins": ECE_BINS,
         **scores,
-        "note": "style shifts use only the test digits of their class (digits); the average is over "
-                "the shifts, each counted once, without clean",
+        "note": "style shifts use only the test digits of their class (digits); the averages are over "
+                "the shifts, each counted once, without clean; held_out: the families this version never "
+                "trained on (the headline); naive_accuracy: the model alone on the same files, without "
+                "decode_image",
         "seconds": round(time.monotonic() - started, 2),
         "build_seconds": round(built - started, 2),  # making and decoding the images: most of the cost
     }

@@ -108,18 +108,36 @@ def samples(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: Path, co
 
 def robustness(tables: dict[str, dict], path: Path, title: str = "") -> Path:
     """Accuracy per shift of the robustness suite, one bar per version: ``tables`` maps a version's name
-    to its ``model.json`` ``robustness`` record (:func:`model.evaluation.score_shifts`'s rows)."""
+    to its ``model.json`` ``robustness`` record (:func:`model.evaluation.score_shifts`'s rows). Every shift any
+    table has gets its place (in the order of the largest table); the held-out families' shifts are marked
+    (``*``, in red) and shaded, and a version's legend gives its held-out mean where it records one."""
     plt = _pyplot()
-    names = [r["name"] for r in next(iter(tables.values()))["shifts"]]
-    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
+    largest = max(tables.values(), key=lambda t: len(t["shifts"]))
+    names = [r["name"] for r in largest["shifts"]]
+    held = {r["name"] for t in tables.values() for r in t["shifts"] if r.get("held_out")}
+    fig, ax = plt.subplots(figsize=(max(12, 0.38 * len(names)), 5), dpi=100)
     width = 0.8 / len(tables)
+    lowest = 100.0
     for k, (version, table) in enumerate(tables.items()):
         acc = {r["name"]: r["accuracy"] * 100 for r in table["shifts"]}
+        lowest = min(lowest, *acc.values())
+        label = f"{version} (average {table['average']['accuracy']:.2%}"
+        if (table.get("held_out") or {}).get("accuracy") is not None:
+            label += f", held-out mean {table['held_out']['accuracy']:.2%}"
         ax.bar(np.arange(len(names)) + (k - (len(tables) - 1) / 2) * width, [acc.get(n, 0) for n in names],
-               width, label=f"{version} (average {table['average']['accuracy']:.2%})")
+               width, label=label + ")")
+    for i, name in enumerate(names):
+        if name in held:
+            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.08, linewidth=0)
     ax.axhline(97, color="grey", linestyle="--", linewidth=1, label="97%: every shift's target")
-    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set(ylim=(90, 100.5), ylabel="accuracy (%)", title=title or "robustness suite, MNIST test split")
+    ax.set_xticks(np.arange(len(names)), [f"{n} *" if n in held else n for n in names], rotation=60, ha="right",
+                  fontsize=8)
+    for tick, name in zip(ax.get_xticklabels(), names, strict=True):
+        if name in held:
+            tick.set_color("tab:red")
+    bottom = 90 if lowest >= 90 else max(0, 10 * np.floor(lowest / 10) - 5)
+    ax.set(ylim=(bottom, 100.5), ylabel="accuracy (%)",
+           title=title or "robustness suite, MNIST test split (* held out of training: never rendered)")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -45,7 +45,14 @@ from digitq.errors import ConfigError
 
 #: The suite's seed: every shifted image is a function of (SEED, shift name, image index).
 SEED = 15
-FAMILIES = ("none", "resolution", "stroke", "geometry", "canvas", "capture", "paper", "style")
+FAMILIES = ("none", "resolution", "stroke", "geometry", "canvas", "capture", "paper", "style",
+            "paper-tone", "shading", "lines", "fog", "outline", "speckle", "diffusion")
+#: Families no training renders, recorded in a version's ``model.json`` as ``held_out_families``: the
+#: suite's honest measure. None is a near-copy of a trained one (README, "Held-out families"): fog is a
+#: random field of haze that lowers contrast in blobs (training has only planar and radial shading),
+#: outlines are edges (training has no edge filter), speckle is impulse noise (training has no noise at
+#: all) and diffusion scatters pixels (training has no blur or scattering).
+HELD_OUT_FAMILIES = ("fog", "outline", "speckle", "diffusion")
 
 Render = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -426,6 +433,208 @@ def from_template(template: Template) -> Render:
     return render
 
 
+# -- paper, shading, lines, outlines, speckle, diffusion ------------------------------------------
+
+def _tone(ink: np.ndarray, paper: float, pen: float) -> np.ndarray:
+    """White-on-black ``ink`` (0..255) drawn in ``pen`` on ``paper`` (either lighter), as float32."""
+    return paper + (pen - paper) * (np.clip(ink, 0, 255) / 255.0)
+
+
+def paper_tone(paper: tuple[float, float], contrast: tuple[float, float], scale: int = 1) -> Render:
+    """The digit on uniform paper of a seeded level in ``paper``, its ink ``contrast`` levels away (a
+    positive contrast: lighter than the paper, negative: darker), at ``scale`` x MNIST's size."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        level = float(rng.uniform(*paper))
+        ink = _scan(digit, scale) if scale > 1 else digit.astype(np.float32)
+        return _u8(_tone(ink, level, level + float(rng.uniform(*contrast))))
+
+    return render
+
+
+def _ramp(side: int, rng: np.random.Generator) -> np.ndarray:
+    """0 at one corner to 1 at the opposite one, in a seeded direction (float32, side x side)."""
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = (np.indices((side, side), dtype=np.float32) / (side - 1)) - 0.5
+    return np.clip((xs * np.cos(angle) + ys * np.sin(angle)) / np.sqrt(0.5) + 0.5, 0, 1)
+
+
+def gradient(bright: tuple[float, float], dark: tuple[float, float], scale: int = 2) -> Render:
+    """Dark ink on paper whose light falls linearly from a level in ``bright`` to one in ``dark`` across
+    the sheet in a seeded direction (multiplied into paper and ink), at ``scale`` x."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        reflectance = _on_paper(_scan(digit, scale) if scale > 1 else digit.astype(np.float32), paper=1.0, pen=0.1)
+        top, bottom = float(rng.uniform(*bright)), float(rng.uniform(*dark))
+        return _u8(reflectance * (top + (bottom - top) * _ramp(reflectance.shape[0], rng)))
+
+    return render
+
+
+def vignette(centre: tuple[float, float], corner: tuple[float, float], scale: int = 1) -> Render:
+    """Dark ink on paper lit brightest at a seeded point near the middle, falling off radially to a
+    level in ``corner`` at the far corners (a desk lamp, a phone's flash)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        reflectance = _on_paper(_scan(digit, scale) if scale > 1 else digit.astype(np.float32), paper=1.0, pen=0.1)
+        side = reflectance.shape[0]
+        cy, cx = rng.uniform(0.3, 0.7, 2) * (side - 1)
+        ys, xs = np.indices((side, side), dtype=np.float32)
+        r = np.hypot(ys - cy, xs - cx) / (side * 1.0)
+        hi, lo = float(rng.uniform(*centre)), float(rng.uniform(*corner))
+        return _u8(reflectance * (hi + (lo - hi) * np.clip(r / 0.75, 0, 1) ** 1.5))
+
+    return render
+
+
+def _page(digit: np.ndarray, side: int, scale: int = 2) -> np.ndarray:
+    """The digit's ``scale`` x scan (white on black) centred on a black ``side`` x ``side`` page."""
+    return _pad(_scan(digit, scale), side)
+
+
+def _line_mask(side: int, points: Sequence[tuple[float, float]], width: float) -> np.ndarray:
+    """A line (0..1, float32) through ``points`` of ``width`` px on a ``side`` page, anti-aliased at 4x."""
+    big = Image.new("L", (side * 4, side * 4), 0)
+    ImageDraw.Draw(big).line([(4 * x, 4 * y) for x, y in points], fill=255, width=max(1, round(4 * width)))
+    return np.asarray(big.resize((side, side), Image.Resampling.BOX), np.float32) / 255.0
+
+
+def ruled_lines(spacing: tuple[float, float], width: tuple[float, float], level: tuple[float, float],
+                side: int = 64) -> Render:
+    """A 2x scan on ruled paper: lines ``spacing`` px apart (seeded phase, tilt up to 3 degrees), ``width``
+    px wide, of a grey ``level`` (the ink is 25), across the whole page and through the digit."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        reflectance = _on_paper(_page(digit, side), paper=1.0, pen=0.1)
+        gap, pen, grey = float(rng.uniform(*spacing)), float(rng.uniform(*width)), float(rng.uniform(*level))
+        tilt = np.tan(np.radians(rng.uniform(-3, 3))) * side
+        lines = np.zeros((side, side), np.float32)
+        for y in np.arange(rng.uniform(0, gap), side + abs(tilt), gap) - abs(tilt) / 2:
+            lines = np.maximum(lines, _line_mask(side, [(-2, y), (side + 2, y + tilt)], pen))
+        return _u8(245.0 * reflectance * (1 - lines * (1 - grey / 245.0)))
+
+    return render
+
+
+def stripe(width: tuple[float, float], level: tuple[float, float]) -> Render:
+    """A bright stripe of ``width`` px and a seeded ``level`` across a 28x28 MNIST-polarity digit, at a seeded
+    angle and offset through its middle: a ruled line on a scan already inverted and cut to 28x28."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        angle = rng.uniform(0, np.pi)
+        cy, cx = 14 + rng.uniform(-5, 5, 2)
+        dx, dy = 40 * np.cos(angle), 40 * np.sin(angle)
+        band = _line_mask(28, [(cx - dx, cy - dy), (cx + dx, cy + dy)], float(rng.uniform(*width)))
+        return _u8(np.maximum(digit.astype(np.float32), band * float(rng.uniform(*level))))
+
+    return render
+
+
+def box_border(gap: tuple[float, float], width: tuple[float, float], side: int = 72) -> Render:
+    """A 2x scan inside a form's box: a dark rectangle whose sides lie ``gap`` px from the digit's ink box
+    (seeded per side; negative: the border crosses the digit), ``width`` px wide, on a ``side`` page."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        page = _page(digit, side)
+        rows, cols = np.flatnonzero(page.max(axis=1) > 64), np.flatnonzero(page.max(axis=0) > 64)
+        top, bottom, left, right = (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else (8, side - 8, 8, side - 8)
+        g = rng.uniform(*gap, 4)
+        y0, y1 = max(1.0, top - g[0]), min(side - 2.0, bottom + g[1])
+        x0, x1 = max(1.0, left - g[2]), min(side - 2.0, right + g[3])
+        box = _line_mask(side, [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], float(rng.uniform(*width)))
+        reflectance = _on_paper(page, paper=1.0, pen=0.1) * (1 - 0.9 * box)
+        return _u8(245.0 * reflectance)
+
+    return render
+
+
+def _smooth_field(side: int, cells: int, rng: np.random.Generator) -> np.ndarray:
+    """A random field on ``side`` px, smooth at ``side / cells`` px (bicubic from a seeded grid), 0..1."""
+    grid = rng.random((cells + 3, cells + 3)).astype(np.float32)
+    big = _resize(grid, (side + 3 * side // cells, side + 3 * side // cells), Image.Resampling.BICUBIC)
+    off = int(rng.integers(0, 3 * side // cells // 2 + 1))
+    field = big[off : off + side, off : off + side]
+    return (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+
+
+def fog(opacity: tuple[float, float], scale: int = 2) -> Render:
+    """Dark ink on paper seen through haze: a random field at two scales (3 and 6 cells across the sheet)
+    sets how much light grey haze covers each place, from ``opacity[0]`` to ``opacity[1]``, so contrast
+    falls in blobs across the digit (ImageNet-C's fog, in spirit)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = _on_paper(_scan(digit, scale) if scale > 1 else digit.astype(np.float32), paper=240.0, pen=25.0)
+        side = img.shape[0]
+        field = 0.65 * _smooth_field(side, 3, rng) + 0.35 * _smooth_field(side, 6, rng)
+        cover = opacity[0] + (opacity[1] - opacity[0]) * field
+        haze = float(rng.uniform(170, 230))
+        return _u8(img * (1 - cover) + haze * cover)
+
+    return render
+
+
+def outline(grow: int = 6, wall: int = 4) -> Render:
+    """Hollow strokes, as an edge filter or an outline font gives: the pen at 4x grown by ``grow`` px, minus
+    itself eroded by ``wall`` px (a wall of ``wall / 4`` MNIST pixels), area-reduced to 28x28 white on black."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pen = np.clip((_scan(digit, STROKE_SCALE) - 64.0) * 4.0, 0, 255)
+        thick = _morph(pen, grow, grow=True)
+        inner = _morph(thick, wall, grow=False)
+        hollow = thick.astype(np.float32) - inner.astype(np.float32)
+        return _u8(_resize(hollow, (28, 28), Image.Resampling.BOX))
+
+    return render
+
+
+def salt_and_pepper(amount: float, scale: int = 2) -> Render:
+    """A ``scale`` x scan, dark on paper (a 28x28 white-on-black digit at ``scale`` 1), with ``amount`` of its
+    pixels set to black or white at random (impulse noise: photocopies, faxes)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = _u8(_on_paper(_scan(digit, scale))) if scale > 1 else digit.copy()
+        hit = rng.random(out.shape) < amount
+        out[hit] = np.where(rng.random(out.shape) < 0.5, 0, 255).astype(np.uint8)[hit]
+        return out
+
+    return render
+
+
+def diffusion(radius: int, rounds: int = 2, sigma: float = 0.5) -> Render:
+    """Ink diffused into the paper's fibres: a 2x scan on paper blurred (``sigma`` MNIST px), each pixel then
+    taken from a seeded neighbour up to ``radius`` px away, ``rounds`` times, and blurred again
+    (ImageNet-C's glass blur)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = np.asarray(Image.fromarray(_u8(_on_paper(_scan(digit)))).filter(ImageFilter.GaussianBlur(2 * sigma)))
+        side = img.shape[0]
+        ys, xs = np.indices(img.shape)
+        for _ in range(rounds):
+            dy, dx = rng.integers(-radius, radius + 1, (2, side, side))
+            img = img[np.clip(ys + dy, 0, side - 1), np.clip(xs + dx, 0, side - 1)]
+        return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(2 * sigma)))
+
+    return render
+
+
+def low_resolution_page(height: int, factor: int, resample: Image.Resampling = Image.Resampling.NEAREST) -> Render:
+    """The ``lowres`` digit ``height`` px tall, re-sampled ``factor`` times larger (a fax or a thumbnail
+    enlarged onto a page: blocky with NEAREST), at a seeded place on a white page twice its size."""
+    small = low_resolution(height)
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        tiny = small(digit, rng)
+        h, w = tiny.shape
+        big = np.clip(_resize(tiny, (w * factor, h * factor), resample), 0, 255)
+        page = np.full((2 * big.shape[0], 2 * big.shape[1]), 250.0, np.float32)
+        top = int(rng.integers(0, page.shape[0] - big.shape[0] + 1))
+        left = int(rng.integers(0, page.shape[1] - big.shape[1] + 1))
+        page[top : top + big.shape[0], left : left + big.shape[1]] = big
+        return _u8(page)
+
+    return render
+
+
 def _named(*shifts: Shift) -> dict[str, Shift]:
     return {s.name: s for s in shifts}
 
@@ -456,6 +665,29 @@ SHIFTS: dict[str, Shift] = _named(
           labels=(4,)),
     Shift("style-9-straight-stem", "style", "9s drawn with a straight stem (strokes)",
           from_template(nine_straight_stem), labels=(9,)),
+    Shift("lowres-8-page", "resolution", "8 px tall, enlarged 8x (blocky) onto a white page twice its size",
+          low_resolution_page(8, 8)),
+    Shift("grey-paper-light-ink", "paper-tone", "28x28, light digit on grey paper (paper 80-150, ink 90-130 lighter)",
+          paper_tone((80, 150), (90, 130))),
+    Shift("grey-paper-dark-ink", "paper-tone", "28x28, dark digit on grey paper lighter overall (paper 140-190, "
+          "ink 80-120 darker)", paper_tone((140, 190), (-120, -80))),
+    Shift("faint-pencil", "paper-tone", "2x scan, faint ink 45-70 levels below bright paper (225-250)",
+          paper_tone((225, 250), (-70, -45), scale=2)),
+    Shift("gradient", "shading", "2x scan, light falling from 230-250 to 70-110 across the sheet",
+          gradient((230, 250), (70, 110))),
+    Shift("vignette", "shading", "28x28, dark ink lit from near the middle, corners at 90-140",
+          vignette((235, 250), (90, 140))),
+    Shift("ruled-lines", "lines", "2x scan on ruled paper: lines 14-22 px apart, 1.5-3 px wide, grey 30-150",
+          ruled_lines((14, 22), (1.5, 3.0), (30, 150))),
+    Shift("stripe", "lines", "28x28, a bright line 1.5-3 px wide crossing the digit at any angle",
+          stripe((1.5, 3.0), (160, 255))),
+    Shift("box-border", "lines", "2x scan in a form's box whose sides run -4 to +6 px from the ink (crossing it)",
+          box_border((-4, 6), (2.0, 3.5))),
+    Shift("fog", "fog", "28x28, dark ink under haze covering 10-60% in blobs (random field)", fog((0.1, 0.6), 1)),
+    Shift("outline", "outline", "28x28 hollow strokes: a 1 px wall around a pen 3 px thicker", outline()),
+    Shift("speckle", "speckle", "28x28, 8% of pixels set black or white (salt and pepper)", salt_and_pepper(0.08, 1)),
+    Shift("ink-diffusion", "diffusion", "2x scan, pixels scattered up to 1.5 MNIST px twice between blurs "
+          "(glass blur)", diffusion(3)),
 )
 
 
@@ -469,6 +701,12 @@ def resolve(names: Iterable[str] | None = None) -> list[Shift]:
     return [SHIFTS[n] for n in names]
 
 
+def calibration_shifts(held_out: Iterable[str] = HELD_OUT_FAMILIES) -> list[Shift]:
+    """The shifts a temperature may be fitted on: every one but those of the ``held_out`` families."""
+    held_out = set(held_out)
+    return [s for s in resolve() if s.family not in held_out]
+
+
 @dataclass(frozen=True)
 class ShiftedSet:
     """One shift applied to (part of) a test split and decoded as production decodes it."""
@@ -477,6 +715,21 @@ class ShiftedSet:
     indices: np.ndarray  # into the test split
     images: np.ndarray  # uint8 (N, 28, 28): decode_image's output, what the model sees
     labels: np.ndarray
+    #: The same files read by :func:`naive_decode` (the model alone, without the preprocessing), when asked.
+    naive: np.ndarray | None = None
+
+
+def naive_decode(data: bytes) -> np.ndarray:
+    """The model alone on a file's pixels, without :func:`model.preprocess.decode_image`'s work: the image in
+    grey (Pillow's ``L``), area-resized to 28x28 as a whole (no framing, no cleaning), inverted when the
+    median of its border is light (MNIST's polarity is the least the model needs). What the preprocessing
+    is compared with: it must never do worse than this on any family."""
+    img = Image.open(io.BytesIO(data)).convert("L")
+    if img.size != (28, 28):
+        img = img.resize((28, 28), Image.Resampling.BOX)
+    a = np.asarray(img, np.uint8)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return 255 - a if np.median(border) > 127 else a.copy()
 
 
 def pick(labels: np.ndarray, shift: Shift, limit: int | None = None, seed: int = SEED) -> np.ndarray:
@@ -489,10 +742,10 @@ def pick(labels: np.ndarray, shift: Shift, limit: int | None = None, seed: int =
 
 
 def build_suite(x: np.ndarray, y: np.ndarray, shifts: Sequence[Shift] | None = None,
-                limit: int | None = None, seed: int = SEED) -> list[ShiftedSet]:
+                limit: int | None = None, seed: int = SEED, naive: bool = False) -> list[ShiftedSet]:
     """Every shift applied to test images ``x`` (uint8 (N, 28, 28)) with labels ``y``: each image
-    encoded as a file and decoded by :func:`model.preprocess.decode_image`. Scoring several models
-    on one suite builds it once (building is most of the cost)."""
+    encoded as a file and decoded by :func:`model.preprocess.decode_image` (and by :func:`naive_decode`
+    too with ``naive``). Scoring several models on one suite builds it once (building is most of the cost)."""
     from model.preprocess import decode_image
 
     if limit is not None and limit < 1:
@@ -501,7 +754,11 @@ def build_suite(x: np.ndarray, y: np.ndarray, shifts: Sequence[Shift] | None = N
     for shift in shifts if shifts is not None else resolve():
         indices = pick(y, shift, limit, seed)
         images = np.empty((len(indices), 28, 28), np.uint8)
+        alone = np.empty((len(indices), 28, 28), np.uint8) if naive else None
         for row, index in enumerate(indices):
-            images[row] = decode_image(shift.encode(x[index], int(index), seed))
-        sets.append(ShiftedSet(shift, indices, images, np.asarray(y[indices])))
+            data = shift.encode(x[index], int(index), seed)
+            images[row] = decode_image(data)
+            if alone is not None:
+                alone[row] = naive_decode(data)
+        sets.append(ShiftedSet(shift, indices, images, np.asarray(y[indices]), alone))
     return sets

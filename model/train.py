@@ -38,8 +38,9 @@ class Recipe:
     shift: float = 0.1
     clean_epochs: int = 3  # the last epochs see unaugmented images (no interpolation blur)
     #: Rendered variants of the training digits added to them, as a share of their number (model/variants.py):
-    #: thicker and thinner pens, rotation, slant, low resolution, crossed 7s, 1s with a flag and a base.
-    variants: float = 0.5
+    #: thicker and thinner pens, rotation, slant, low resolution, crossed 7s, 1s with a flag and a base,
+    #: grey and bright paper, shading, ruled lines, stripes and boxes, low resolution enlarged onto a page.
+    variants: float = 0.8
     ema: bool = True
     holdout: int = 0
     seed: int = 0
@@ -170,9 +171,13 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     model_path = out_dir / "model.keras"
     final.save(model_path)
 
+    from model.robustness import HELD_OUT_FAMILIES
+
     meta: dict = {
         **({"version": version} if version else {}),
         "architecture": ARCHITECTURE,
+        # Families of the robustness suite no renderer of the recipe draws: the suite's honest measure.
+        "held_out_families": list(HELD_OUT_FAMILIES),
         "params": int(final.count_params()),
         "epochs": recipe.epochs,
         "recipe": asdict(recipe),

@@ -27,12 +27,14 @@ def _who() -> str:
 def calibration_summary(meta: dict) -> dict:
     """A version's calibration and robustness figures (None where it records none: published before them):
     its temperature, its ECE on the evaluation set, and its accuracy and ECE averaged over the robustness
-    suite's shifts."""
+    suite's shifts, and over the shifts of the families it never trained on (``held_out_families``)."""
     calibration = meta.get("calibration") or {}
     average = (meta.get("robustness") or {}).get("average") or {}
+    held = (meta.get("robustness") or {}).get("held_out") or {}
     return {"temperature": calibration.get("temperature"), "ece": (meta.get("evaluation") or {}).get("ece"),
             "suite_accuracy": average.get("accuracy"), "suite_ece": average.get("ece"),
-            "suite_worst": average.get("worst")}
+            "suite_worst": average.get("worst"), "held_out_families": meta.get("held_out_families"),
+            "held_out_accuracy": held.get("accuracy"), "held_out_ece": held.get("ece")}
 
 
 def describe(ref: ModelRef, production: str) -> dict:
@@ -134,9 +136,14 @@ def _echo_calibration(meta: dict, info: dict) -> None:
     click.echo(f"robustness  suite on {robustness.get('set')}, "
                f"{f'{limit:,} images per shift at most' if limit else 'every image'}: average accuracy "
                f"{percent(info['suite_accuracy'])}, ECE {percent(info['suite_ece'])}, worst {info['suite_worst']}")
+    if info["held_out_accuracy"] is not None:
+        click.echo(f"held out    {', '.join(info['held_out_families'] or [])} (never trained on): mean accuracy "
+                   f"{percent(info['held_out_accuracy'])}, ECE {percent(info['held_out_ece'])}")
     click.echo(f"  {'SHIFT':<22} {'IMAGES':>7} {'ACCURACY':>9} {'ECE':>6}")
     for row in robustness.get("shifts", []):
-        click.echo(f"  {row['name']:<22} {row['examples']:>7,} {percent(row['accuracy']):>9} {percent(row['ece']):>6}")
+        mark = "  held out" if row.get("held_out") else ""
+        click.echo(f"  {row['name']:<22} {row['examples']:>7,} {percent(row['accuracy']):>9} {percent(row['ece']):>6}"
+                   f"{mark}")
 
 
 @models.command()

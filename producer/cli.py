@@ -392,7 +392,8 @@ def jobs(ctx, limit, as_json):
 @click.option("--model-version", "-m", metavar="V", help="Model to evaluate (default: production).")
 @click.option("--suite", type=click.Choice(["robustness"]),
               help="Score named shifts of the test split instead (resolution, stroke, slant, capture, paper, "
-                   "writing styles): accuracy and calibration error (ECE) per shift.")
+                   "writing styles, paper tone, shading, lines, fog, outline, speckle, diffusion): accuracy and "
+                   "calibration error (ECE) per shift, the families held out of training apart (the headline).")
 @click.option("--limit", "-n", type=click.IntRange(1), metavar="N",
               help="With --suite: the first N images of one seeded order per shift (default: all 10,000).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last stdout line.")
@@ -410,14 +411,26 @@ def evaluate(ctx, data, model_version, suite, limit, as_json):
             return
         click.echo(f"model {result['model_version']} ({result['runtime']}) on the robustness suite "
                    f"({result['data_source']}, seed {result['seed']}):")
-        click.echo(f"  {'SHIFT':<22} {'FAMILY':<11} {'DIGITS':<6} {'N':>6} {'ACCURACY':>9} {'ECE':>6} {'CONF':>6}")
-        for r in result["shifts"]:
-            digits = "all" if len(r["digits"]) == 10 else ",".join(map(str, r["digits"]))
-            click.echo(f"  {r['name']:<22} {r['family']:<11} {digits:<6} {r['examples']:>6} "
-                       f"{r['accuracy']:>9.2%} {r['ece']:>6.1%} {r['mean_confidence']:>6.3f}")
-        avg = result["average"]
-        click.echo(f"  average over {avg['shifts']} shifts (clean excluded): accuracy {avg['accuracy']:.2%}, "
+        held = result["held_out"]
+        if held["accuracy"] is not None:
+            click.echo(f"  HELD-OUT MEAN (families {', '.join(result['held_out_families'])}, never trained on): "
+                       f"accuracy {held['accuracy']:.2%}, ECE {held['ece']:.1%} over {held['shifts']} shifts")
+        header = (f"  {'SHIFT':<22} {'FAMILY':<11} {'DIGITS':<6} {'N':>6} {'ACCURACY':>9} {'ALONE':>8} {'ECE':>6} "
+                  f"{'CONF':>6}")
+        for title, held_out in (("trained on (or not held out):", False), ("held out of training:", True)):
+            click.echo(f"  {title}")
+            click.echo(header)
+            for r in (r for r in result["shifts"] if r["held_out"] is held_out):
+                digits = "all" if len(r["digits"]) == 10 else ",".join(map(str, r["digits"]))
+                alone = f"{r['naive_accuracy']:>8.2%}" if r.get("naive_accuracy") is not None else f"{'':>8}"
+                click.echo(f"  {r['name']:<22} {r['family']:<11} {digits:<6} {r['examples']:>6} "
+                           f"{r['accuracy']:>9.2%} {alone} {r['ece']:>6.1%} {r['mean_confidence']:>6.3f}")
+        avg, trained = result["average"], result["trained"]
+        click.echo(f"  not held out: {trained['shifts']} shifts, accuracy {trained['accuracy']:.2%}, "
+                   f"ECE {trained['ece']:.1%}")
+        click.echo(f"  average over all {avg['shifts']} shifts (clean excluded): accuracy {avg['accuracy']:.2%}, "
                    f"ECE {avg['ece']:.1%}; worst: {avg['worst']}")
+        click.echo("  ALONE: the model on the same files without decode_image (grey, resized whole, polarity)")
         click.echo("  style shifts use only the test digits of their class (DIGITS)")
         return
     result = evaluate_model(settings_for(ctx), data, model_version)

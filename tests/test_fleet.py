@@ -45,7 +45,7 @@ def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_serv
             assert w["queues"] == [collect, "predict"] and w["collects"] == collect
             assert w["concurrency"] >= 1 and w["pid"]
             assert w["data_dir_id"] == report["data_dir_id"] and not w["stateless"]
-            assert w["batches_done"] >= 1 and w["models"] == ["bundled-2"]
+            assert w["batches_done"] >= 1 and w["models"] == ["bundled-3"]
         assert sum(w["batches_done"] for w in report["workers"]) >= job.n_batches
         assert report["queues"] == {"predict": 0, "train": 0, collect: 0} and len(report["data_dir_id"]) == 16
         assert report["warnings"] == []

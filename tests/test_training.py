@@ -18,6 +18,7 @@ from digitq.settings import Settings
 from digitq.trainings import Training, send_training
 from model.dataset import write_image_folder
 from model.registry import Registry, sha256_file
+from model.robustness import HELD_OUT_FAMILIES, SHIFTS
 from model.runtime import load_predictor
 from producer.cli import main
 from producer.dispatch import enqueue
@@ -88,7 +89,7 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert out["state"] == "done" and out["version"] == "1", out
     assert set(out) >= {"training_id", "state", "version", "promoted", "accuracy", "baseline_accuracy", "reason"}
     # one epoch from scratch on 240 digits is far below the bundled model: a candidate, with both figures
-    assert out["promoted"] is False and out["baseline_version"] == "bundled-2"
+    assert out["promoted"] is False and out["baseline_version"] == "bundled-3"
     assert f"{out['accuracy']:.2%}" in out["reason"] and f"{out['baseline_accuracy']:.2%}" in out["reason"]
     ref = registry(tsettings).resolve("1")
     meta = ref.meta
@@ -113,11 +114,18 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert calibration["examples"] > 240 * 10 and outcome["temperature"] == calibration["temperature"]
     assert load_predictor(ref, "onnx").temperature == calibration["temperature"]
     robustness = meta["robustness"]
-    assert [r["name"] for r in robustness["shifts"]][:2] == ["clean", "lowres-8"] and len(robustness["shifts"]) == 22
-    assert robustness["shifts"][0]["examples"] == 60 and robustness["average"]["shifts"] == 21
+    assert [r["name"] for r in robustness["shifts"]][:2] == ["clean", "lowres-8"] and \
+        len(robustness["shifts"]) == len(SHIFTS)
+    assert robustness["shifts"][0]["examples"] == 60 and robustness["average"]["shifts"] == len(SHIFTS) - 1
+    # the families no renderer draws: recorded, reported apart, and not fitted on by the temperature
+    assert meta["held_out_families"] == robustness["held_out_families"] == list(HELD_OUT_FAMILIES)
+    assert robustness["held_out"]["shifts"] == sum(s.family in HELD_OUT_FAMILIES for s in SHIFTS.values())
+    assert "without the held-out families" in calibration["fitted_on"]
     assert meta["baseline"]["robustness"]["set"] == robustness["set"] == meta["evaluation"]["description"]
     assert 0 <= meta["evaluation"]["ece"] <= 1 and outcome["ece"] == meta["ece"] == meta["evaluation"]["ece"]
     assert {r["name"] for r in outcome["robustness"]["shifts"]} == {r["name"] for r in robustness["shifts"]}
+    assert outcome["robustness"]["held_out"]["families"] == list(HELD_OUT_FAMILIES)
+    assert outcome["robustness"]["held_out"]["accuracy"] == pytest.approx(robustness["held_out"]["accuracy"])
     assert outcome["robustness"]["average"]["baseline_accuracy"] == \
         meta["baseline"]["robustness"]["average"]["accuracy"]
     for name, sha in ref.artifacts().items():
@@ -125,7 +133,7 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
         if name.endswith(".png"):
             with Image.open(ref.directory / name) as image:
                 assert image.format == "PNG" and image.width >= 400 and image.height >= 300
-    assert registry(tsettings).current() == "bundled-2"
+    assert registry(tsettings).current() == "bundled-3"
     shown = cli(tsettings, "training", out["training_id"], "--json")
     assert json.loads(shown.stdout)["progress"][0]["epoch"] == 1
 
@@ -134,7 +142,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
                                                                       scan_folder):
     before = make_job(tsettings, scan_folder, batch_size=20)
     wait_for(before, timeout=120)
-    assert {r["model_version"] for r in csvfile.read(before.csv_path)} == {"bundled-2"}
+    assert {r["model_version"] for r in csvfile.read(before.csv_path)} == {"bundled-3"}
     pids = set(predictor.child_pids())
 
     out = train_json(tsettings, "--data", str(labelled), "--epochs", "1", "--from-version", "production")
@@ -142,7 +150,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     assert "passed the gate" in out["reason"]
     version = out["version"]
     assert registry(tsettings).current() == version
-    assert registry(tsettings).resolve(version).meta["parent"] == "bundled-2"
+    assert registry(tsettings).resolve(version).meta["parent"] == "bundled-3"
 
     after = make_job(tsettings, scan_folder, batch_size=20)
     wait_for(after, timeout=120)
@@ -152,7 +160,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     # the same worker processes, never restarted, loaded the new version themselves
     assert predictor.proc.poll() is None and set(predictor.child_pids()) == pids
     loads = [line for line in predictor.log().splitlines() if "loaded model" in line]
-    assert any(f"loaded model {version} (onnx" in line for line in loads) and any("bundled-2" in line for line in loads)
+    assert any(f"loaded model {version} (onnx" in line for line in loads) and any("bundled-3" in line for line in loads)
     assert any(f"pid {pid}" in line for pid in pids for line in loads if f"model {version} " in line)
 
 
@@ -163,7 +171,7 @@ def test_a_job_running_during_a_promotion_keeps_its_pinned_version(predictor, ts
     assert job.model_version == pinned and job.n_batches == 4
     enqueue(tsettings, job, [0, 1])
     wait_until(lambda: job.committed() >= {0, 1}, what="first half of the job")
-    other = "bundled-2" if pinned != "bundled-2" else "1"
+    other = "bundled-3" if pinned != "bundled-3" else "1"
     moved = cli(tsettings, "models", "promote", other, "--reason", "mid-job", "--json")
     assert moved.exit_code == 0 and last_json(moved)["to"] == other
     enqueue(tsettings, job, [2, 3])
@@ -177,7 +185,7 @@ def test_a_job_running_during_a_promotion_keeps_its_pinned_version(predictor, ts
 def test_models_commands(tsettings, trainer):
     listed = json.loads(cli(tsettings, "models", "list", "--json").stdout)
     versions = [v["version"] for v in listed]
-    assert versions[0] == "bundled-2" and versions[1:] == [str(n) for n in registry(tsettings).published()]
+    assert versions[0] == "bundled-3" and versions[1:] == [str(n) for n in registry(tsettings).published()]
     assert sum(v["production"] for v in listed) == 1
     assert all({"version", "accuracy", "created", "production", "parent"} <= v.keys() for v in listed)
     shown = json.loads(cli(tsettings, "models", "show", "1", "--json").stdout)
@@ -188,7 +196,7 @@ def test_models_commands(tsettings, trainer):
     human = cli(tsettings, "models", "show", "1").stdout
     assert f"temperature {meta['calibration']['temperature']:g}" in human and "style-7-crossbar" in human
     assert f"ECE {shown['suite_ece']:.2%}" in human
-    old = cli(tsettings, "models", "show", "bundled-2").stdout  # recorded by hand: the same lines
+    old = cli(tsettings, "models", "show", "bundled-3").stdout  # recorded by hand: the same lines
     bundled = registry(tsettings).bundled().meta
     assert f"temperature {bundled['calibration']['temperature']:g}" in old
     assert f"ece         {bundled['evaluation']['ece']:.2%} on MNIST test split" in old

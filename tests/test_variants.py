@@ -26,7 +26,7 @@ def test_variants_differ_from_their_digit_as_users_digits_do(mnist):
     widths, changed = [], 0
     for k, (digit, label) in enumerate(zip(digits, labels, strict=True)):
         out = variant(digit, int(label), np.random.default_rng(k))
-        assert out.shape == (28, 28) and out.max() > 200
+        assert out.shape == (28, 28) and int(out.max()) - int(out.min()) > 60  # a digit, on black or on grey paper
         changed += not np.array_equal(out, digit)
         widths.append(stroke_width(out) / max(stroke_width(digit), 1e-6))
     assert changed == len(digits)
