@@ -20,6 +20,9 @@ from worker.process import WorkerProcess
 from .pipeline_helpers import db_url, wait_until
 from .test_races import racing_env
 
+#: The version production names until something is promoted.
+BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
+
 
 def _moves(reg: Registry) -> list[tuple[str, str, str]]:
     return [(h["action"], h["from"], h["to"]) for h in reg.history()]
@@ -47,7 +50,7 @@ def test_a_training_killed_between_publish_and_promote_is_promoted_by_its_redeli
     assert status["version"] == version and status["attempt"] == 2, status
     assert status["promoted"] is True and "promoted now, as its gate decided: --promote always" in status["reason"]
     assert reg.current() == version
-    assert _moves(reg) == [("promote", "bundled-2", version)]  # once
+    assert _moves(reg) == [("promote", BUNDLED, version)]  # once
     assert reg.history()[0]["by"] == f"training {training.id}" and "--promote always" in reg.history()[0]["reason"]
     assert [ref.version for ref in reg.versions() if ref.meta.get("training_id") == training.id] == [version]
 
@@ -94,14 +97,14 @@ def test_a_training_that_loses_its_claim_between_publish_and_promote_is_promoted
     assert taken and published, "the claim was not lost between publish and promote"
     # The run that lost its claim promoted nothing and recorded nothing, and says the training is unfinished.
     assert isinstance(first, TrainingClaimed) and f"version {published[0]} is published" in str(first), first
-    assert reg.current() == "bundled-2" and reg.history() == [] and training.outcome() is None
+    assert reg.current() == BUNDLED and reg.history() == [] and training.outcome() is None
     assert training.status()["state"] == "interrupted"
 
     other.release()  # the delivery that took the claim died without finishing; the task's retry comes
     again = run_training(settings, training.id)
     assert again["version"] == published[0] and again["promoted"] is True, again
     assert "promoted now, as its gate decided" in again["reason"]
-    assert reg.current() == published[0] and _moves(reg) == [("promote", "bundled-2", published[0])]
+    assert reg.current() == published[0] and _moves(reg) == [("promote", BUNDLED, published[0])]
     outcome = json.loads((training.dir / "outcome.json").read_text())
     assert outcome["promoted"] is True and outcome["version"] == published[0]
     assert run_training(settings, training.id)["duplicate"] and len(reg.history()) == 1  # and only once
@@ -133,7 +136,7 @@ def test_a_published_version_is_promoted_on_its_gate_decision_once_and_never_ove
     first, v1 = _published(settings, reg, promote=True)
     out = run_training(settings, first.id)
     assert out["promoted"] is True and out["version"] == v1 and reg.current() == v1, out
-    assert _moves(reg) == [("promote", "bundled-2", v1)]
+    assert _moves(reg) == [("promote", BUNDLED, v1)]
     assert run_training(settings, first.id)["duplicate"] and len(reg.history()) == 1
 
     refused, v2 = _published(settings, reg, promote=False)  # the gate refused it: a candidate it stays
@@ -148,7 +151,7 @@ def test_a_published_version_is_promoted_on_its_gate_decision_once_and_never_ove
     out = run_training(settings, older.id)
     assert out["promoted"] is False and reg.current() == v1, out
     assert "production has moved since" in out["reason"] and f"digitq models promote {v3}" in out["reason"]
-    assert _moves(reg) == [("promote", "bundled-2", v1), ("promote", v1, v4), ("rollback", v4, v1)]
+    assert _moves(reg) == [("promote", BUNDLED, v1), ("promote", v1, v4), ("rollback", v4, v1)]
     assert Training.load(settings.trainings_dir, older.id).status()["promoted"] is False
 
 
