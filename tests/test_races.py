@@ -304,25 +304,34 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
     assert sorted(p.name for p in training.dir.iterdir()) == ["request.json"]  # no run.json, no outcome.json
 
 
-def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_overwrites_nothing(
-        redis_server, tmp_path, mnist, monkeypatch):
+def claim_contest(redis_server, tmp_path, mnist, monkeypatch, *, epochs: int, promote: str):
+    """A training of 60 digits on its own database, heartbeats every 50 ms, and a lease on its claim held by a
+    process "elsewhere" (not yet acquired): ``(settings, training, client, key, other)``."""
     from digitq import trainings
     from digitq.holders import Holder, Lease
-    from digitq.storage import atomic_write_json
-    from digitq.trainings import Training, claim_key, create_training
-    from model.training import run_training
+    from digitq.trainings import claim_key, create_training
 
     url = db_url(redis_server.url, 12)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     settings.trainings_dir.mkdir(parents=True)
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
-    training = create_training(settings.trainings_dir, sources=[str(folder)], epochs=3, from_version=None,
-                               holdout=0.2, seed=0, promote="never", by="test")
+    training = create_training(settings.trainings_dir, sources=[str(folder)], epochs=epochs, from_version=None,
+                               holdout=0.2, seed=0, promote=promote, by="test")
     monkeypatch.setattr(trainings, "HEARTBEAT_S", 0.05)
     client = redis.Redis.from_url(url)
     key = claim_key(training.id)
-    other = Lease(client, key, 60, Holder("elsewhere", "ns", 7, "1", "boot"))
+    return settings, training, client, key, Lease(client, key, 60, Holder("elsewhere", "ns", 7, "1", "boot"))
+
+
+def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_overwrites_nothing(
+        redis_server, tmp_path, mnist, monkeypatch):
+    from digitq.storage import atomic_write_json
+    from digitq.trainings import Training
+    from model.training import run_training
+
+    settings, training, client, key, other = claim_contest(redis_server, tmp_path, mnist, monkeypatch, epochs=3,
+                                                           promote="never")
     theirs = {"host": "elsewhere", "pid": 7, "holder": other.holder.token(), "attempt": 2, "started": 1.0,
               "heartbeat": 1.0}
     add_progress = Training.add_progress

@@ -6,11 +6,8 @@ production. Real redis-server; a real Celery worker SIGKILLed between publish an
 import json
 import shutil
 
-import redis
-
-from digitq.holders import Holder, Lease
 from digitq.settings import Settings
-from digitq.trainings import Training, TrainingClaimed, claim_key, create_training
+from digitq.trainings import Training, TrainingClaimed, create_training
 from model.dataset import write_image_folder
 from model.registry import Registry
 from model.training import run_training
@@ -18,7 +15,7 @@ from producer.training import request_training
 from worker.process import WorkerProcess
 
 from .pipeline_helpers import db_url, wait_until
-from .test_races import racing_env
+from .test_races import claim_contest, racing_env
 
 #: The version production names until something is promoted.
 BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
@@ -57,19 +54,8 @@ def test_a_training_killed_between_publish_and_promote_is_promoted_by_its_redeli
 
 def test_a_training_that_loses_its_claim_between_publish_and_promote_is_promoted_by_the_next_delivery(
         redis_server, tmp_path, mnist, monkeypatch):
-    from digitq import trainings
-
-    url = db_url(redis_server.url, 12)
-    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
-    settings.trainings_dir.mkdir(parents=True)
-    folder = tmp_path / "labelled"
-    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
-    training = create_training(settings.trainings_dir, sources=[str(folder)], epochs=1, from_version=None,
-                               holdout=0.2, seed=0, promote="always", by="test")
-    monkeypatch.setattr(trainings, "HEARTBEAT_S", 0.05)
-    client = redis.Redis.from_url(url)
-    key = claim_key(training.id)
-    other = Lease(client, key, 60, Holder("elsewhere", "ns", 7, "1", "boot"))
+    settings, training, client, key, other = claim_contest(redis_server, tmp_path, mnist, monkeypatch, epochs=1,
+                                                           promote="always")
     published, taken = [], []
     publish, check_claim = Registry.publish, Training.check_claim
 
