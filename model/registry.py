@@ -35,7 +35,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PRODUCTION = "production"
 BUNDLED = "bundled"
 MODEL_FILE = "model.keras"
-ONNX_FILE = "model.onnx"  # the serving artifact (model/export.py)
+ONNX_FILE = "model.onnx"  # the serving artifact (model/training/export.py)
 INT8_FILE = "model.int8.onnx"  # its int8 quantisation, published only where it agrees with Keras
 _VERSION_RE = re.compile(r"^[0-9]{1,9}\Z")  # \Z: "$" matches before a trailing newline
 

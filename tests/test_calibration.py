@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from digitq.errors import ModelError
-from model.calibration import apply_temperature, fit_temperature, nll, temperature_of
+from model.quality.calibration import fit_temperature, nll
 from model.registry import BUNDLED_DIR, Registry, _read_meta
-from model.runtime import load_predictor
+from model.serving.runtime import load_predictor
+from model.serving.temperature import apply_temperature, temperature_of
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

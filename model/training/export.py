@@ -16,7 +16,7 @@ convolutions (per channel, any calibration tried), or only conv1's weights, stil
 left 35-100 digits beyond 0.005, and its results changed on CPUs without VNNI (u8 x s8
 pairs saturate in 16 bits). The float graph is also the fastest here (BENCHMARKS.md).
 
-``python -m model.export DIR MNIST`` writes ``DIR/model.onnx`` for the ``model.keras``
+``python -m model.training.export DIR MNIST`` writes ``DIR/model.onnx`` for the ``model.keras``
 there, checks it on MNIST's test split, and records its sha256 in ``DIR/model.json``
 (how the bundled model got it).
 """
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     from digitq.storage import atomic_write
     from model.dataset import load_dataset
     from model.extras import MissingExtra, require_train
-    from model.runtime import OnnxPredictor, load_keras, load_predictor
+    from model.serving.runtime import OnnxPredictor, load_keras, load_predictor
 
     try:
-        require_train("python -m model.export")
+        require_train("python -m model.training.export")
     except MissingExtra as e:
         sys.exit(f"error: {e}")
     directory, mnist = (argv or sys.argv[1:])[:2]
