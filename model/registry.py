@@ -36,7 +36,7 @@ PRODUCTION = "production"
 BUNDLED = "bundled"
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"  # the serving artifact (model/training/export.py)
-INT8_FILE = "model.int8.onnx"  # its int8 quantisation, published only where it agrees with Keras
+INT8_FILE = "model.int8.onnx"  # an int8 quantisation: verified where a version lists it, never served
 _VERSION_RE = re.compile(r"^[0-9]{1,9}\Z")  # \Z: "$" matches before a trailing newline
 
 
@@ -121,7 +121,7 @@ def _check_intact(ref: ModelRef) -> None:
 
 
 class Registry:
-    """Resolves version names (``production``, ``bundled``, ``bundled-2``, ``3``), publishes and promotes."""
+    """Resolves version names (``production``, ``bundled``, ``bundled-N``, ``3``), publishes and promotes."""
 
     def __init__(self, models_dir: str | Path):
         self.models_dir = Path(models_dir)

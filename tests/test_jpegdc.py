@@ -208,7 +208,7 @@ def test_the_seed_corpus_agrees_with_libjpeg():
 def test_pad_is_tied_to_the_block_limit(tmp_path):
     """PAD must hold what one MCU of damaged data can read past the end (at most 10 blocks x 64 symbols x
     31 bits): raising the block limit without PAD fails the build."""
-    source = (ROOT / "model" / "jpegdc.c").read_text()
+    source = (ROOT / "model" / "serving" / "jpegdc.c").read_text()
     assert "#define MAX_MCU_BLOCKS 10\n" in source
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     include = sysconfig.get_paths()["include"]
