@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     from model.quality.evaluation import held_out_of, score_shifts
     from model.quality.metrics import expected_calibration_error, profile, score
     from model.quality.robustness import SEED, build_suite
-    from model.registry import ONNX_FILE, _read_meta
+    from model.registry import ONNX_FILE, read_version
     from model.serving.runtime import OnnxPredictor
     from model.serving.temperature import apply_temperature
 
     args = argv if argv is not None else sys.argv[1:]
     directory, mnist = Path(args[0]), args[1]
     limit = int(args[2]) if len(args) > 2 else None
-    ref = _read_meta(directory, directory.name)
+    ref = read_version(directory, directory.name)
     data = load_dataset(mnist)
     predictor = OnnxPredictor(ref, ref.read_verified(ONNX_FILE), 1)
     started = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 
 from digitq.errors import ModelError
 from model.quality.calibration import fit_temperature, nll
-from model.registry import BUNDLED_DIR, Registry, _read_meta
+from model.registry import BUNDLED_DIR, Registry, read_version
 from model.serving.runtime import load_predictor
 from model.serving.temperature import apply_temperature, temperature_of
 
@@ -87,7 +87,7 @@ def test_a_version_without_calibration_is_served_as_published(mnist, tmp_path):
     meta = json.loads((old / "model.json").read_text())
     meta.pop("calibration", None)
     (old / "model.json").write_text(json.dumps(meta))
-    ref = _read_meta(old, "old")
+    ref = read_version(old, "old")
     x = mnist.x_test[:500]
     for runtime in ("onnx", "keras"):
         predictor = load_predictor(ref, runtime)

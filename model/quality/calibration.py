@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from model.quality import robustness
 from model.quality.metrics import expected_calibration_error
-from model.quality.robustness import HELD_OUT_FAMILIES, build_suite, calibration_shifts
 from model.serving.temperature import METHOD, PROBABILITY_FLOOR, apply_temperature
 
 #: The robustness suite's shifts of the calibration images use this seed (the evaluation suite: 15).
@@ -61,9 +61,10 @@ def calibration_images(x: np.ndarray, y: np.ndarray, limit: int | None,
     shift of the robustness suite applied to (the first ``limit`` of one seeded order of) ``x``, made
     with :data:`CALIBRATION_SEED`; the same decode path as production. Never the shifts of the ``held_out``
     families (default: the suite's): their ECE must measure the calibration, not be fitted to."""
-    shifts = calibration_shifts(HELD_OUT_FAMILIES if held_out is None else held_out)
-    clean = build_suite(x, y, shifts=[s for s in shifts if s.family == "none"], seed=CALIBRATION_SEED)
-    shifted = build_suite(x, y, shifts=[s for s in shifts if s.family != "none"], limit=limit, seed=CALIBRATION_SEED)
+    shifts = robustness.calibration_shifts(robustness.HELD_OUT_FAMILIES if held_out is None else held_out)
+    clean = robustness.build_suite(x, y, shifts=[s for s in shifts if s.family == "none"], seed=CALIBRATION_SEED)
+    shifted = robustness.build_suite(x, y, shifts=[s for s in shifts if s.family != "none"], limit=limit,
+                                     seed=CALIBRATION_SEED)
     images = np.concatenate([s.images for s in clean + shifted])
     labels = np.concatenate([s.labels for s in clean + shifted])
     return images, labels

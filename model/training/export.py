@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from digitq.errors import ModelError
-from model.registry import INT8_FILE, ONNX_FILE, ModelRef, _read_meta, sha256_bytes
+from model.registry import INT8_FILE, ONNX_FILE, ModelRef, read_version, sha256_bytes
 
 #: Training images the int8 calibration saw (activation ranges), for :func:`to_int8`.
 CALIBRATION_IMAGES = 2000
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     directory, mnist = (argv or sys.argv[1:])[:2]
     directory = Path(directory)
-    ref: ModelRef = _read_meta(directory, directory.name)
+    ref: ModelRef = read_version(directory, directory.name)
     data = load_dataset(mnist)
     fp32 = to_onnx(load_keras(ref).get_weights())
     reference = load_predictor(ref, "keras").predict(data.x_test)
