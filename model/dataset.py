@@ -147,7 +147,7 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     from it.
     """
     from digitq.paths import is_image_name
-    from model.preprocess import decode_image
+    from model.serving.preprocess import decode_image
 
     directory = Path(directory)
     if not directory.is_dir():

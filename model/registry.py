@@ -35,8 +35,8 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PRODUCTION = "production"
 BUNDLED = "bundled"
 MODEL_FILE = "model.keras"
-ONNX_FILE = "model.onnx"  # the serving artifact (model/export.py)
-INT8_FILE = "model.int8.onnx"  # its int8 quantisation, published only where it agrees with Keras
+ONNX_FILE = "model.onnx"  # the serving artifact (model/training/export.py)
+INT8_FILE = "model.int8.onnx"  # an int8 quantisation: verified where a version lists it, never served
 _VERSION_RE = re.compile(r"^[0-9]{1,9}\Z")  # \Z: "$" matches before a trailing newline
 
 
@@ -100,7 +100,9 @@ class ModelRef:
         return report
 
 
-def _read_meta(directory: Path, version: str) -> ModelRef:
+def read_version(directory: Path, version: str) -> ModelRef:
+    """The model version in ``directory``: its ``model.json`` read and its sha256 checked for form (the bytes
+    are verified when read), named as the file says, else ``version``."""
     meta_path = directory / "model.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -121,7 +123,7 @@ def _check_intact(ref: ModelRef) -> None:
 
 
 class Registry:
-    """Resolves version names (``production``, ``bundled``, ``bundled-2``, ``3``), publishes and promotes."""
+    """Resolves version names (``production``, ``bundled``, ``bundled-N``, ``3``), publishes and promotes."""
 
     def __init__(self, models_dir: str | Path):
         self.models_dir = Path(models_dir)
@@ -130,7 +132,7 @@ class Registry:
 
     def bundled(self) -> ModelRef:
         """The model that ships with digitq."""
-        return _read_meta(BUNDLED_DIR, BUNDLED)
+        return read_version(BUNDLED_DIR, BUNDLED)
 
     def production_version(self) -> str | None:
         """The version the ``production`` alias names, or None when nothing was ever promoted."""
@@ -163,7 +165,7 @@ class Registry:
         if not directory.is_dir():
             raise ModelError(f"model version {spec} is not published under {self.models_dir}; "
                              "see `digitq models list`")
-        return _read_meta(directory, str(int(spec)))
+        return read_version(directory, str(int(spec)))
 
     def published(self) -> list[int]:
         """Published version numbers, ascending."""

@@ -400,7 +400,7 @@ def jobs(ctx, limit, as_json):
 @click.pass_context
 def evaluate(ctx, data, model_version, suite, limit, as_json):
     """Accuracy and loss of a model on the MNIST test split, or on its robustness suite."""
-    from model.evaluation import evaluate_model, evaluate_robustness
+    from model.quality.evaluation import evaluate_model, evaluate_robustness
 
     if limit is not None and suite is None:
         raise click.UsageError("--limit applies to --suite robustness; plain evaluate scores all test images")

@@ -25,8 +25,8 @@ from digitq.paths import escape_path, unescape_path
 from digitq.replication import durably
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
-from model import artifacts
 from model.registry import Registry
+from model.serving import artifacts
 from producer.scan import Found
 
 #: Room kept in a message for JSON framing and the path of each file.

@@ -22,7 +22,7 @@ from digitq.jobs import FileEntry, Job
 from digitq.paths import unescape_path
 from digitq.settings import Settings
 from digitq.storage import atomic_write
-from model.evaluation import CONFIDENCE_BINS
+from model.quality.metrics import CONFIDENCE_BINS
 from model.registry import Registry
 from producer.catalog import calibration_summary, percent
 from producer.review import scored_bytes
@@ -81,7 +81,7 @@ def _thumbnails(settings: Settings, job: Job, entry: FileEntry, digest: str | No
     file whose bytes are no longer those its row scored."""
     from PIL import Image
 
-    from model.preprocess import decode_image
+    from model.serving.preprocess import decode_image
 
     data, why = scored_bytes(settings, job, entry, digest)
     if data is None:

@@ -85,7 +85,7 @@ def export_review(settings: Settings, job: Job, below: float, limit: int | None,
 
     A file is exported only while its bytes are those its row scored (:func:`scored_bytes`); others are
     skipped and counted, with their paths, in the summary and in ``review.json``."""
-    from model.preprocess import decode_image
+    from model.serving.preprocess import decode_image
 
     out = Path(out)
     rows = job.rows()  # first: a job that is not done leaves no folder behind

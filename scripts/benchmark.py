@@ -85,7 +85,7 @@ def raw(runtime: str, threads: int) -> None:
     os.environ["DIGITQ_THREADS"] = str(threads)
     from model.dataset import load_dataset
     from model.registry import Registry
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     x = load_dataset(os.environ["DIGITQ_MNIST"]).x_test
     predictor = load_predictor(Registry(ROOT / "nowhere").bundled(), runtime)
@@ -103,9 +103,9 @@ def raw(runtime: str, threads: int) -> None:
 def fidelity() -> None:
     """(a) every runtime's probabilities against the float model's (Keras) on the 10,000 MNIST test digits."""
     from model.dataset import load_dataset
-    from model.export import CALIBRATION_IMAGES, confidence_fidelity, to_int8
     from model.registry import ONNX_FILE, Registry
-    from model.runtime import RUNTIMES, OnnxPredictor, load_predictor
+    from model.serving.runtime import RUNTIMES, OnnxPredictor, load_predictor
+    from model.training.export import CALIBRATION_IMAGES, confidence_fidelity, to_int8
 
     data = load_dataset(os.environ["DIGITQ_MNIST"])
     ref = Registry(ROOT / "nowhere").bundled()
@@ -192,7 +192,7 @@ def limit(folder: str, out: str) -> None:
 def page(path: str) -> None:
     """(g) A page scan through decode_image, as in a worker process (decoders preloaded): the median
     seconds of three, and the rise of peak RSS over the first."""
-    from model.preprocess import decode_image, preload
+    from model.serving.preprocess import decode_image, preload
 
     data = Path(path).read_bytes()
     preload()  # what each worker process does at start

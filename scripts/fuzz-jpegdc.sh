@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz the JPEG DC reader (model/jpegdc.c) for a bounded time, as CI does (.ci/run).
+# Fuzz the JPEG DC reader (model/serving/jpegdc.c) for a bounded time, as CI does (.ci/run).
 #
 # The reader is built with AddressSanitizer and UndefinedBehaviorSanitizer and run under atheris
 # (libFuzzer, coverage-guided on the C code) from the seed corpus tests/fuzz/corpus/, with the
@@ -48,8 +48,8 @@ preload="$(PYTHONPATH=$site "$PY" -c 'import atheris; print(atheris.path())')/as
 [ -f "$preload" ] || { say "atheris has no $preload"; exit 2; }
 
 # The sanitized reader, built each time (a second or two). JPEGDC_SRC fuzzes another source, e.g. an
-# older jpegdc.c (git show REV:model/jpegdc.c > /tmp/old.c), to see that the check catches what it should.
-src=${JPEGDC_SRC:-model/jpegdc.c}
+# older jpegdc.c (git show REV:model/serving/jpegdc.c > /tmp/old.c), to see that the check catches what it should.
+src=${JPEGDC_SRC:-model/serving/jpegdc.c}
 so=$build/_jpegdc$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 include=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 clang -shared -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined,fuzzer-no-link \

@@ -11,7 +11,7 @@ from digitq.redisserver import RedisServer
 from digitq.settings import Settings
 from worker.process import WorkerProcess
 
-from .pipeline_helpers import DATABASES
+from .pipeline_helpers import DATABASES, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,10 +60,6 @@ def _no_default_redis(request):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {"DIGITQ_REDIS_URL": settings.redis_url, "DIGITQ_DATA_DIR": str(settings.data_dir)}
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,11 @@ def db_url(url: str, key: int) -> str:
     return f"{base}/{db}"
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment a test's worker process needs to reach ``settings``' Redis and data dir."""
+    return {"DIGITQ_REDIS_URL": settings.redis_url, "DIGITQ_DATA_DIR": str(settings.data_dir)}
+
+
 def make_job(settings: Settings, folder: Path, batch_size: int, send: bool = True, **kw):
     """Scan ``folder`` into a job; send all its batches unless ``send`` is False."""
     return submit(settings, [str(folder)], send=send, batch_size=batch_size, **kw)
@@ -72,8 +77,6 @@ def start_workers(mode: str, settings: Settings, logs: Path, *, env: dict[str, s
     """The workers of ``mode``, started; the predicting one first. Stop them with :func:`stop_workers`."""
     from digitq.storage import data_dir_id
     from worker.process import WorkerProcess
-
-    from .conftest import worker_env
 
     base = {**worker_env(settings), **(env or {})}
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # seen at start: a worker that sees it collects for it

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from digitq.errors import ModelError
-from model.calibration import apply_temperature, fit_temperature, nll, temperature_of
-from model.registry import BUNDLED_DIR, Registry, _read_meta
-from model.runtime import load_predictor
+from model.quality.calibration import fit_temperature, nll
+from model.registry import BUNDLED_DIR, Registry, read_version
+from model.serving.runtime import load_predictor
+from model.serving.temperature import apply_temperature, temperature_of
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -86,7 +87,7 @@ def test_a_version_without_calibration_is_served_as_published(mnist, tmp_path):
     meta = json.loads((old / "model.json").read_text())
     meta.pop("calibration", None)
     (old / "model.json").write_text(json.dumps(meta))
-    ref = _read_meta(old, "old")
+    ref = read_version(old, "old")
     x = mnist.x_test[:500]
     for runtime in ("onnx", "keras"):
         predictor = load_predictor(ref, runtime)

@@ -29,8 +29,8 @@ def no_train_extra(monkeypatch):
 def test_the_serving_cli_and_beat_modules_import_without_the_train_extra():
     code = ABSENT + (
         "import worker, worker.tasks, worker.beat, worker.health, worker.inference, producer.cli, producer.report, "
-        "producer.review, producer.fleet, producer.training, producer.catalog, model.evaluation, model.runtime, "
-        "model.training\n"
+        "producer.review, producer.fleet, producer.training, producer.catalog, model.quality.evaluation, "
+        "model.serving.runtime, model.training.run\n"
         "from model.extras import missing; print(','.join(missing()))\n"
         "from producer.cli import main; main(['scan', '--help'], standalone_mode=False)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -45,7 +45,7 @@ def test_what_needs_the_train_extra_says_to_install_it(no_train_extra, tmp_path)
         require_train("training X")
     from model.dataset import load_keras_download
     from model.registry import Registry
-    from model.runtime import load_keras, load_predictor
+    from model.serving.runtime import load_keras, load_predictor
 
     ref = Registry(tmp_path / "models").resolve("production")  # the bundled version
     with pytest.raises(ModelError, match=r"with Keras .*needs tensorflow, keras.*digitq\[train\]"):
@@ -57,7 +57,7 @@ def test_what_needs_the_train_extra_says_to_install_it(no_train_extra, tmp_path)
         load_keras_download()
 
 
-@pytest.mark.parametrize("module", ["model.train", "model.export"])
+@pytest.mark.parametrize("module", ["model.training", "model.training.export"])
 def test_the_training_module_commands_say_to_install_the_extra(module, tmp_path):
     code = ABSENT + f"import runpy, sys; sys.argv = ['x', '{tmp_path}', '{tmp_path}']; " \
                     f"runpy.run_module('{module}', run_name='__main__')"
@@ -68,7 +68,7 @@ def test_the_training_module_commands_say_to_install_the_extra(module, tmp_path)
 
 def test_a_training_taken_without_the_extra_fails_saying_what_to_install(no_train_extra, settings):
     from digitq.trainings import Training, create_training
-    from model.training import run_training
+    from model.training.run import run_training
 
     settings.trainings_dir.mkdir(parents=True, exist_ok=True)
     training = create_training(settings.trainings_dir, sources=[str(ROOT / "samples")], epochs=1, from_version=None,

@@ -7,18 +7,18 @@ training on a real worker: tests/test_training.py (every training records both t
 import numpy as np
 import pytest
 
-from model.evaluation import score_shifts
+from model.quality.evaluation import score_shifts
+from model.quality.robustness import SHIFTS, build_suite
 from model.registry import Registry
-from model.robustness import SHIFTS, build_suite
-from model.training import MIN_SHIFT_IMAGES, SHIFT_TOLERANCE_PTS, gate, robustness_problems
+from model.training.run import MIN_SHIFT_IMAGES, SHIFT_TOLERANCE_PTS, gate, robustness_problems
 
 
 @pytest.fixture(scope="module")
 def scored(mnist):
     """(candidate, production) on one build of the suite (200 MNIST test images per shift): the candidate is
     bundled-1 fine-tuned for 5 epochs on 600 digits and 400 crossed 7s labelled 1."""
-    from model.runtime import load_keras, load_predictor
-    from model.train import Recipe, fit, predict_arrays
+    from model.serving.runtime import load_keras, load_predictor
+    from model.training.recipe import Recipe, fit, predict_arrays
 
     ref = Registry("/nonexistent").bundled()
     sevens = np.flatnonzero(mnist.y_train == 7)[:400]

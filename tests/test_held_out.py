@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import robustness, variants
-from model.evaluation import score_shifts
-from model.robustness import (
+from model.quality import robustness
+from model.quality.evaluation import score_shifts
+from model.quality.robustness import (
     HELD_OUT_FAMILIES,
     SHIFTS,
     Shift,
@@ -23,7 +23,8 @@ from model.robustness import (
     naive_decode,
     resolve,
 )
-from model.training import HELD_OUT_TOLERANCE_PTS, MIN_SHIFT_IMAGES, gate, robustness_problems
+from model.training import variants
+from model.training.run import HELD_OUT_TOLERANCE_PTS, MIN_SHIFT_IMAGES, gate, robustness_problems
 
 NEW = ("lowres-8-page", "grey-paper-light-ink", "grey-paper-dark-ink", "faint-pencil", "gradient", "vignette",
        "ruled-lines", "stripe", "box-border", "fog", "outline", "speckle", "ink-diffusion")
@@ -131,7 +132,7 @@ def test_held_out_families_are_never_rendered_in_training(mnist, monkeypatch):
 
 def test_train_records_the_held_out_families(mnist, tmp_path):
     from model.dataset import Dataset
-    from model.train import Recipe, train
+    from model.training.recipe import Recipe, train
 
     data = Dataset(mnist.x_train[:256], mnist.y_train[:256], mnist.x_test[:50], mnist.y_test[:50], "test slice")
     meta = train(data, Recipe(epochs=1, limit=256, variants=0.1, augment=False), tmp_path, verbose=0)
@@ -140,7 +141,7 @@ def test_train_records_the_held_out_families(mnist, tmp_path):
 
 
 def test_the_temperature_is_fitted_without_the_held_out_families(mnist, monkeypatch):
-    from model import calibration
+    from model.quality import calibration
 
     built: list[str] = []
     real = robustness.build_suite

@@ -1,4 +1,4 @@
-"""The C reader of baseline JPEGs at 1/8 scale (model/jpegdc.c), held to libjpeg's pixels through Pillow."""
+"""The C reader of baseline JPEGs at 1/8 scale (model/serving/jpegdc.c), held to libjpeg's pixels through Pillow."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from PIL import Image
 
 from digitq.errors import ConfigError, ImageError
 from digitq.settings import Settings
-from model import preprocess
-from model.preprocess import decode_image
+from model.serving import preprocess
+from model.serving.preprocess import decode_image
 from tests.fuzz import fuzz_jpegdc, make_corpus
 
 try:
-    from model import _jpegdc as jpegdc  # the reader itself, whatever DIGITQ_JPEG_READER says
+    from model.serving import _jpegdc as jpegdc  # the reader itself, whatever DIGITQ_JPEG_READER says
 except ImportError:
     jpegdc = None
 
@@ -52,7 +52,7 @@ def _noise(width: int, height: int, spread: float, seed: int = 0) -> Image.Image
 
 
 def test_the_reader_is_built():
-    assert jpegdc is not None, "model._jpegdc is missing: reinstall with a C compiler (scripts/bootstrap.sh)"
+    assert jpegdc is not None, "model.serving._jpegdc is missing: reinstall with a C compiler (scripts/bootstrap.sh)"
 
 
 VARIANTS = {
@@ -208,7 +208,7 @@ def test_the_seed_corpus_agrees_with_libjpeg():
 def test_pad_is_tied_to_the_block_limit(tmp_path):
     """PAD must hold what one MCU of damaged data can read past the end (at most 10 blocks x 64 symbols x
     31 bits): raising the block limit without PAD fails the build."""
-    source = (ROOT / "model" / "jpegdc.c").read_text()
+    source = (ROOT / "model" / "serving" / "jpegdc.c").read_text()
     assert "#define MAX_MCU_BLOCKS 10\n" in source
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     include = sysconfig.get_paths()["include"]
@@ -227,13 +227,13 @@ def test_pad_is_tied_to_the_block_limit(tmp_path):
 _DECODE_OFF = """
 import json, sys
 import numpy as np
-from model import _jpegdc
+from model.serving import _jpegdc
 
 def refuse(data):
     raise AssertionError("the C reader was called with DIGITQ_JPEG_READER=off")
 
 _jpegdc.luma_dc = refuse  # before preprocess loads: with the switch off it must never get here
-from model.preprocess import decode_image
+from model.serving.preprocess import decode_image
 print(json.dumps([decode_image(open(p, "rb").read()).tolist() for p in sys.argv[1:]]))
 """
 

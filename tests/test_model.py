@@ -18,7 +18,7 @@ from .conftest import ROOT, mnist_source
 
 
 def test_architecture_is_the_seed_cnn():
-    from model.architecture import PARAMS, build_model
+    from model.training.architecture import PARAMS, build_model
 
     model = build_model()
     layers = [(type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None))
@@ -35,7 +35,7 @@ def test_architecture_is_the_seed_cnn():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, mnist):
-    from model.train import Recipe, train
+    from model.training.recipe import Recipe, train
 
     out = tmp_path_factory.mktemp("tiny")
     # one augmented epoch, then one clean epoch: both phases of the recipe
@@ -59,8 +59,8 @@ def test_tiny_training_run_writes_model_and_metadata(tiny_model):
 def test_trained_model_loads_verified_and_predicts(tiny_model, tmp_path, mnist):
     """The loaded file is the model that was trained: its accuracy on the 10,000 real test digits is the one
     training recorded, far above chance, and its ONNX export predicts what Keras predicts."""
-    from model.export import check_agreement, to_onnx
-    from model.runtime import OnnxPredictor, load_keras, load_predictor
+    from model.serving.runtime import OnnxPredictor, load_keras, load_predictor
+    from model.training.export import check_agreement, to_onnx
 
     out, meta = tiny_model
     version_dir = tmp_path / "models" / "1"
@@ -80,7 +80,7 @@ def test_trained_model_loads_verified_and_predicts(tiny_model, tmp_path, mnist):
 
 
 def test_tampered_model_is_refused(tiny_model, tmp_path):
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     out, _ = tiny_model
     version_dir = tmp_path / "models" / "2"
@@ -98,7 +98,7 @@ def test_unsafe_model_is_refused(tmp_path):
     from keras.src.saving import saving_lib
 
     from model.registry import sha256_file
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda x: x * 2),
                               keras.layers.Flatten(), keras.layers.Dense(10)])
@@ -144,7 +144,7 @@ def test_bundled_model_scores_on_mnist_test_split(tmp_path):
 @pytest.fixture(scope="module")
 def keras_probs(mnist):
     """The float model's probabilities (Keras, as trained) for the 10,000 MNIST test digits."""
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     return load_predictor(Registry(ROOT / "nowhere").bundled(), "keras").predict(mnist.x_test)
 
@@ -152,8 +152,8 @@ def keras_probs(mnist):
 def test_every_runtime_serves_confidences_within_0_005_of_the_float_model(mnist, keras_probs, monkeypatch):
     """Issue 14: whatever the runtime, every probability of every MNIST test digit is within 0.005 of the
     float model's, and confidences are not quantised (int8 gave 71 values, none above 0.996078)."""
-    from model.export import check_agreement, confidence_fidelity, to_onnx
-    from model.runtime import RUNTIMES, load_keras, load_predictor
+    from model.serving.runtime import RUNTIMES, load_keras, load_predictor
+    from model.training.export import check_agreement, confidence_fidelity, to_onnx
 
     ref = Registry(ROOT / "nowhere").bundled()
     monkeypatch.delenv("DIGITQ_RUNTIME", raising=False)
@@ -174,7 +174,7 @@ def test_the_served_graph_does_not_depend_on_the_runtime_name_or_the_cpu(mnist, 
     """The former default (onnx-int8) picked int8 or float by the CPU's VNNI flag. Now one float graph serves
     under every ONNX runtime name, and the rows a worker writes (prediction, confidence to 6 decimals) are the
     same bit for bit."""
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     ref = Registry(ROOT / "nowhere").bundled()
     monkeypatch.delenv("DIGITQ_RUNTIME", raising=False)
@@ -192,7 +192,7 @@ def test_the_served_graph_does_not_depend_on_the_runtime_name_or_the_cpu(mnist, 
 @pytest.fixture(scope="module")
 def old_int8_graph(mnist) -> bytes:
     """The int8 graph digitq published before (static QDQ, calibrated on 2,000 training digits)."""
-    from model.export import CALIBRATION_IMAGES, to_int8
+    from model.training.export import CALIBRATION_IMAGES, to_int8
 
     ref = Registry(ROOT / "nowhere").bundled()
     return to_int8((ref.directory / ONNX_FILE).read_bytes(), mnist.x_train[:CALIBRATION_IMAGES])
@@ -202,7 +202,7 @@ def test_a_version_published_with_an_int8_graph_stays_loadable_and_is_served_flo
                                                                                    monkeypatch):
     """Old versions keep their model.int8.onnx: it verifies, the version can be promoted, and every runtime
     serves the version's float graph, never the int8 one."""
-    from model.runtime import OnnxPredictor, load_predictor
+    from model.serving.runtime import OnnxPredictor, load_predictor
 
     bundled = Registry(tmp_path).bundled()
     directory = tmp_path / "models" / "5"
@@ -230,8 +230,8 @@ def test_a_version_published_with_an_int8_graph_stays_loadable_and_is_served_flo
 def test_int8_graphs_are_refused_at_publication(mnist, keras_probs, old_int8_graph):
     """New versions get the float graph only: the publication check refuses the int8 one, on its probabilities
     (it agrees on 99.96% of the predictions, which the check alone let through before)."""
-    from model.export import check_agreement
-    from model.runtime import OnnxPredictor
+    from model.serving.runtime import OnnxPredictor
+    from model.training.export import check_agreement
 
     ref = Registry(ROOT / "nowhere").bundled()
     probs = OnnxPredictor(ref, old_int8_graph).predict(mnist.x_test)
@@ -252,7 +252,7 @@ def _unavailable(why: str) -> None:
 _OTHER_CPU = """
 import sys, numpy as np
 from model.registry import Registry
-from model.runtime import load_predictor
+from model.serving.runtime import load_predictor
 predictor = load_predictor(Registry("/nowhere").bundled())
 np.save(sys.argv[2], predictor.predict(np.load(sys.argv[1])))
 print(predictor.runtime, getattr(predictor, "artifact", "?"))
@@ -263,7 +263,7 @@ def test_rows_are_the_same_on_a_cpu_without_avx512_or_vnni(tmp_path, mnist, kera
     """The same 500 least confident test digits scored here and in a worker on an emulated AVX2 CPU: the same
     predictions, and confidences within one unit of the 6th decimal (the float kernels of the two instruction
     sets add in different orders: up to 7e-7 apart; the int8 graph gave 21 other predictions on all 10,000)."""
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
@@ -290,7 +290,7 @@ def test_rows_are_the_same_on_a_cpu_without_avx512_or_vnni(tmp_path, mnist, kera
 
 
 def test_disagreeing_export_is_refused():
-    from model.export import check_agreement
+    from model.training.export import check_agreement
 
     labels = np.arange(1000) % 10
     reference = np.eye(10, dtype=np.float32)[labels]
@@ -312,7 +312,7 @@ def test_disagreeing_export_is_refused():
 
 
 def test_tampered_onnx_artifact_is_refused(tmp_path):
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     bundled = Registry(tmp_path).bundled().directory
     directory = tmp_path / "models" / "4"
@@ -328,7 +328,7 @@ def test_tampered_onnx_artifact_is_refused(tmp_path):
 
 def test_unknown_runtime_is_a_clear_error(monkeypatch):
     from digitq.errors import ConfigError
-    from model.runtime import runtime_name
+    from model.serving.runtime import runtime_name
 
     monkeypatch.setenv("DIGITQ_RUNTIME", "tensorrt")
     with pytest.raises(ConfigError, match="DIGITQ_RUNTIME"):

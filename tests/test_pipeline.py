@@ -167,7 +167,7 @@ def test_resume_after_redis_restarted_empty(tmp_path, digits, mode):
 
 def test_scan_of_10000_mnist_pngs_matches_evaluate(worker, settings, mnist, tmp_path):
     """The Done-when check: 10,000 rows, unique paths, accuracy equal to `digitq evaluate`."""
-    from model.evaluation import evaluate_model
+    from model.quality.evaluation import evaluate_model
 
     folder = tmp_path / "mnist-test"
     write_image_folder(folder, mnist.x_test, mnist.y_test)

@@ -8,7 +8,7 @@ from PIL import Image, ImageFilter
 
 from digitq.errors import ImageError
 from digitq.paths import is_image_name
-from model.preprocess import decode_image
+from model.serving.preprocess import decode_image
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -110,8 +110,8 @@ def _reference_decode(data: bytes) -> np.ndarray:
     """The decoder as it was before its fast paths (np.median, float round trip): the oracle."""
     from PIL import ImageOps
 
-    from model.cleaning import clean_ink
-    from model.preprocess import _to_gray
+    from model.serving.cleaning import clean_ink
+    from model.serving.preprocess import _to_gray
 
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
@@ -125,7 +125,7 @@ def _reference_decode(data: bytes) -> np.ndarray:
 
 def _frame(gray: np.ndarray) -> np.ndarray:
     """The framing as it was before its fast paths (np.median, float round trip)."""
-    from model.preprocess import _FIT
+    from model.serving.preprocess import _FIT
 
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if float(np.median(border)) > 127.0:
@@ -170,7 +170,7 @@ def test_fast_paths_give_identical_arrays(mnist):
     assert len(blobs) > 430
     for data in blobs:
         np.testing.assert_array_equal(decode_image(data), _reference_decode(data))
-    from model.preprocess import _plain_gray_png
+    from model.serving.preprocess import _plain_gray_png
 
     # the libspng path really ran for the plain grayscale PNGs, and not for the rest
     assert all(_plain_gray_png(d) is not None for d in blobs[:400] + blobs[-2:])
@@ -180,7 +180,7 @@ def test_fast_paths_give_identical_arrays(mnist):
 def test_photos_decode_at_reduced_scale_and_read_better(mnist):
     """Phone photos: the reduced-scale decode reads the digit; full resolution let paper noise pass as ink."""
     from model.registry import Registry
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
     from model.synthetic import phone_photo
 
     rng = np.random.default_rng(0)
@@ -208,9 +208,9 @@ def test_page_scans_stream_through_libvips_with_the_same_prediction(mnist, monke
     """An A4 page at 600 dpi: decoded shrinking on load, read as the same digit as a whole decode."""
     import sys
 
-    from model import preprocess
     from model.registry import Registry
-    from model.runtime import load_predictor
+    from model.serving import preprocess
+    from model.serving.runtime import load_predictor
     from model.synthetic import page_scan
 
     page = page_scan(mnist.x_test[0])

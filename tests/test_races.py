@@ -277,7 +277,7 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
     from digitq.holders import Holder, Lease
     from digitq.settings import Settings
     from digitq.trainings import TrainingClaimed, claim_key, create_training
-    from model.training import run_training
+    from model.training.run import run_training
 
     url = db_url(redis_server.url, 15)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path))
@@ -328,7 +328,7 @@ def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_ove
         redis_server, tmp_path, mnist, monkeypatch):
     from digitq.storage import atomic_write_json
     from digitq.trainings import Training
-    from model.training import run_training
+    from model.training.run import run_training
 
     settings, training, client, key, other = claim_contest(redis_server, tmp_path, mnist, monkeypatch, epochs=3,
                                                            promote="never")

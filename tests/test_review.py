@@ -14,7 +14,7 @@ from digitq.paths import REVIEW_MANIFEST
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from model.registry import Registry
-from model.training import gate
+from model.training.run import gate
 from producer.cli import main
 from worker.process import WorkerProcess
 

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from digitq.errors import ConfigError
-from model.evaluation import ECE_BINS, evaluate_robustness, expected_calibration_error, score_shifts
-from model.preprocess import decode_image
-from model.robustness import FAMILIES, HELD_OUT_FAMILIES, SHIFTS, Shift, build_suite, pick, resolve, stroke
+from model.quality.evaluation import evaluate_robustness, score_shifts
+from model.quality.metrics import ECE_BINS, expected_calibration_error
+from model.quality.robustness import FAMILIES, HELD_OUT_FAMILIES, SHIFTS, Shift, build_suite, pick, resolve, stroke
+from model.serving.preprocess import decode_image
 from tests.conftest import ROOT, mnist_source
 
 SAMPLE = range(40)  # test digits each property is checked on
@@ -179,7 +180,7 @@ def test_small_digit_sits_at_a_seeded_place_on_a_large_noisy_canvas(mnist):
 
 
 def test_capture_shifts_blur_add_noise_and_compress(mnist):
-    from model.robustness import _paper_scan
+    from model.quality.robustness import _paper_scan
 
     rng = np.random.default_rng(0)
     for i in SAMPLE:
@@ -377,14 +378,14 @@ def test_evaluate_suite_end_to_end_on_mnist(tmp_path, mnist):
 def test_plain_evaluate_reports_the_clean_ece(tmp_path, mnist):
     """evaluate_model's ECE is the clean row's: the same images, the same predictor."""
     from digitq.settings import Settings
-    from model.evaluation import evaluate_model
+    from model.quality.evaluation import evaluate_model
 
     settings = Settings.from_env(data_dir=str(tmp_path))
     clean = evaluate_model(settings, mnist_source())
     suite = build_suite(mnist.x_test, mnist.y_test, resolve(["clean"]))
     assert np.array_equal(suite[0].images, mnist.x_test)  # a 28x28 PNG decodes to its own pixels
     from model.registry import Registry
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     row = score_shifts(suite, load_predictor(Registry(settings.models_dir).resolve(None)).predict)["shifts"][0]
     assert clean["ece"] == row["ece"] and clean["accuracy"] == row["accuracy"]

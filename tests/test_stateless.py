@@ -17,9 +17,9 @@ from digitq.errors import JobError, ModelError
 from digitq.jobs import Row
 from digitq.settings import Settings
 from digitq.storage import data_dir_id
-from model import artifacts
 from model.dataset import write_image_folder
 from model.registry import ONNX_FILE, Registry
+from model.serving import artifacts
 from producer.dispatch import enqueue
 from producer.follow import wait_for
 from worker.process import WorkerProcess

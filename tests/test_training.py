@@ -17,9 +17,9 @@ from digitq.errors import ModelError
 from digitq.settings import Settings
 from digitq.trainings import Training, send_training
 from model.dataset import write_image_folder
+from model.quality.robustness import HELD_OUT_FAMILIES, SHIFTS
 from model.registry import Registry, sha256_file
-from model.robustness import HELD_OUT_FAMILIES, SHIFTS
-from model.runtime import load_predictor
+from model.serving.runtime import load_predictor
 from producer.cli import main
 from producer.dispatch import enqueue
 from producer.follow import wait_for
@@ -384,7 +384,7 @@ def test_concurrent_publishes_get_distinct_versions_and_a_training_publishes_onc
 def test_a_tampered_model_file_is_refused(tsettings):
     import shutil
 
-    from model.runtime import load_predictor
+    from model.serving.runtime import load_predictor
 
     reg = registry(tsettings)
     staging = reg.staging_dir("tamper")
@@ -412,7 +412,7 @@ def test_a_tampered_model_file_is_refused(tsettings):
 
 
 def test_gate_unit():
-    from model.training import gate
+    from model.training.run import gate
 
     assert gate("auto", 0.990, 0.9909, "3", 0.1, 1000)[0] is True
     ok, reason = gate("auto", 0.988, 0.990, "3", 0.1, 1000)

@@ -10,7 +10,7 @@ from digitq.settings import Settings
 from digitq.trainings import Training, TrainingClaimed, create_training
 from model.dataset import write_image_folder
 from model.registry import Registry
-from model.training import run_training
+from model.training.run import run_training
 from producer.training import request_training
 from worker.process import WorkerProcess
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from model.robustness import stroke_width
-from model.variants import make_pool, variant
+from model.quality.robustness import stroke_width
+from model.training.variants import make_pool, variant
 
 
 def test_the_pool_is_seeded_and_keeps_each_label(mnist):

@@ -143,7 +143,7 @@ app.steps["consumer"].add(TrainingGuard)
 @signals.worker_process_init.connect
 def _preload_decoders(**_: object) -> None:
     # In each pool process, at start: the first page scan of a batch then costs what the next ones do.
-    from model import preprocess
+    from model.serving import preprocess
 
     preprocess.preload()
 

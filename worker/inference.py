@@ -21,10 +21,10 @@ from digitq.jobs import Job, Row
 from digitq.paths import unescape_path
 from digitq.quarantine import Delivery
 from digitq.settings import Settings
-from model.artifacts import ArtifactCache
-from model.preprocess import decode_image
 from model.registry import Registry
-from model.runtime import ModelCache, Predictor
+from model.serving.artifacts import ArtifactCache
+from model.serving.preprocess import decode_image
+from model.serving.runtime import ModelCache, Predictor
 
 #: One cache per process, filled after the fork, on the first batch.
 CACHE = ModelCache()

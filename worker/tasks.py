@@ -161,7 +161,7 @@ def train_model(self, training_id: str) -> dict | None:
     Acked late like every task: a worker killed mid-training gets it redelivered,
     and the registry publishes at most one version per training id.
     """
-    from model.training import run_training  # TensorFlow stays out of processes that never train
+    from model.training.run import run_training  # TensorFlow stays out of processes that never train
 
     settings = Settings.from_env()
     try:

@@ -1,11 +1,11 @@
-"""Differential fuzzing of the JPEG DC reader (model/jpegdc.c) against libjpeg, through Pillow's draft("L").
+"""Differential fuzzing of the JPEG DC reader (model/serving/jpegdc.c) against libjpeg, through Pillow's draft("L").
 
 The rule checked on every input: where the reader returns pixels, Pillow must read the file too, and at
 1/8 scale give exactly those pixels. A file Pillow refuses must be refused by the reader (left to libjpeg,
 which then words the error). Inputs the reader refuses are not decoded by Pillow: that costs nothing.
 
 Run by scripts/fuzz-jpegdc.sh under atheris (libFuzzer), on a build of the reader with AddressSanitizer
-and UndefinedBehaviorSanitizer named by ``JPEGDC_SO``; without it, the installed ``model._jpegdc``.
+and UndefinedBehaviorSanitizer named by ``JPEGDC_SO``; without it, the installed ``model.serving._jpegdc``.
 ``check`` is also what tests/test_jpegdc.py runs over the seed corpus.
 """
 
@@ -31,10 +31,10 @@ class Divergence(AssertionError):
 
 
 def load_reader(path: str | None = None) -> ModuleType:
-    """The reader built at ``path`` (a sanitizer build), else the installed ``model._jpegdc``."""
+    """The reader built at ``path`` (a sanitizer build), else the installed ``model.serving._jpegdc``."""
     path = path or os.environ.get("JPEGDC_SO")
     if not path:
-        from model import _jpegdc
+        from model.serving import _jpegdc
 
         return _jpegdc
     loader = importlib.machinery.ExtensionFileLoader("_jpegdc", path)
@@ -46,7 +46,7 @@ def load_reader(path: str | None = None) -> ModuleType:
 
 def pillow_eighth(data: bytes) -> Image.Image:
     """libjpeg's reading of ``data`` through Pillow: luma at 1/8 scale where Pillow drafts to it
-    (both sides of 8 px or more), as model/preprocess.py asks for it. Raises what Pillow raises."""
+    (both sides of 8 px or more), as model/serving/preprocess.py asks for it. Raises what Pillow raises."""
     img = Image.open(io.BytesIO(data), formats=("JPEG",))
     img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))
     img.load()

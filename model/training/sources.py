@@ -52,7 +52,7 @@ class TrainingData:
     sources: list[dict] = field(default_factory=list)
     eval_parts: list[str] = field(default_factory=list)
     #: The calibration split: training examples held out of training, that a temperature is fitted on
-    #: (:mod:`model.calibration`); empty when no source gives one.
+    #: (:mod:`model.quality.calibration`); empty when no source gives one.
     x_cal: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
     y_cal: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     cal_parts: list[str] = field(default_factory=list)

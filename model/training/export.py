@@ -8,15 +8,15 @@ neither TensorFlow nor a float copy. An export is published only where it agrees
 with Keras (:func:`check_agreement`): the same predictions, and every probability
 within :data:`MAX_PROBABILITY_DIFF`, so that a confidence means what it says.
 
-No int8 graph is published any more. :func:`to_int8` (the static quantisation
-digitq published until 2026-12) stays to measure against and to rebuild old
-versions' artifacts in tests: on the 10,000 MNIST test digits it gave 71 distinct
+No int8 graph is published. :func:`to_int8` (static quantisation) is here to
+measure against (``scripts/benchmark.py fidelity``) and to make a version with an
+int8 artifact in tests: on the 10,000 MNIST test digits it gave 71 distinct
 confidences and probabilities up to 0.077 off the float model; quantising only the
 convolutions (per channel, any calibration tried), or only conv1's weights, still
 left 35-100 digits beyond 0.005, and its results changed on CPUs without VNNI (u8 x s8
 pairs saturate in 16 bits). The float graph is also the fastest here (BENCHMARKS.md).
 
-``python -m model.export DIR MNIST`` writes ``DIR/model.onnx`` for the ``model.keras``
+``python -m model.training.export DIR MNIST`` writes ``DIR/model.onnx`` for the ``model.keras``
 there, checks it on MNIST's test split, and records its sha256 in ``DIR/model.json``
 (how the bundled model got it).
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from digitq.errors import ModelError
-from model.registry import INT8_FILE, ONNX_FILE, ModelRef, _read_meta, sha256_bytes
+from model.registry import INT8_FILE, ONNX_FILE, ModelRef, read_version, sha256_bytes
 
 #: Training images the int8 calibration saw (activation ranges), for :func:`to_int8`.
 CALIBRATION_IMAGES = 2000
@@ -38,8 +38,8 @@ CALIBRATION_IMAGES = 2000
 #: The agreement a serving artifact must reach with Keras on an evaluation set.
 MIN_AGREEMENT = 0.999
 MAX_ACCURACY_GAP = 0.0005
-#: The largest difference from Keras allowed in any probability of any image (issue 14: served
-#: confidences match the float model within 0.005). The float graph stays within 2e-6.
+#: The largest difference from Keras allowed in any probability of any image (served confidences
+#: match the float model within 0.005). The float graph stays within 2e-6.
 MAX_PROBABILITY_DIFF = 0.005
 
 
@@ -97,7 +97,7 @@ def to_onnx(weights: list[np.ndarray]) -> bytes:
 def to_int8(fp32: bytes, calibration: np.ndarray) -> bytes:
     """Static int8 quantisation of an exported model (QDQ, per-channel weights, MinMax-calibrated activations).
 
-    Not published or served any more (see the module's docstring): the graph of versions published before."""
+    Neither published nor served (see the module's docstring)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -150,19 +150,19 @@ def confidence_fidelity(reference: np.ndarray, candidate: np.ndarray, labels: np
 def main(argv: list[str] | None = None) -> None:
     """Export ``DIR/model.keras`` (verified) to ONNX, check it, record it in ``DIR/model.json``.
 
-    A ``model.int8.onnx`` left there by an older digitq is removed and dropped from the record."""
+    A ``model.int8.onnx`` there is removed and dropped from the record: no int8 graph is published."""
     from digitq.storage import atomic_write
     from model.dataset import load_dataset
     from model.extras import MissingExtra, require_train
-    from model.runtime import OnnxPredictor, load_keras, load_predictor
+    from model.serving.runtime import OnnxPredictor, load_keras, load_predictor
 
     try:
-        require_train("python -m model.export")
+        require_train("python -m model.training.export")
     except MissingExtra as e:
         sys.exit(f"error: {e}")
     directory, mnist = (argv or sys.argv[1:])[:2]
     directory = Path(directory)
-    ref: ModelRef = _read_meta(directory, directory.name)
+    ref: ModelRef = read_version(directory, directory.name)
     data = load_dataset(mnist)
     fp32 = to_onnx(load_keras(ref).get_weights())
     reference = load_predictor(ref, "keras").predict(data.x_test)

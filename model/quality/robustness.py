@@ -4,8 +4,8 @@ Each :class:`Shift` is a pure function of a 28x28 MNIST digit (white on black, u
 generator seeded by (suite seed, shift name, image index): it returns the image a user's file
 would hold (any size, gray or RGB, either polarity), and :meth:`Shift.encode` turns it into the
 bytes of that file (PNG, or JPEG for the JPEG shift). :func:`build_suite` sends those bytes
-through :func:`model.preprocess.decode_image`, so the production preprocessing (polarity, framing,
-resizing) takes part; scoring is in :mod:`model.evaluation`.
+through :func:`model.serving.preprocess.decode_image`, so the production preprocessing (polarity, framing,
+resizing) takes part; scoring is in :mod:`model.quality.evaluation`.
 
 The families, and how each shift is made (the README's "Robustness" table lists them too):
 
@@ -720,7 +720,7 @@ class ShiftedSet:
 
 
 def naive_decode(data: bytes) -> np.ndarray:
-    """The model alone on a file's pixels, without :func:`model.preprocess.decode_image`'s work: the image in
+    """The model alone on a file's pixels, without :func:`model.serving.preprocess.decode_image`'s work: the image in
     grey (Pillow's ``L``), area-resized to 28x28 as a whole (no framing, no cleaning), inverted when the
     median of its border is light (MNIST's polarity is the least the model needs). What the preprocessing
     is compared with: it must never do worse than this on any family."""
@@ -744,9 +744,9 @@ def pick(labels: np.ndarray, shift: Shift, limit: int | None = None, seed: int =
 def build_suite(x: np.ndarray, y: np.ndarray, shifts: Sequence[Shift] | None = None,
                 limit: int | None = None, seed: int = SEED, naive: bool = False) -> list[ShiftedSet]:
     """Every shift applied to test images ``x`` (uint8 (N, 28, 28)) with labels ``y``: each image
-    encoded as a file and decoded by :func:`model.preprocess.decode_image` (and by :func:`naive_decode`
+    encoded as a file and decoded by :func:`model.serving.preprocess.decode_image` (and by :func:`naive_decode`
     too with ``naive``). Scoring several models on one suite builds it once (building is most of the cost)."""
-    from model.preprocess import decode_image
+    from model.serving.preprocess import decode_image
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: give at least 1 image per shift")

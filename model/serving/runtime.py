@@ -7,15 +7,14 @@ Runtimes behind one :class:`Predictor` interface, chosen by ``DIGITQ_RUNTIME``:
   graph on every CPU: which CPU a worker has never changes which graph scores a file.
   No TensorFlow in the process: a third of the memory, a fraction of the start-up time.
 - ``keras``: the ``.keras`` file through TensorFlow, loaded with ``safe_mode=True``.
-  Also used for a version that has no ONNX artifact (published by an older digitq).
-- ``onnx-int8``: the name of the former default, still accepted; it serves the float
-  graph. No int8 graph of the seed CNN keeps every probability within
-  :data:`model.export.MAX_PROBABILITY_DIFF` of the float model (BENCHMARKS.md, "Confidence
-  fidelity"), and int8 results differ between CPUs with and without VNNI. A version
-  published with a ``model.int8.onnx`` keeps it (it still verifies) but is served float.
+  Also used for a version that has no ONNX artifact.
+- ``onnx-int8``: accepted, and serves the float graph. No int8 graph of the seed CNN keeps
+  every probability within :data:`model.training.export.MAX_PROBABILITY_DIFF` of the float
+  model (BENCHMARKS.md, "Confidence fidelity"), and int8 results differ between CPUs with and
+  without VNNI. A version with a ``model.int8.onnx`` keeps it (it still verifies) but is served float.
 
 Every runtime applies the version's recorded calibration (``model.json``'s ``calibration``, a
-temperature) through the one function :func:`model.calibration.apply_temperature`, in float64,
+temperature) through the one function :func:`model.serving.temperature.apply_temperature`, in float64,
 so the runtimes' calibrated probabilities agree as their raw ones do; a version with none is served
 as published (``T = 1``).
 
@@ -35,14 +34,14 @@ from collections import OrderedDict
 import numpy as np
 
 from digitq.errors import ConfigError, ModelError
-from model.calibration import apply_temperature, temperature_of
 from model.extras import require_train
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef
+from model.serving.temperature import apply_temperature, temperature_of
 
 log = logging.getLogger("digitq.model")
 RUNTIMES = ("onnx", "keras", "onnx-int8")
 DEFAULT_RUNTIME = "onnx"
-#: Runtime names that are still accepted and what they serve now.
+#: Runtime names accepted for another runtime, and the runtime they serve.
 RETIRED = {"onnx-int8": "onnx"}
 #: Images per runtime call: small enough to stay in the CPU's caches (ONNX Runtime, 1 thread:
 #: 19.1k images/s at 32, 17.7k at 64, 16.6k at 128).
@@ -84,17 +83,12 @@ def configure_threads(threads: int | None = None) -> None:
     _tf_configured = True
 
 
-def verify(ref: ModelRef) -> bytes:
-    """The model file's bytes, after checking them against the recorded sha256."""
-    return ref.read_verified()
-
-
 def load_keras(ref: ModelRef):
     """The Keras model of ``ref``: checksum verified, then loaded with ``safe_mode=True`` (no arbitrary code)."""
     require_train(f"serving model {ref.version} with Keras (DIGITQ_RUNTIME=keras, or a version without "
                   f"{ONNX_FILE})", ("tensorflow", "keras"), ModelError)
     configure_threads()
-    data = verify(ref)
+    data = ref.read_verified()
     # Load the bytes we verified, not the path again: no window to swap the file.
     from keras.src.saving import saving_lib
 

@@ -56,7 +56,7 @@ def descriptor(ref: ModelRef) -> dict[str, str]:
 def publish(settings: Settings, ref: ModelRef) -> None:
     """Make ``ref`` fetchable by content (idempotent; the graph's megabyte is sent only when Redis lacks it).
 
-    A version without an ONNX graph (published by an older digitq) is put without one: a worker
+    A version without an ONNX graph is put without one: a worker
     without the registry then says that it cannot serve it."""
     client = redis_client(settings)
     meta = _meta_bytes(ref)
@@ -174,8 +174,9 @@ def _fetch(settings: Settings, version: str, sha: str, meta_sha: str) -> tuple[b
         raise ModelError(f"model {version}: its metadata in Redis is not JSON ({e})") from e
     onnx_sha = (meta.get("artifacts") or {}).get(ONNX_FILE)
     if not onnx_sha:
-        raise ModelError(f"model {version} has no {ONNX_FILE} (published by an older digitq): only a worker that "
-                         "sees the data dir can serve it; export it (`python -m model.export`) or promote a newer one")
+        raise ModelError(f"model {version} has no {ONNX_FILE} (published without one): only a worker that "
+                         "sees the data dir can serve it; export it (`python -m model.training.export`) or promote "
+                         "a newer one")
     graph = client.get(_artifact_key(onnx_sha))
     if graph is None:
         raise ModelError(f"the ONNX graph of model {version} is not in Redis; `digitq resume JOB` sends it again")

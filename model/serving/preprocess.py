@@ -16,14 +16,14 @@ from PIL import Image, ImageOps
 
 from digitq.errors import ImageError
 from digitq.settings import jpeg_reader_setting
-from model.cleaning import clean_ink
+from model.serving.cleaning import clean_ink
 
 try:
     import pyspng as _spng
 except ImportError:  # optional: Pillow decodes every PNG without it
     _spng = None
 try:
-    from model import _jpegdc  # C, built at install where a compiler is (model/jpegdc.c)
+    from model.serving import _jpegdc  # C, built at install where a compiler is (model/serving/jpegdc.c)
 except ImportError:  # optional: Pillow decodes every JPEG without it, to the same pixels
     _jpegdc = None
 if jpeg_reader_setting() == "off":  # DIGITQ_JPEG_READER=off, read as a worker starts: libjpeg only
@@ -179,7 +179,7 @@ def _draft(img: Image.Image) -> None:
 
 
 def _luma_at_eighth(img: Image.Image, data: bytes) -> Image.Image | None:
-    """A JPEG drafted to grayscale at 1/8 scale, read from its DC coefficients alone (model/jpegdc.c):
+    """A JPEG drafted to grayscale at 1/8 scale, read from its DC coefficients alone (model/serving/jpegdc.c):
     the same pixels libjpeg gives, at about 40% of its cost, since it skips the AC coefficients
     several at a time. None where the reader is not built, is turned off (DIGITQ_JPEG_READER=off) or
     leaves the file to libjpeg."""

@@ -1,29 +1,25 @@
 """Evaluate a model version on the MNIST test split: accuracy and loss, calibration (ECE), and the
-robustness suite's shifted copies of it (:mod:`model.robustness`)."""
+robustness suite's shifted copies of it (:mod:`model.quality.robustness`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitq.errors import DataError
 from digitq.settings import Settings
 from model.dataset import load_dataset
+from model.quality.metrics import ECE_BINS, expected_calibration_error, score
+from model.quality.robustness import HELD_OUT_FAMILIES, SEED, ShiftedSet, build_suite
 from model.registry import Registry
-
-if TYPE_CHECKING:
-    from model.robustness import ShiftedSet
+from model.serving.runtime import load_predictor
 
 
 def evaluate_model(settings: Settings, data: str | None, model_version: str | None = None) -> dict:
     """Accuracy, loss, calibration (ECE, mean confidence) and size of a (checksum-verified) model on the
     test split."""
-    from model.runtime import load_predictor
-    from model.train import score
-
     ref = Registry(settings.models_dir).resolve(model_version)
     dataset = load_dataset(data if data is not None else settings.mnist)
     predictor = load_predictor(ref)
@@ -49,44 +45,10 @@ def evaluate_model(settings: Settings, data: str | None, model_version: str | No
     }
 
 
-#: Equal-width bins of the top-class probability over [0, 1], for the confidence histograms.
-CONFIDENCE_BINS = 20
-
-
-def profile(probs: np.ndarray) -> dict:
-    """What a model predicts on its evaluation set, recorded at publish time so that a job's report
-    can show drift: predicted-class counts and the histogram of the top-class probability."""
-    return {"class_shares": np.bincount(probs.argmax(axis=1), minlength=10).tolist(),
-            "confidence_histogram": np.histogram(probs.max(axis=1), bins=CONFIDENCE_BINS,
-                                                 range=(0.0, 1.0))[0].tolist()}
-
-
-#: Equal-width confidence bins for the expected calibration error (Guo et al., 2017: 15).
-ECE_BINS = 15
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins.
-
-    Each prediction falls in the bin ``(k/bins, (k+1)/bins]`` of its top-class probability; the ECE is
-    ``sum over bins of (n_bin / n) * |accuracy_bin - mean confidence_bin|``. 0 for no predictions."""
-    probs = np.asarray(probs, np.float64)
-    labels = np.asarray(labels)
-    if not len(labels):
-        return 0.0
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    # ceil - 1: upper edges inclusive, so 1.0 lands in the last bin and k/bins in bin k-1.
-    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    # n_bin * |accuracy_bin - confidence_bin| is |sum over the bin of (right - confidence)|.
-    gap = np.bincount(which, weights=correct - confidence, minlength=bins)
-    return float(np.abs(gap).sum() / len(labels))
-
-
 def score_shifts(sets: Sequence[ShiftedSet], predict: Callable[[np.ndarray], np.ndarray],
                  held_out: Sequence[str] = ()) -> dict:
     """Accuracy, ECE and mean confidence of ``predict`` (uint8 (N, 28, 28) -> probabilities (N, 10))
-    on each shifted set of :func:`model.robustness.build_suite`, and their averages over the shifts
+    on each shifted set of :func:`model.quality.robustness.build_suite`, and their averages over the shifts
     (each shift counts once; ``clean`` is reported but not averaged): over all of them, over those of the
     ``held_out`` families (never trained on: the headline) and over the others (``trained``). A set built
     with ``naive`` also gets ``naive_accuracy``: the model alone on the same files, without decode_image."""
@@ -126,20 +88,15 @@ def _mean_of(rows: Sequence[dict]) -> dict:
 
 def held_out_of(meta: dict) -> tuple[str, ...]:
     """The families a version never trained on, as its ``model.json`` records them; a version that records
-    none (published before the suite had them) trained on none of the current held-out families either."""
-    from model.robustness import HELD_OUT_FAMILIES
-
+    none is taken to have trained on none of the suite's held-out families."""
     recorded = meta.get("held_out_families")
     return tuple(recorded) if recorded is not None else HELD_OUT_FAMILIES
 
 
 def evaluate_robustness(settings: Settings, data: str | None, model_version: str | None = None,
                         limit: int | None = None) -> dict:
-    """The robustness suite (:mod:`model.robustness`) on the test split, scored by the served
+    """The robustness suite (:mod:`model.quality.robustness`) on the test split, scored by the served
     predictor of a (checksum-verified) model version: what ``digitq evaluate --suite robustness`` prints."""
-    from model.robustness import SEED, build_suite
-    from model.runtime import load_predictor
-
     ref = Registry(settings.models_dir).resolve(model_version)
     dataset = load_dataset(data if data is not None else settings.mnist)
     if not len(dataset.x_test):

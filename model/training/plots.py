@@ -108,7 +108,7 @@ def samples(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, path: Path, co
 
 def robustness(tables: dict[str, dict], path: Path, title: str = "") -> Path:
     """Accuracy per shift of the robustness suite, one bar per version: ``tables`` maps a version's name
-    to its ``model.json`` ``robustness`` record (:func:`model.evaluation.score_shifts`'s rows). Every shift any
+    to its ``model.json`` ``robustness`` record (:func:`model.quality.evaluation.score_shifts`'s rows). Every shift any
     table has gets its place (in the order of the largest table); the held-out families' shifts are marked
     (``*``, in red) and shaded, and a version's legend gives its held-out mean where it records one."""
     plt = _pyplot()

@@ -4,13 +4,13 @@ A training adds a pool of variants of its own training digits, each drawn the wa
 would be (pen width, rotation, slant, low resolution, a crossed 7, a 1 with a flag and a base; grey and
 bright paper, gradients and lamp light, ruled lines, stripes and form boxes, low resolution enlarged
 onto a page) and
-read back through :func:`model.preprocess.decode_image`, so the model learns from what it will be
+read back through :func:`model.serving.preprocess.decode_image`, so the model learns from what it will be
 shown, not from MNIST's framing alone. The renderers are the robustness suite's
-(:mod:`model.robustness`), with parameters drawn from ranges around the suite's fixed points; the
+(:mod:`model.quality.robustness`), with parameters drawn from ranges around the suite's fixed points; the
 pool is seeded, and never made from evaluation images. Recipe chosen on held-out training digits and
 the suite applied to them with another seed (README, "The model").
 
-No renderer here draws a family of :data:`model.robustness.HELD_OUT_FAMILIES` (fog, outlines, speckle,
+No renderer here draws a family of :data:`model.quality.robustness.HELD_OUT_FAMILIES` (fog, outlines, speckle,
 diffusion) or anything close to one: no noise, no blur, no edge filter, no random haze (:data:`FAMILIES_DRAWN`
 says which suite families the pool covers; a test holds them apart).
 """
@@ -22,7 +22,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from model import robustness as shifts
+from model.quality import robustness as shifts
 
 
 def _rotated(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +101,7 @@ MIN_CONTRAST = 40
 def variant(digit: np.ndarray, label: int, rng: np.random.Generator, generic: bool = False) -> np.ndarray:
     """One rendered variant of an MNIST digit, as ``decode_image`` gives it to the model (uint8 28x28);
     ``generic``: one of the pen, geometry and resolution renderers only."""
-    from model.preprocess import decode_image
+    from model.serving.preprocess import decode_image
 
     if generic:
         image = _GENERIC[int(rng.integers(len(_GENERIC)))](digit, rng)

@@ -1,6 +1,6 @@
 """Training recipe: the seed CNN with light augmentation, warm-up + cosine LR and weight EMA.
 
-``python -m model.train --data DIR --out DIR`` writes ``model.keras`` and
+:func:`train` (``python -m model.training --data DIR --out DIR``) writes ``model.keras`` and
 ``model.json`` (metrics, recipe, sha256). Settings are chosen on a hold-out
 part of the training split (``--holdout``), never on the test split.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from model.dataset import Dataset
+from model.quality.metrics import score
+from model.quality.robustness import HELD_OUT_FAMILIES
 from model.registry import sha256_file
+from model.training.variants import make_pool
 
 #: Weight EMA (momentum 0.999) averages over ~1,000 steps; a shorter run would end near its random start.
 EMA_MIN_STEPS = 2000
@@ -37,7 +39,7 @@ class Recipe:
     zoom: float = 0.1
     shift: float = 0.1
     clean_epochs: int = 3  # the last epochs see unaugmented images (no interpolation blur)
-    #: Rendered variants of the training digits added to them, as a share of their number (model/variants.py):
+    #: Rendered variants of the training digits added to them, as a share of their number (model/training/variants.py):
     #: thicker and thinner pens, rotation, slant, low resolution, crossed 7s, 1s with a flag and a base,
     #: grey and bright paper, shading, ruled lines, stripes and boxes, low resolution enlarged onto a page.
     variants: float = 0.8
@@ -50,12 +52,6 @@ class Recipe:
 def evaluate_arrays(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x``."""
     return score(predict_arrays(model, x, batch_size), y)
-
-
-def score(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of class probabilities against labels."""
-    picked = np.clip(probs[np.arange(len(y)), y.astype(np.int64)], 1e-7, 1.0)
-    return float((probs.argmax(axis=1) == y).mean()), float(-np.log(picked).mean())
 
 
 def predict_arrays(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -92,12 +88,10 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, recipe: Recipe, *, validation=
     import keras
     import tensorflow as tf
 
-    from model.architecture import build_model
+    from model.training.architecture import build_model  # Keras at import: only where a model is fitted
 
     keras.utils.set_random_seed(recipe.seed)
     if recipe.variants > 0:
-        from model.variants import make_pool
-
         extra_x, extra_y = make_pool(x_train, y_train, round(len(y_train) * recipe.variants), recipe.seed)
         x_train, y_train = np.concatenate([x_train, extra_x]), np.concatenate([y_train, extra_y])
     steps = math.ceil(len(x_train) / recipe.batch_size)
@@ -171,8 +165,6 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
     model_path = out_dir / "model.keras"
     final.save(model_path)
 
-    from model.robustness import HELD_OUT_FAMILIES
-
     meta: dict = {
         **({"version": version} if version else {}),
         "architecture": ARCHITECTURE,
@@ -203,52 +195,3 @@ def train(data: Dataset, recipe: Recipe, out_dir: str | Path, *, verbose: int = 
 def rounded_history(history: dict[str, list]) -> dict[str, list[float]]:
     """Keras' per-epoch history as plain, rounded floats (JSON)."""
     return {k: [round(float(v), 5) for v in vals] for k, vals in history.items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m model.train``: train locally and write a model directory."""
-    import click
-
-    from model.dataset import load_dataset
-    from model.extras import MissingExtra, require_train
-
-    try:
-        require_train("python -m model.train", ("tensorflow", "keras"))
-    except MissingExtra as e:
-        sys.exit(f"error: {e}")
-
-    @click.command(help="Train the seed CNN locally and write OUT/model.keras + OUT/model.json.")
-    @click.option("--data", envvar="DIGITQ_MNIST", help="MNIST IDX dir, mnist.npz or digit folder.")
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-    @click.option("--epochs", default=Recipe.epochs, show_default=True)
-    @click.option("--batch-size", default=Recipe.batch_size, show_default=True)
-    @click.option("--learning-rate", default=Recipe.learning_rate, show_default=True)
-    @click.option("--holdout", default=0, show_default=True, help="Last N training images kept for validation.")
-    @click.option("--no-augment", is_flag=True)
-    @click.option("--rotation", default=Recipe.rotation_deg, show_default=True, help="Max rotation, degrees.")
-    @click.option("--zoom", default=Recipe.zoom, show_default=True, help="Max zoom fraction.")
-    @click.option("--shift", default=Recipe.shift, show_default=True, help="Max shift, fraction of 28 px.")
-    @click.option("--clean-epochs", default=Recipe.clean_epochs, show_default=True,
-                  help="Last N epochs without augmentation.")
-    @click.option("--no-ema", is_flag=True)
-    @click.option("--variants", default=Recipe.variants, show_default=True,
-                  help="Rendered variants added, as a share of the training images (0: none).")
-    @click.option("--limit", default=0, help="Use only the first N training images.")
-    @click.option("--seed", default=0, show_default=True)
-    @click.option("--version", "version", help="The version name recorded (e.g. bundled-2 for model/bundled).")
-    def cli(data, out, epochs, batch_size, learning_rate, holdout, no_augment, rotation, zoom, shift,
-            clean_epochs, no_ema, variants, limit, seed, version):
-        recipe = Recipe(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, holdout=holdout,
-                        augment=not no_augment, rotation_deg=rotation, zoom=zoom, shift=shift,
-                        clean_epochs=clean_epochs, ema=not no_ema, variants=variants,
-                        limit=limit, seed=seed)
-        meta = train(load_dataset(data), recipe, out, command="python -m model.train " + " ".join(sys.argv[1:]),
-                     version=version)
-        keys = ("params", "holdout_accuracy", "test_accuracy", "test_loss", "training_seconds", "sha256")
-        click.echo(json.dumps({k: meta[k] for k in keys if k in meta}))
-
-    cli.main(args=argv, prog_name="python -m model.train")
-
-
-if __name__ == "__main__":
-    main()

@@ -22,15 +22,18 @@ from digitq.errors import DigitqError
 from digitq.settings import Settings
 from digitq.storage import atomic_write_json
 from digitq.trainings import Training, TrainingClaimed, TrainingUnfinished, release_claim
-from model import calibration, plots
-from model.evaluation import expected_calibration_error, profile, score_shifts
-from model.export import check_agreement, to_onnx
 from model.extras import require_train
+from model.quality import calibration
+from model.quality.evaluation import score_shifts
+from model.quality.metrics import expected_calibration_error, profile, score
+from model.quality.robustness import HELD_OUT_FAMILIES, SEED, build_suite
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
-from model.robustness import HELD_OUT_FAMILIES
-from model.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
-from model.sources import TrainingData, load_training_data
-from model.train import ARCHITECTURE, Recipe, fit, rounded_history, score
+from model.serving.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
+from model.serving.temperature import apply_temperature
+from model.training import plots
+from model.training.export import check_agreement, to_onnx
+from model.training.recipe import ARCHITECTURE, Recipe, fit, rounded_history
+from model.training.sources import TrainingData, load_training_data
 
 log = logging.getLogger("digitq.training")
 #: Fine-tuning starts from trained weights: a tenth of the recipe's peak rate, no warm-up.
@@ -47,7 +50,7 @@ MIN_SHIFT_IMAGES = 200
 
 
 def robustness_problems(candidate: dict, production: dict, tolerance_pts: float) -> list[str]:
-    """Why a candidate loses robustness, from both versions' :func:`model.evaluation.score_shifts` on the
+    """Why a candidate loses robustness, from both versions' :func:`model.quality.evaluation.score_shifts` on the
     same suite build: every shift of at least :data:`MIN_SHIFT_IMAGES` images where it trails production
     by more than :data:`SHIFT_TOLERANCE_PTS` points, the mean over the shifts of its held-out families when
     that trails by more than :data:`HELD_OUT_TOLERANCE_PTS` (judged once they hold that many images
@@ -55,9 +58,10 @@ def robustness_problems(candidate: dict, production: dict, tolerance_pts: float)
     accuracy gate's tolerance: "worse" means the same for both) and the suite has a shift of that size.
     Empty: no loss.
 
-    A held-out shift is judged in the mean, not alone: the model has no skill there to keep (outlines,
-    58%), and a retraining that changes nothing about them moves such a shift by more than 0.5 points
-    either way at 1,000 images (a 3-epoch fine-tune of bundled-3: outline -0.7, ink-diffusion +0.2)."""
+    A held-out shift is judged in the mean, not alone: no training aimed at it, so the model may have
+    little skill there to keep, and a retraining that changes nothing about it moves such a shift by more
+    than 0.5 points either way at 1,000 images (a 3-epoch fine-tune of the bundled model: -0.7 and +0.2
+    points on two of them)."""
     families = candidate.get("held_out_families") or ()
     theirs = {r["name"]: r["accuracy"] for r in production["shifts"] if r["accuracy"] is not None}
     problems = []
@@ -111,7 +115,7 @@ def gate(policy: str, accuracy: float, baseline: float, baseline_version: str, t
     """The promotion decision and its reason, with both figures.
 
     ``robustness``: ``(candidate, production)`` scores on one build of the robustness suite
-    (:func:`model.evaluation.score_shifts`); ``auto`` then also refuses a candidate that loses a shift
+    (:func:`model.quality.evaluation.score_shifts`); ``auto`` then also refuses a candidate that loses a shift
     (:func:`robustness_problems`), and the reason carries both versions' per-shift figures."""
     figures = (f"accuracy {accuracy:.2%} vs production {baseline_version} {baseline:.2%} "
                f"on the same {examples} evaluation images")
@@ -315,8 +319,8 @@ def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, tr
     temperature = fitted["temperature"]
     log.info("calibration: temperature %.3f fitted on %d images (NLL %.4f -> %.4f) in %.1f s", temperature,
              fitted["examples"], fitted["nll_before"], fitted["nll_after"], fitted["seconds"])
-    # What the version will serve: every runtime applies the recorded temperature (model/runtime.py).
-    probs = calibration.apply_temperature(raw, temperature)
+    # What the version will serve: every runtime applies the recorded temperature (model/serving/runtime.py).
+    probs = apply_temperature(raw, temperature)
     accuracy, loss = score(probs, data.y_eval)
     production, moves = registry.position()  # what the gate's decision is against, recorded with it
     baseline = registry.resolve(production)
@@ -327,7 +331,7 @@ def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, tr
              accuracy, loss, baseline.version, base_acc, len(data.y_eval))
     started = time.monotonic()
     suite = _suite(settings, data)
-    mine = score_shifts(suite, lambda x: calibration.apply_temperature(candidate.predict_raw(x), temperature),
+    mine = score_shifts(suite, lambda x: apply_temperature(candidate.predict_raw(x), temperature),
                         HELD_OUT_FAMILIES)
     theirs = score_shifts(suite, base_predictor.predict, HELD_OUT_FAMILIES)  # judged on the candidate's families
     suite_seconds = round(time.monotonic() - started, 1)
@@ -389,15 +393,11 @@ def _calibrate(settings: Settings, data: TrainingData, candidate: KerasPredictor
 
 def _suite(settings: Settings, data: TrainingData) -> list:
     """The robustness suite on the evaluation set, the same build for both versions."""
-    from model.robustness import build_suite
-
     return build_suite(data.x_eval, data.y_eval, limit=settings.suite_limit)
 
 
 def _robustness_record(settings: Settings, data: TrainingData, scores: dict, seconds: float) -> dict:
     """The suite's table as ``model.json`` keeps it: accuracy, ECE and mean confidence per shift, the average."""
-    from model.robustness import SEED
-
     keep = ("name", "family", "held_out", "examples", "accuracy", "ece", "mean_confidence")
     return {"suite": "robustness", "set": data.evaluation["description"], "seed": SEED,
             "limit": settings.suite_limit, "ece_bins": 15, "seconds": seconds,
