@@ -584,16 +584,18 @@ def fog(opacity: tuple[float, float], scale: int = 2) -> Render:
     return render
 
 
-def outline(grow: int = 6, wall: int = 4) -> Render:
+def outline(grow: int = 6, wall: int = 4, size: int = 28) -> Render:
     """Hollow strokes, as an edge filter or an outline font gives: the pen at 4x grown by ``grow`` px, minus
-    itself eroded by ``wall`` px (a wall of ``wall / 4`` MNIST pixels), area-reduced to 28x28 white on black."""
+    itself eroded by ``wall`` px (a wall of ``wall / 4`` MNIST pixels), area-reduced to ``size`` px: white on
+    black at 28 (MNIST's own form), dark on paper when larger (a scan)."""
 
     def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pen = np.clip((_scan(digit, STROKE_SCALE) - 64.0) * 4.0, 0, 255)
         thick = _morph(pen, grow, grow=True)
         inner = _morph(thick, wall, grow=False)
         hollow = thick.astype(np.float32) - inner.astype(np.float32)
-        return _u8(_resize(hollow, (28, 28), Image.Resampling.BOX))
+        small = np.clip(_resize(hollow, (size, size), Image.Resampling.BOX), 0, 255)
+        return _u8(small if size == 28 else _on_paper(small))
 
     return render
 
