@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from digitq.settings import Settings
 from model.dataset import write_image_folder
+from model.registry import Registry
 from producer.cli import main
 from producer.dispatch import submit
 from producer.follow import wait_for
@@ -14,6 +15,9 @@ from worker.process import WorkerProcess
 
 from .conftest import worker_env
 from .pipeline_helpers import db_url, wait_until
+
+#: The version production names until something is promoted.
+BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
 
 
 def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_server, tmp_path, mnist):
@@ -45,7 +49,7 @@ def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_serv
             assert w["queues"] == [collect, "predict"] and w["collects"] == collect
             assert w["concurrency"] >= 1 and w["pid"]
             assert w["data_dir_id"] == report["data_dir_id"] and not w["stateless"]
-            assert w["batches_done"] >= 1 and w["models"] == ["bundled-3"]
+            assert w["batches_done"] >= 1 and w["models"] == [BUNDLED]
         assert sum(w["batches_done"] for w in report["workers"]) >= job.n_batches
         assert report["queues"] == {"predict": 0, "train": 0, collect: 0} and len(report["data_dir_id"]) == 16
         assert report["warnings"] == []

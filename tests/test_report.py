@@ -52,7 +52,7 @@ def test_the_report_renders_offline_in_headless_chromium(settings, worker, tmp_p
     assert figures["report"] == str(path.resolve())
     text = path.read_text()
     assert 'src="http' not in text and 'src="file' not in text  # every image is embedded
-    assert "Evaluation set: MNIST test split, 10,000 images" in text  # bundled-3's recorded profile
+    assert "Evaluation set: MNIST test split, 10,000 images" in text  # the bundled version's recorded profile
     # the version's calibration and robustness, as recorded in its model.json, in the page and the JSON
     model = figures["model"]
     recorded = Registry("/nowhere").bundled().meta

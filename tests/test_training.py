@@ -29,6 +29,9 @@ from worker.process import WorkerProcess
 from .conftest import ROOT, worker_env
 from .pipeline_helpers import db_url, last_json, make_job, wait_until
 
+#: The version production names until something is promoted.
+BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
+
 
 @pytest.fixture(scope="module")
 def tsettings(redis_server, tmp_path_factory) -> Settings:
@@ -89,7 +92,7 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
     assert out["state"] == "done" and out["version"] == "1", out
     assert set(out) >= {"training_id", "state", "version", "promoted", "accuracy", "baseline_accuracy", "reason"}
     # one epoch from scratch on 240 digits is far below the bundled model: a candidate, with both figures
-    assert out["promoted"] is False and out["baseline_version"] == "bundled-3"
+    assert out["promoted"] is False and out["baseline_version"] == BUNDLED
     assert f"{out['accuracy']:.2%}" in out["reason"] and f"{out['baseline_accuracy']:.2%}" in out["reason"]
     ref = registry(tsettings).resolve("1")
     meta = ref.meta
@@ -133,7 +136,7 @@ def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, ts
         if name.endswith(".png"):
             with Image.open(ref.directory / name) as image:
                 assert image.format == "PNG" and image.width >= 400 and image.height >= 300
-    assert registry(tsettings).current() == "bundled-3"
+    assert registry(tsettings).current() == BUNDLED
     shown = cli(tsettings, "training", out["training_id"], "--json")
     assert json.loads(shown.stdout)["progress"][0]["epoch"] == 1
 
@@ -142,7 +145,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
                                                                       scan_folder):
     before = make_job(tsettings, scan_folder, batch_size=20)
     wait_for(before, timeout=120)
-    assert {r["model_version"] for r in csvfile.read(before.csv_path)} == {"bundled-3"}
+    assert {r["model_version"] for r in csvfile.read(before.csv_path)} == {BUNDLED}
     pids = set(predictor.child_pids())
 
     out = train_json(tsettings, "--data", str(labelled), "--epochs", "1", "--from-version", "production")
@@ -150,7 +153,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     assert "passed the gate" in out["reason"]
     version = out["version"]
     assert registry(tsettings).current() == version
-    assert registry(tsettings).resolve(version).meta["parent"] == "bundled-3"
+    assert registry(tsettings).resolve(version).meta["parent"] == BUNDLED
 
     after = make_job(tsettings, scan_folder, batch_size=20)
     wait_for(after, timeout=120)
@@ -160,7 +163,7 @@ def test_fine_tune_passes_the_gate_and_hot_swaps_into_a_running_worker(trainer, 
     # the same worker processes, never restarted, loaded the new version themselves
     assert predictor.proc.poll() is None and set(predictor.child_pids()) == pids
     loads = [line for line in predictor.log().splitlines() if "loaded model" in line]
-    assert any(f"loaded model {version} (onnx" in line for line in loads) and any("bundled-3" in line for line in loads)
+    assert any(f"loaded model {version} (onnx" in line for line in loads) and any(BUNDLED in line for line in loads)
     assert any(f"pid {pid}" in line for pid in pids for line in loads if f"model {version} " in line)
 
 
@@ -171,7 +174,7 @@ def test_a_job_running_during_a_promotion_keeps_its_pinned_version(predictor, ts
     assert job.model_version == pinned and job.n_batches == 4
     enqueue(tsettings, job, [0, 1])
     wait_until(lambda: job.committed() >= {0, 1}, what="first half of the job")
-    other = "bundled-3" if pinned != "bundled-3" else "1"
+    other = BUNDLED if pinned != BUNDLED else "1"
     moved = cli(tsettings, "models", "promote", other, "--reason", "mid-job", "--json")
     assert moved.exit_code == 0 and last_json(moved)["to"] == other
     enqueue(tsettings, job, [2, 3])
@@ -185,7 +188,7 @@ def test_a_job_running_during_a_promotion_keeps_its_pinned_version(predictor, ts
 def test_models_commands(tsettings, trainer):
     listed = json.loads(cli(tsettings, "models", "list", "--json").stdout)
     versions = [v["version"] for v in listed]
-    assert versions[0] == "bundled-3" and versions[1:] == [str(n) for n in registry(tsettings).published()]
+    assert versions[0] == BUNDLED and versions[1:] == [str(n) for n in registry(tsettings).published()]
     assert sum(v["production"] for v in listed) == 1
     assert all({"version", "accuracy", "created", "production", "parent"} <= v.keys() for v in listed)
     shown = json.loads(cli(tsettings, "models", "show", "1", "--json").stdout)
@@ -196,7 +199,7 @@ def test_models_commands(tsettings, trainer):
     human = cli(tsettings, "models", "show", "1").stdout
     assert f"temperature {meta['calibration']['temperature']:g}" in human and "style-7-crossbar" in human
     assert f"ECE {shown['suite_ece']:.2%}" in human
-    old = cli(tsettings, "models", "show", "bundled-3").stdout  # recorded by hand: the same lines
+    old = cli(tsettings, "models", "show", BUNDLED).stdout  # recorded by hand: the same lines
     bundled = registry(tsettings).bundled().meta
     assert f"temperature {bundled['calibration']['temperature']:g}" in old
     assert f"ece         {bundled['evaluation']['ece']:.2%} on MNIST test split" in old

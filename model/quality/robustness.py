@@ -29,6 +29,13 @@ The families, and how each shift is made (the README's "Robustness" table lists 
   at 4x with the digit's own stroke width, where its stroke is); ``style-4-open``,
   ``style-4-closed`` and ``style-9-straight-stem`` are drawn from stroke templates (polylines
   with seeded proportions, width and pen) in the slant of the MNIST digit they stand for.
+- ``paper-tone``, ``shading``, ``lines``, ``fog``, ``outline``, ``speckle``, ``diffusion``: grey and bright
+  paper, light falling across the sheet, ruled lines, stripes and form boxes, haze, hollow strokes, impulse
+  noise and ink scattered into the paper (each shift's description says how much).
+- Held out of training (:data:`HELD_OUT_FAMILIES`): ``elastic`` (strokes bent by a smooth random
+  displacement field, as a hand wobbles), ``bleed-through`` (a faint mirrored digit from the back of the
+  sheet behind the ink), ``halftone`` (the digit printed through a clustered-dot screen, as printed and
+  photocopied forms give it) and ``dotted`` (``dot-matrix``: strokes as rows of separate round dots).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFilter
 
 from digitq.errors import ConfigError
@@ -46,13 +54,16 @@ from digitq.errors import ConfigError
 #: The suite's seed: every shifted image is a function of (SEED, shift name, image index).
 SEED = 15
 FAMILIES = ("none", "resolution", "stroke", "geometry", "canvas", "capture", "paper", "style",
-            "paper-tone", "shading", "lines", "fog", "outline", "speckle", "diffusion")
+            "paper-tone", "shading", "lines", "fog", "outline", "speckle", "diffusion",
+            "elastic", "bleed-through", "halftone", "dotted")
 #: Families no training renders, recorded in a version's ``model.json`` as ``held_out_families``: the
-#: suite's honest measure. None is a near-copy of a trained one (README, "Held-out families"): fog is a
-#: random field of haze that lowers contrast in blobs (training has only planar and radial shading),
-#: outlines are edges (training has no edge filter), speckle is impulse noise (training has no noise at
-#: all) and diffusion scatters pixels (training has no blur or scattering).
-HELD_OUT_FAMILIES = ("fog", "outline", "speckle", "diffusion")
+#: suite's honest measure, fixed before any model was scored on them. None is a near-copy of a trained one:
+#: elastic bends strokes along a smooth random field (training has only global rotation, shear and zoom,
+#: which keep strokes straight), bleed-through puts a second, mirrored digit's faint ghost behind the ink
+#: (training's lines, boxes and shading are no digit's strokes), halftone breaks every stroke into a regular
+#: dot pattern (training's speckle is random and sparse, and no pen is ever screened), and dotted strokes are
+#: rows of separate dots with paper between them (training's outlines keep the stroke's edge unbroken).
+HELD_OUT_FAMILIES = ("elastic", "bleed-through", "halftone", "dotted")
 
 Render = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -433,7 +444,7 @@ def from_template(template: Template) -> Render:
     return render
 
 
-# -- paper, shading, lines, outlines, speckle, diffusion ------------------------------------------
+# -- paper, shading, lines, fog, outlines, speckle, diffusion ------------------------------------------
 
 def _tone(ink: np.ndarray, paper: float, pen: float) -> np.ndarray:
     """White-on-black ``ink`` (0..255) drawn in ``pen`` on ``paper`` (either lighter), as float32."""
@@ -573,16 +584,18 @@ def fog(opacity: tuple[float, float], scale: int = 2) -> Render:
     return render
 
 
-def outline(grow: int = 6, wall: int = 4) -> Render:
+def outline(grow: int = 6, wall: int = 4, size: int = 28) -> Render:
     """Hollow strokes, as an edge filter or an outline font gives: the pen at 4x grown by ``grow`` px, minus
-    itself eroded by ``wall`` px (a wall of ``wall / 4`` MNIST pixels), area-reduced to 28x28 white on black."""
+    itself eroded by ``wall`` px (a wall of ``wall / 4`` MNIST pixels), area-reduced to ``size`` px: white on
+    black at 28 (MNIST's own form), dark on paper when larger (a scan)."""
 
     def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pen = np.clip((_scan(digit, STROKE_SCALE) - 64.0) * 4.0, 0, 255)
         thick = _morph(pen, grow, grow=True)
         inner = _morph(thick, wall, grow=False)
         hollow = thick.astype(np.float32) - inner.astype(np.float32)
-        return _u8(_resize(hollow, (28, 28), Image.Resampling.BOX))
+        small = np.clip(_resize(hollow, (size, size), Image.Resampling.BOX), 0, 255)
+        return _u8(small if size == 28 else _on_paper(small))
 
     return render
 
@@ -631,6 +644,108 @@ def low_resolution_page(height: int, factor: int, resample: Image.Resampling = I
         left = int(rng.integers(0, page.shape[1] - big.shape[1] + 1))
         page[top : top + big.shape[0], left : left + big.shape[1]] = big
         return _u8(page)
+
+    return render
+
+
+# -- elastic, bleed-through, halftone, dotted -----------------------------------------------------
+
+def _gaussian(a: np.ndarray, sigma: float) -> np.ndarray:
+    """``a`` (float32, 2-D) smoothed by a Gaussian of ``sigma`` px, separably, edges mirrored."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    kernel = np.exp(-0.5 * (np.arange(-r, r + 1, dtype=np.float32) / sigma) ** 2)
+    kernel /= kernel.sum()
+    p = np.pad(a.astype(np.float32), r, mode="reflect")
+    p = sliding_window_view(p, len(kernel), axis=0) @ kernel
+    return sliding_window_view(p, len(kernel), axis=1) @ kernel
+
+
+def _sample(a: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``a`` read at fractional coordinates, bilinearly, outside the image as 0."""
+    h, w = a.shape
+    p = np.pad(a.astype(np.float32), 1)
+    y, x = np.clip(ys + 1, 0, h), np.clip(xs + 1, 0, w)
+    y0, x0 = np.floor(y).astype(np.intp), np.floor(x).astype(np.intp)
+    fy, fx = y - y0, x - x0
+    y1, x1 = np.minimum(y0 + 1, h + 1), np.minimum(x0 + 1, w + 1)
+    return ((p[y0, x0] * (1 - fx) + p[y0, x1] * fx) * (1 - fy) + (p[y1, x0] * (1 - fx) + p[y1, x1] * fx) * fy)
+
+
+def elastic(alpha: float, sigma: float, scale: int = 2) -> Render:
+    """A hand's wobble (Simard et al.'s elastic distortion): every pixel displaced by a random field smoothed
+    at ``sigma`` MNIST px, scaled to a spread (standard deviation) of ``alpha`` MNIST px, on a ``scale`` x
+    scan, dark on paper."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        up = _scan(digit, scale)
+        side = up.shape[0]
+        ys, xs = np.indices((side, side), dtype=np.float32)
+        fields = [_gaussian(rng.uniform(-1, 1, (side, side)), sigma * scale) for _ in range(2)]
+        dy, dx = (f * (alpha * scale / max(float(f.std()), 1e-6)) for f in fields)
+        return _u8(_on_paper(_sample(up, ys + dy, xs + dx)))
+
+    return render
+
+
+def bleed_through(strength: tuple[float, float], scale: int = 2) -> Render:
+    """A 2x scan of a sheet written on both sides: another digit from the back (a stroke template, or the
+    digit turned upside down), mirrored, blurred by the paper and at a seeded place, shows through at
+    ``strength`` of the ink's darkness behind the digit."""
+    backs = (from_template(four_open), from_template(four_closed), from_template(nine_straight_stem))
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pick = int(rng.integers(len(backs) + 1))
+        if pick < len(backs):
+            other = np.asarray(_resize(backs[pick](digit, rng), (28, 28), Image.Resampling.BOX))
+        else:
+            other = digit[::-1].astype(np.float32)
+        other = np.roll(other[:, ::-1], tuple(int(v) for v in rng.integers(-4, 5, 2)), axis=(0, 1))
+        ghost = _gaussian(_scan(np.clip(other, 0, 255).astype(np.uint8), scale), 1.0 * scale) / 255.0
+        front = _on_paper(_scan(digit, scale), paper=1.0, pen=0.1)
+        return _u8(240.0 * front * (1 - float(rng.uniform(*strength)) * ghost))
+
+    return render
+
+
+#: A clustered-dot screen (4x4): the order in which a halftone cell's pixels turn black as the tone darkens.
+_SCREEN = np.array([[12, 5, 6, 13], [4, 0, 1, 7], [11, 3, 2, 8], [15, 10, 9, 14]], np.float32)
+
+
+def halftone(tone: tuple[float, float], scale: int = 3) -> Render:
+    """The digit printed through a dot screen, as a photocopied or printed form gives it: a ``scale`` x scan
+    whose ink is a seeded grey ``tone`` (share of black), thresholded by a clustered-dot 4x4 screen at a
+    seeded phase, so every stroke is a pattern of black dots on white paper."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        darkness = _scan(digit, scale) / 255.0 * float(rng.uniform(*tone))
+        side = darkness.shape[0]
+        reps = -(-(side + 4) // 4)
+        screen = np.tile((_SCREEN + 0.5) / 16.0, (reps, reps))
+        oy, ox = (int(v) for v in rng.integers(0, 4, 2))
+        return np.where(darkness > screen[oy : oy + side, ox : ox + side], 20, 245).astype(np.uint8)
+
+    return render
+
+
+def dot_matrix(pitch: tuple[float, float], scale: int = 4) -> Render:
+    """Strokes as rows of dots (a dot-matrix printer, a pen skipping): the pen at ``scale`` x sampled on a
+    square lattice of a seeded ``pitch`` (MNIST px) and phase, each lattice point on the pen drawn as a round
+    dot of 0.7 pitch, dark on paper, area-reduced to a 2x scan."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pen = np.clip((_scan(digit, scale) - 64.0) * 4.0, 0, 255)
+        side = pen.shape[0]
+        step = float(rng.uniform(*pitch)) * scale
+        oy, ox = rng.uniform(0, step, 2)
+        canvas = Image.new("L", (side, side), 0)
+        draw = ImageDraw.Draw(canvas)
+        r = 0.35 * step
+        for y in np.arange(oy, side, step):
+            for x in np.arange(ox, side, step):
+                if pen[int(y), int(x)] > 127:
+                    draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+        dots = _resize(np.asarray(canvas), (side * 2 // scale, side * 2 // scale), Image.Resampling.BOX)
+        return _u8(_on_paper(dots))
 
     return render
 
@@ -688,6 +803,14 @@ SHIFTS: dict[str, Shift] = _named(
     Shift("speckle", "speckle", "28x28, 8% of pixels set black or white (salt and pepper)", salt_and_pepper(0.08, 1)),
     Shift("ink-diffusion", "diffusion", "2x scan, pixels scattered up to 1.5 MNIST px twice between blurs "
           "(glass blur)", diffusion(3)),
+    Shift("elastic", "elastic", "2x scan, strokes bent by an elastic field (spread 1.2 MNIST px, smooth at 4)",
+          elastic(1.2, 4.0)),
+    Shift("bleed-through", "bleed-through", "2x scan, a mirrored digit from the back of the sheet showing "
+          "through at 15-30% of the ink", bleed_through((0.15, 0.3))),
+    Shift("halftone", "halftone", "3x scan printed through a 4x4 clustered-dot screen, ink tone 50-75%",
+          halftone((0.5, 0.75))),
+    Shift("dot-matrix", "dotted", "2x scan, strokes as round dots on a lattice 1.4-2 MNIST px apart",
+          dot_matrix((1.4, 2.0))),
 )
 
 

@@ -2,17 +2,18 @@
 
 A training adds a pool of variants of its own training digits, each drawn the way a user's image
 would be (pen width, rotation, slant, low resolution, a crossed 7, a 1 with a flag and a base; grey and
-bright paper, gradients and lamp light, ruled lines, stripes and form boxes, low resolution enlarged
-onto a page) and
+bright paper, gradients, lamp light and fog, ruled lines, stripes and form boxes, low resolution enlarged
+onto a page; hollow strokes, speckle, blur, noise and ink diffused into the paper) and
 read back through :func:`model.serving.preprocess.decode_image`, so the model learns from what it will be
 shown, not from MNIST's framing alone. The renderers are the robustness suite's
 (:mod:`model.quality.robustness`), with parameters drawn from ranges around the suite's fixed points; the
 pool is seeded, and never made from evaluation images. Recipe chosen on held-out training digits and
 the suite applied to them with another seed (README, "The model").
 
-No renderer here draws a family of :data:`model.quality.robustness.HELD_OUT_FAMILIES` (fog, outlines, speckle,
-diffusion) or anything close to one: no noise, no blur, no edge filter, no random haze (:data:`FAMILIES_DRAWN`
-says which suite families the pool covers; a test holds them apart).
+No renderer here draws a family of :data:`model.quality.robustness.HELD_OUT_FAMILIES` (elastic, bleed-through,
+halftone, dotted) or anything close to one: no local bending of strokes (only whole-image rotation, shear
+and zoom), no second digit behind the first, no dot screen or dotted pen (:data:`FAMILIES_DRAWN` says which
+suite families the pool covers; a test holds them apart).
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ def _lined(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return shifts.box_border((-6, 8), (1.5, 4.0))(digit, rng)
 
 
+def _fogged(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Haze over dark ink in blobs, at MNIST's size or a 2x scan."""
+    low = float(rng.uniform(0.0, 0.2))
+    return shifts.fog((low, low + float(rng.uniform(0.3, 0.55))), int(rng.integers(1, 3)))(digit, rng)
+
+
+def _hollow(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hollow strokes: walls of 0.75 to 1.25 MNIST px around a pen 2 to 4 px thicker, at 28x28 (white on
+    black) or as a 42 to 84 px scan (dark on paper)."""
+    size = 28 if rng.random() < 0.6 else int(rng.integers(42, 85))
+    return shifts.outline(int(rng.integers(4, 9)), int(rng.integers(3, 6)), size)(digit, rng)
+
+
+def _speckled(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Salt and pepper on 2% to 12% of the pixels, at 28x28 or on a 2x scan."""
+    return shifts.salt_and_pepper(float(rng.uniform(0.02, 0.12)), int(rng.integers(1, 3)))(digit, rng)
+
+
+def _smeared(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ink diffused into the paper (scattered between blurs), or a plain blur, or sensor noise, on a 2x scan."""
+    pick = rng.random()
+    if pick < 0.6:
+        return shifts.diffusion(int(rng.integers(1, 5)), int(rng.integers(1, 3)), float(rng.uniform(0.3, 0.7)))(
+            digit, rng)
+    if pick < 0.8:
+        return shifts.blur(float(rng.uniform(0.5, 1.6)))(digit, rng)
+    return shifts.sensor_noise(float(rng.uniform(8, 30)))(digit, rng)
+
+
 _RESAMPLE = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 
 
@@ -84,12 +114,14 @@ def _low_page(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 #: Drawn uniformly for each variant (rotation and a thicker pen twice as often: MNIST's weakest shifts).
 _GENERIC = (_rotated, _rotated, _thick, _thick, _thin, _low, _slanted)
-#: Paper and page conditions, drawn for a share :data:`PAPER_SHARE` of the variants (grey paper and lines
-#: twice as often: the weakest of them). More lines and pages instead cost 0.22 points on held-out digits.
-_PAPER = (_grey_light, _grey_dark, _grey_light, _grey_dark, _shaded, _lined, _lined, _low_page)
-PAPER_SHARE = 0.45
+#: Paper, page and degraded-ink conditions, drawn for a share :data:`PAPER_SHARE` of the variants (grey paper,
+#: lines and hollow strokes twice as often: the weakest of them).
+_PAPER = (_grey_light, _grey_dark, _grey_light, _grey_dark, _shaded, _lined, _lined, _low_page,
+          _fogged, _hollow, _hollow, _speckled, _smeared)
+PAPER_SHARE = 0.55
 #: The robustness suite's families the pool draws (none of them held out).
-FAMILIES_DRAWN = ("resolution", "stroke", "geometry", "style", "paper-tone", "shading", "lines")
+FAMILIES_DRAWN = ("resolution", "stroke", "geometry", "style", "paper-tone", "shading", "lines",
+                  "fog", "outline", "speckle", "diffusion", "capture")
 #: Share of the 7s drawn with a crossbar, and of the 1s with a flag and a base (styles MNIST lacks).
 STYLE_SHARE = 0.5
 
