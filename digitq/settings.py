@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from digitq.bus.urls import normalise
 from digitq.errors import ConfigError
-from digitq.redisurl import normalise
 
 MiB = 1024 * 1024
 

@@ -23,10 +23,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from digitq.broker import redis_client
+from digitq.bus.broker import redis_client
+from digitq.disk.storage import atomic_write
 from digitq.errors import ModelError
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, sha256_bytes
 
 log = logging.getLogger("digitq.model")

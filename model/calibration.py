@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     import time
     from pathlib import Path
 
-    from digitq.storage import atomic_write
+    from digitq.disk.storage import atomic_write
     from model.dataset import load_dataset
     from model.evaluation import expected_calibration_error, held_out_of, profile, score_shifts
     from model.registry import ONNX_FILE, _read_meta

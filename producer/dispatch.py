@@ -1,6 +1,6 @@
 """Create jobs from a scan and feed their batches to Redis, with backpressure.
 
-Plain functions over :class:`digitq.jobs.Job`; the CLI is a thin layer on top.
+Plain functions over :class:`digitq.disk.jobs.Job`; the CLI is a thin layer on top.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from typing import NamedTuple
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import blobs, failover, ledger, outbox, scores
-from digitq.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
+from digitq.batch import blobs, ledger, outbox
+from digitq.bus import failover
+from digitq.bus.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
+from digitq.bus.replication import durably
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import FileEntry, Job, Row, create_job
+from digitq.disk.paths import escape_path, unescape_path
+from digitq.disk.storage import data_dir_id
 from digitq.errors import BrokerError, ConfigError, JobError
-from digitq.files import read_file
-from digitq.jobs import FileEntry, Job, Row, create_job
-from digitq.paths import escape_path, unescape_path
-from digitq.replication import durably
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model import artifacts
 from model.registry import Registry
 from producer.scan import Found
@@ -86,7 +88,7 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
     """Pin the model version and write the job's manifest (nothing is sent yet).
 
     ``incremental`` records the digest of every file's bytes in the manifest, so that
-    :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.scores`)."""
+    :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.disk.scores`)."""
     ref = Registry(settings.models_dir).resolve(model_version)
     entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
     if incremental:
@@ -145,7 +147,7 @@ def source_path(job: Job | None, entry: FileEntry) -> bytes:
 def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
                     scored: Mapping[str, scores.Score] | None = None) -> list[dict]:
     """The task payload for one batch: small files inline (base64), large ones stored as blobs
-    in Redis first (see :mod:`digitq.blobs`), or absolute paths with ``--by-path``. A file whose
+    in Redis first (see :mod:`digitq.batch.blobs`), or absolute paths with ``--by-path``. A file whose
     digest is in ``scored`` carries its score instead of its bytes."""
     out, large = [], {}
     for index, entry in enumerate(files):
@@ -234,7 +236,7 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                     time.sleep(poll)
                     _release(job, in_flight)
                 args = [job.id, index, message_entries(settings, job, index, files, scored), context]
-                # A copy the stack can send again (digitq/outbox.py), then the message; returns once a replica has
+                # A copy the stack can send again (digitq/batch/outbox.py), then the message; returns once a replica has
                 # both (where there is one): a failover cannot lose them. Through a failover both are sent again
                 # until the new master has them (a duplicate message commits the same rows).
                 durably(settings, lambda args=args, index=index: (

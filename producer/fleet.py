@@ -8,10 +8,10 @@ import json
 
 import click
 
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, ping, redact, redis_client
+from digitq.bus.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, ping, redact, redis_client
+from digitq.disk.storage import data_dir_id
 from digitq.errors import BrokerError
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from producer.console import emit_json, settings_for
 
 

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from digitq.disk.jobs import FileEntry, Job
+from digitq.disk.paths import unescape_path
+from digitq.disk.storage import atomic_write
 from digitq.errors import DigitqError, JobError
-from digitq.jobs import FileEntry, Job
-from digitq.paths import unescape_path
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from model.evaluation import CONFIDENCE_BINS
 from model.registry import Registry
 from producer.catalog import calibration_summary, percent

@@ -17,13 +17,13 @@ import re
 import time
 from pathlib import Path
 
-from digitq import scores
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import FileEntry, Job
+from digitq.disk.paths import REVIEW_MANIFEST, unescape_path
+from digitq.disk.storage import atomic_write
 from digitq.errors import ConfigError
-from digitq.files import read_file
-from digitq.jobs import FileEntry, Job
-from digitq.paths import REVIEW_MANIFEST, unescape_path
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from producer.dispatch import source_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

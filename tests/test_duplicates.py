@@ -12,8 +12,9 @@ import pytest
 import redis
 from PIL import Image
 
-from digitq import csvfile, outbox
-from digitq.jobs import FileEntry, Job, Row, create_job
+from digitq.batch import outbox
+from digitq.disk import csvfile
+from digitq.disk.jobs import FileEntry, Job, Row, create_job
 from digitq.settings import Settings
 from producer.dispatch import _commit_scored, enqueue
 
@@ -110,7 +111,7 @@ def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypat
     import errno
     import os
 
-    from digitq.storage import create_once
+    from digitq.disk.storage import create_once
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")  # FAT, some FUSE and SMB mounts
@@ -125,8 +126,8 @@ def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypat
 def test_a_late_duplicate_whose_blobs_are_freed_is_counted_in_both_modes(redis_server, tmp_path, mnist, mode):
     """A delivery that comes after the commit freed its blobs (a lost ack, a sweeper's copy) is dropped before any
     work; a stateless worker, which cannot see the job, hands the drop in to be counted where it can."""
-    from digitq import blobs
-    from digitq.broker import PREDICT_TASK, client_app
+    from digitq.batch import blobs
+    from digitq.bus.broker import PREDICT_TASK, client_app
     from producer.dispatch import job_context, message_entries
 
     settings = _settings(redis_server, tmp_path, 7)

@@ -6,9 +6,9 @@ import os
 
 import redis
 
-from digitq import csvfile
+from digitq.disk import csvfile
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.follow import wait_for
 from worker.process import WorkerProcess
@@ -69,7 +69,7 @@ def test_init_creates_the_data_dir_and_its_id_once(redis_server, tmp_path):
 
 
 def test_the_data_dir_id_is_read_again_when_it_changes_and_never_created(tmp_path):
-    from digitq.commit import local_data_dir
+    from digitq.batch.commit import local_data_dir
 
     first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
     empty.mkdir()

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from digitq import csvfile, ledger
-from digitq.jobs import Job
+from digitq.batch import ledger
+from digitq.disk import csvfile
+from digitq.disk.jobs import Job
 from model.dataset import write_image_folder
 from producer.dispatch import message_entries
 from worker.inference import run_batch
@@ -63,8 +64,8 @@ def test_large_files_travel_as_blobs_and_are_freed_after_the_commit(settings, tm
     import pytest
     from PIL import Image
 
-    from digitq import blobs
-    from digitq.broker import redis_client
+    from digitq.batch import blobs
+    from digitq.bus.broker import redis_client
     from digitq.errors import JobError
 
     folder = tmp_path / "big"

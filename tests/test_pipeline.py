@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digitq import csvfile
-from digitq.broker import PREDICT_TASK, client_app
-from digitq.redisserver import RedisServer
+from digitq.bus.broker import PREDICT_TASK, client_app
+from digitq.bus.server import RedisServer
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main

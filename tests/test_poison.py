@@ -8,7 +8,8 @@ import pytest
 import redis
 from PIL import Image, PngImagePlugin
 
-from digitq import csvfile, quarantine
+from digitq.batch import quarantine
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.dispatch import submit
@@ -67,7 +68,7 @@ def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_compl
 
 
 def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_server, tmp_path, monkeypatch):
-    from digitq.jobs import Row
+    from digitq.disk.jobs import Row
     from worker.inference import _guarded_rows
 
     url = db_url(redis_server.url, 10)

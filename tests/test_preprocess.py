@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from digitq.disk.paths import is_image_name
 from digitq.errors import ImageError
-from digitq.paths import is_image_name
 from model.preprocess import decode_image
 
 

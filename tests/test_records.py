@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from digitq.disk.jobs import FileEntry, Job, Row, check_job_id, create_job, list_jobs, new_job_id
+from digitq.disk.records import ID_RE, State, list_ids, new_id
+from digitq.disk.training_requests import Training, check_training_id, create_training, list_trainings
 from digitq.errors import JobError, JobNotFound, TrainingError, TrainingNotFound
-from digitq.jobs import FileEntry, Job, Row, check_job_id, create_job, list_jobs, new_job_id
-from digitq.records import ID_RE, State, list_ids, new_id
-from digitq.trainings import Training, check_training_id, create_training, list_trainings
 
 BAD_IDS = ["", "x", "20240101-000000-abcde", "20240101-000000-ABCDEF", "../20240101-000000-abcdef",
            "20240101-000000-abcdef\n", "20240101-000000-abcdef/..", None, 20240101]

@@ -8,7 +8,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from digitq import csvfile, stalls
+from digitq.batch import stalls
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main
@@ -60,7 +61,7 @@ def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_se
 
 
 def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
 
     assert any(name.startswith("digitq-") for name in live_consumers(settings, "predict"))
     assert live_consumers(settings, "train") == []

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from digitq import csvfile
-from digitq.commit import Outcome
+from digitq.batch.commit import Outcome
+from digitq.disk import csvfile
+from digitq.disk.jobs import Row
+from digitq.disk.storage import data_dir_id
 from digitq.errors import JobError, ModelError
-from digitq.jobs import Row
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model import artifacts
 from model.dataset import write_image_folder
 from model.registry import ONNX_FILE, Registry

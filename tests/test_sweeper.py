@@ -8,11 +8,12 @@ import time
 import pytest
 import redis
 
-from digitq import csvfile, outbox, stalls
-from digitq.broker import PREDICT_TASK, client_app
-from digitq.jobs import Row
+from digitq.batch import outbox, stalls
+from digitq.bus.broker import PREDICT_TASK, client_app
+from digitq.disk import csvfile
+from digitq.disk.jobs import Row
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.dispatch import job_context, message_entries, submit
 from producer.follow import wait_for

@@ -9,10 +9,10 @@ import sys
 from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
-from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
-from digitq.commit import COLLECT_TASK, local_data_dir
+from digitq.batch.commit import COLLECT_TASK, local_data_dir
+from digitq.bus.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
+from digitq.bus.replication import durably
 from digitq.errors import DigitqError
-from digitq.replication import durably
 from digitq.settings import Settings, available_cores
 from worker.sweeper import Sweeper
 
@@ -57,7 +57,7 @@ def _resend(args: list) -> None:
 
 class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
-    (digitq/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
+    (digitq/batch/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
     sweeper (worker/sweeper.py). The data dir's id is looked at again every 2 s: one that appears after the start
     (the first scan, `digitq init`, a volume mounted late) or changes (another volume, a symlink bound elsewhere)
     moves the worker to the right collect queue, without a restart."""

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from digitq import blobs, commit, failover, replication, scores
+from digitq.batch import blobs, commit
+from digitq.batch.quarantine import Delivery
+from digitq.bus import failover, replication
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import Job, Row
+from digitq.disk.paths import unescape_path
 from digitq.errors import ImageError, JobError
-from digitq.files import read_file
-from digitq.jobs import Job, Row
-from digitq.paths import unescape_path
-from digitq.quarantine import Delivery
 from digitq.settings import Settings
 from model.artifacts import ArtifactCache
 from model.preprocess import decode_image
@@ -65,7 +67,7 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
     """One row per entry, in order; an entry that fails to decode becomes an error row.
 
     ``before(index)``, when given, is called before each file is read; a string it
-    returns becomes that file's error row instead (see :mod:`digitq.quarantine`). It is
+    returns becomes that file's error row instead (see :mod:`digitq.batch.quarantine`). It is
     called once more with ``len(entries)`` before the prediction, which is no file's fault."""
     rows: list[Row | None] = []
     images, slots = [], []
@@ -134,7 +136,7 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
 def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
               context: dict | None = None, cache: ModelCache = CACHE,
               send: Callable[[str, list], None] | None = None) -> dict:
-    """Predict one batch of a job with its pinned model; commit it (:mod:`digitq.commit`) when this worker sees
+    """Predict one batch of a job with its pinned model; commit it (:mod:`digitq.batch.commit`) when this worker sees
     the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
 
     ``context`` is what the message says about its job (data dir id, model, collect queue); a message without

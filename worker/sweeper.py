@@ -1,7 +1,7 @@
 """The stack's own stall handling: no `digitq wait` or `resume` needed when a message is lost.
 
 Every prediction worker that sees a data dir runs a sweeper thread; one of them at a time looks
-at the jobs of its data dir that still have message copies in :mod:`digitq.outbox` (a Redis lock
+at the jobs of its data dir that still have message copies in :mod:`digitq.batch.outbox` (a Redis lock
 held for the whole pass: extended before each job and checked before each re-send, so a pass
 that lost it, paused past its lease, sends nothing more), and
 
@@ -9,7 +9,7 @@ that lost it, paused past its lease, sends nothing more), and
   entry was lost, or its last committer died between commit and merge);
 - sends again, from the copy, each batch of a job idle for ``DIGITQ_STALL_AFTER`` seconds
   that is neither queued (to predict, or its result to collect) nor held by a live worker
-  (:func:`digitq.stalls.orphaned`): a worker host that died holding it, a message a Redis
+  (:func:`digitq.batch.stalls.orphaned`): a worker host that died holding it, a message a Redis
   failover lost. A copy sent while the original still lives is a duplicate, which commits the
   same rows;
 - forgets the copies of finished jobs.
@@ -27,11 +27,12 @@ from collections.abc import Callable
 
 from redis.exceptions import LockError, RedisError
 
-from digitq import failover, outbox, stalls
-from digitq.broker import redis_client
-from digitq.commit import local_data_dir
+from digitq.batch import outbox, stalls
+from digitq.batch.commit import local_data_dir
+from digitq.bus import failover
+from digitq.bus.broker import redis_client
+from digitq.disk.jobs import Job
 from digitq.errors import DigitqError, JobNotFound
-from digitq.jobs import Job
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.worker")
@@ -131,7 +132,7 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
 
 class Sweeper(threading.Thread):
     """:func:`sweep` every :func:`interval_s`, in a worker's main process, beside Celery's event loop (which
-    must stay free to answer the remote-control question :func:`digitq.stalls.orphaned` asks)."""
+    must stay free to answer the remote-control question :func:`digitq.batch.stalls.orphaned` asks)."""
 
     def __init__(self, settings: Settings, send: Callable[[list], None]) -> None:
         super().__init__(name="digitq-sweeper", daemon=True)

@@ -10,13 +10,14 @@ from celery.exceptions import Reject
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import commit, failover, stalls
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
-from digitq.commit import COLLECT_TASK
+from digitq.batch import commit, stalls
+from digitq.batch.commit import COLLECT_TASK
+from digitq.bus import failover
+from digitq.bus.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
+from digitq.disk.jobs import Job
+from digitq.disk.training_requests import STALE_AFTER_S, TrainingClaimed
 from digitq.errors import DigitqError, JobError, JobNotFound, TrainingError, TrainingNotFound
-from digitq.jobs import Job
 from digitq.settings import Settings
-from digitq.trainings import STALE_AFTER_S, TrainingClaimed
 from worker import inference
 from worker.application import app
 
@@ -138,7 +139,7 @@ def predict_batch(self, job_id: str, batch: int, files: list[dict], context: dic
 
 @app.task(name=COLLECT_TASK, bind=True, max_retries=5, base=BatchTask)
 def collect_batch(self, job_id: str, batch: int, payload: dict) -> dict | None:
-    """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`digitq.commit`."""
+    """Commit the outcome (or the failure) a stateless worker handed in; see :mod:`digitq.batch.commit`."""
     settings = Settings.from_env()
     try:
         return commit.collect(settings, job_id, int(batch), payload)

@@ -12,7 +12,7 @@ Either way :func:`commit` runs the same steps, in an order that keeps every guar
 2. the content-hash index records the scores (a cache: failures cost nothing; a discarded
    outcome records none);
 3. the caller's ``committed`` hook runs (the delivery count is forgotten);
-4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.outbox`)
+4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.batch.outbox`)
    are freed, and the job is merged if this may have been its last batch.
 
 A delivery of a batch whose result is committed is discarded before it is predicted where the
@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq import blobs, failover, ledger, outbox, scores
+from digitq.batch import blobs, ledger, outbox
+from digitq.bus import failover
+from digitq.disk import scores
+from digitq.disk.jobs import Job, Row
+from digitq.disk.storage import data_dir_id
 from digitq.errors import DigitqError, JobError
-from digitq.jobs import Job, Row
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 
 log = logging.getLogger("digitq.worker")
 #: The task that commits what a stateless worker handed in, on the data dir's ``collect.<id>`` queue.
@@ -196,7 +198,7 @@ _ids: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
 
 
 def local_data_dir(settings: Settings) -> str | None:
-    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir has none: such a
+    """This process's data dir id (:func:`digitq.disk.storage.data_dir_id`), or None while the dir has none: such a
     worker serves every job statelessly. It never creates the id (that is the producer's, or ``digitq init``'s):
     an empty mountpoint must not get one of its own before the volume mounts over it.
 

@@ -6,7 +6,7 @@ listing the results once. Adding a batch twice changes nothing, so a duplicate
 delivery can never finish a job early. If Redis loses the set, no worker merges
 and ``digitq wait`` / ``resume`` do it from the files (``resume`` also re-seeds it).
 So behind Sentinel a commit returns once a replica has its entry: a failover cannot
-take it away (see :mod:`digitq.replication`).
+take it away (see :mod:`digitq.bus.replication`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from digitq.broker import redis_client
-from digitq.replication import durably
+from digitq.bus.broker import redis_client
+from digitq.bus.replication import durably
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.ledger")
+log = logging.getLogger("digitq.batch.ledger")
 #: Long enough for any job to finish; refreshed by every commit.
 TTL_S = 7 * 24 * 3600
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from digitq.broker import redis_client
+from digitq.bus.broker import redis_client
 from digitq.settings import Settings
 
 #: As long as a batch's blobs: past it, only ``digitq resume`` (from the files) can send it again.

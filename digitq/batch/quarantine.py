@@ -11,7 +11,7 @@ Whatever kills a batch outside any one file is bounded by :data:`MAX_DELIVERIES`
 
 Copies of one batch may run at once (``resume`` re-sends batches that are still
 running), so each careful delivery records its marker under its own name (host, pid
-namespace, boot, pid and process start time: :class:`digitq.holders.Holder`), and keeps
+namespace, boot, pid and process start time: :class:`digitq.bus.holders.Holder`), and keeps
 an *alive* key in Redis while it runs (``SET ... PX``, :data:`ALIVE_TTL_MS`, refreshed
 every :data:`ALIVE_EVERY_S` by a small thread and with each marker, deleted when it ends).
 A marker counts as a death only when its delivery is known dead: on its own host, when
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq.broker import redis_client
-from digitq.holders import Holder
+from digitq.bus.broker import redis_client
+from digitq.bus.holders import Holder
 from digitq.settings import Settings
 
 #: Careful deliveries a file may kill before it is quarantined.

@@ -14,9 +14,9 @@ import os
 import socket
 import time
 
-from digitq.broker import redis_client
+from digitq.bus.broker import redis_client
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 
 TTL_S = 120
 
@@ -86,7 +86,7 @@ def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float 
     """
     from redis.exceptions import RedisError
 
-    from digitq.broker import client_app
+    from digitq.bus.broker import client_app
 
     if not missing:
         return False

@@ -25,10 +25,10 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from digitq.redisurl import is_sentinel
+from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.failover")
+log = logging.getLogger("digitq.bus.failover")
 T = TypeVar("T")
 
 #: What a lost master looks like: a refused or dropped connection, no master named (a ``ConnectionError``

@@ -28,12 +28,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from digitq import failover
-from digitq.broker import redis_client
-from digitq.redisurl import is_sentinel
+from digitq.bus import failover
+from digitq.bus.broker import redis_client
+from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.replication")
+log = logging.getLogger("digitq.bus.replication")
 T = TypeVar("T")
 
 #: How long a write waits for a replica's acknowledgement (a loopback or LAN round trip is well under 1 ms).
@@ -94,7 +94,7 @@ def confirm_replicated(settings: Settings) -> int | None:
 
 def durably(settings: Settings, write: Callable[[], T], what: str = "a write") -> T:
     """``write()``, then :func:`confirm_replicated`; both again (``write`` must be idempotent: it lands on the
-    promoted master) after a lost master, through a failover (:func:`digitq.failover.ride`, up to
+    promoted master) after a lost master, through a failover (:func:`digitq.bus.failover.ride`, up to
     ``DIGITQ_FAILOVER_S``). Returns the last ``write()``'s value; raises the last error past that."""
     def attempt() -> T:
         result = write()

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from digitq.disk.storage import atomic_write_json
 from digitq.errors import DigitqError
-from digitq.storage import atomic_write_json
 
 ID_FORMAT = "YYYYMMDD-HHMMSS-xxxxxx"
 #: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would then name another path.
@@ -60,7 +60,7 @@ class State(StrEnum):
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # a training whose process died without recording an outcome
-    STALLED = "stalled"  # told by Redis' stall records (digitq.stalls), never decided from the files alone
+    STALLED = "stalled"  # told by Redis' stall records (digitq.batch.stalls), never decided from the files alone
 
     @classmethod
     def of(cls, word: Any) -> State | Any:
