@@ -20,7 +20,7 @@ from digitq.bus.broker import redis_client
 from digitq.bus.replication import durably
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.batch.ledger")
+log = logging.getLogger("digitq.ledger")
 #: Long enough for any job to finish; refreshed by every commit.
 TTL_S = 7 * 24 * 3600
 

@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.bus.failover")
+log = logging.getLogger("digitq.failover")
 T = TypeVar("T")
 
 #: What a lost master looks like: a refused or dropped connection, no master named (a ``ConnectionError``

@@ -33,7 +33,7 @@ from digitq.bus.broker import redis_client
 from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
-log = logging.getLogger("digitq.bus.replication")
+log = logging.getLogger("digitq.replication")
 T = TypeVar("T")
 
 #: How long a write waits for a replica's acknowledgement (a loopback or LAN round trip is well under 1 ms).
