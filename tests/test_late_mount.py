@@ -6,6 +6,7 @@ import os
 
 import redis
 
+from digitq.bus import keys
 from digitq.disk import csvfile
 from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
@@ -44,7 +45,7 @@ def test_a_worker_whose_data_dir_is_mounted_mid_job_collects_for_it_without_a_re
         (tmp_path / "data.new").symlink_to(real)
         os.replace(tmp_path / "data.new", mount)
         status = wait_for(job, timeout=90)  # polls the files only: this process commits nothing
-        wait_until(lambda: client.exists(f"digitq:sweeper:{report_id}"), timeout=30, poll=0.1,
+        wait_until(lambda: client.exists(keys.sweeper_lock(report_id)), timeout=30, poll=0.1,
                    what="the sweeper to pass over the mounted data dir")
         report = json.loads(cli_for(settings)("workers", "--json").stdout)
         log = late.log()

@@ -9,6 +9,7 @@ import redis
 from PIL import Image, PngImagePlugin
 
 from digitq.batch import quarantine
+from digitq.bus import keys
 from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
@@ -63,7 +64,7 @@ def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_compl
     # Exactly DEATHS careful deliveries died, after the first one: not redelivered forever.
     assert log.count("processing file by file") == quarantine.DEATHS + 1
     assert "killer.png killed 2 worker processes; quarantined" in log
-    leftovers = redis.Redis.from_url(url).keys("digitq:job:*:deliveries")
+    leftovers = redis.Redis.from_url(url).keys(keys.deliveries("*", "*"))
     assert leftovers == []  # forgotten once committed
 
 

@@ -10,6 +10,7 @@ import textwrap
 
 import redis
 
+from digitq.bus import keys
 from digitq.disk import csvfile
 from digitq.disk.training_requests import send_training
 from digitq.settings import Settings
@@ -63,7 +64,7 @@ def test_two_concurrent_deliveries_of_a_training_train_it_once(redis_server, tmp
     assert "earlier delivery" not in outcome["reason"]
     # The other delivery was acknowledged without training, saying why.
     assert log.count(f"training {training.id} is already being trained by") == 1
-    assert redis.Redis.from_url(url).keys(f"digitq:training:{training.id}:*") == []  # the claim was released
+    assert redis.Redis.from_url(url).keys(keys.training_pattern(training.id)) == []  # the claim was released
 
 
 def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist):
@@ -98,7 +99,7 @@ def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist
     assert len(rows) == 6 and not [r for r in rows if r["error"]], rows
     assert log.count("processing file by file") == 3  # copies 2-4 were careful
     assert "quarantined" not in log
-    assert redis.Redis.from_url(url).keys("digitq:job:*:deliveries") == []
+    assert redis.Redis.from_url(url).keys(keys.deliveries("*", "*")) == []
 
 
 def _hold_in_child(code: str) -> subprocess.Popen:
@@ -163,7 +164,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     settings = Settings.from_env(redis_url=url)
     client = redis.Redis.from_url(url)
     client.flushdb()
-    key = "digitq:job:job-z:batch:0:deliveries"
+    key = keys.deliveries("job-z", 0)
     begin = lambda: quarantine.Delivery.begin(settings, "job-z", 0)  # noqa: E731
     begin()
     children = {index: _careful_child(url, index, remote) for index, remote in ((3, False), (6, False), (4, True))}
@@ -175,7 +176,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
         # has 1.5 s to live, and nobody refreshes it); another host's live delivery is on file 4 (child 4).
         client.hset(key, "at:faraway|ns|8|1|boot", "5")
         client.pipeline().hset(key, "at:far2|ns|9|1|boot", "7").set(
-            "digitq:job:job-z:batch:0:alive:far2|ns|9|1|boot", 1, px=1500).execute()
+            keys.alive("job-z", 0, "far2|ns|9|1|boot"), 1, px=1500).execute()
         started = time.monotonic()
         second = begin()
         assert second.deaths == {5: 1, 6: 1, 7: 1}  # 7 once its key expired; well within the 10 s TTL

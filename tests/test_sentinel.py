@@ -15,6 +15,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from digitq.bus import keys
 from digitq.bus.broker import redis_client
 from digitq.bus.replication import confirm_replicated
 from digitq.bus.server import SentinelTopology, find_redis_server
@@ -283,7 +284,7 @@ def _lost(stack: dict, job: Job, killed: float) -> dict:
                 said.setdefault(w.logfile.name, []).append(line[:300])
     report = {"missing": missing, "killed": killed, "unacked": [_describe(r) for r in client.hvals("unacked")],
               "queued": client.llen("predict"), "said": said,
-              "ledger": sorted(int(b) for b in client.smembers(f"digitq:job:{job.id}:committed")),
+              "ledger": sorted(int(b) for b in client.smembers(keys.committed(job.id))),
               "warnings": [ln[:300] for w in stack["workers"] for ln in w.log().splitlines()
                            if "WARNING" in ln or "ERROR" in ln][:40]}
     (stack["tmp"] / "failover-lost.json").write_text(json.dumps(report, indent=1))

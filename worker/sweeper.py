@@ -29,14 +29,13 @@ from redis.exceptions import LockError, RedisError
 
 from digitq.batch import outbox, stalls
 from digitq.batch.commit import local_data_dir
-from digitq.bus import failover
+from digitq.bus import failover, keys
 from digitq.bus.broker import redis_client
 from digitq.disk.jobs import Job
 from digitq.errors import DigitqError, JobNotFound
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.worker")
-_LOCK = "digitq:sweeper:{}"
 
 
 def interval_s(settings: Settings) -> float:
@@ -59,7 +58,7 @@ def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
         return {}
     # redis-py's lock: a token of this pass's own (not this process's: a sweeper restarted in the same
     # process is another pass), extended and released only while the key still holds it.
-    lock = redis_client(settings).lock(_LOCK.format(dir_id), timeout=lease_s(settings), blocking=False,
+    lock = redis_client(settings).lock(keys.sweeper_lock(dir_id), timeout=lease_s(settings), blocking=False,
                                        thread_local=False)
     if not lock.acquire():
         return {}

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from digitq.batch import commit, stalls
 from digitq.batch.commit import COLLECT_TASK
-from digitq.bus import failover
+from digitq.bus import failover, keys
 from digitq.bus.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
 from digitq.disk.jobs import Job
 from digitq.disk.training_requests import STALE_AFTER_S, TrainingClaimed
@@ -88,10 +88,10 @@ class BatchTask(app.Task):
         if not isinstance(retval, dict) or not retval.get("model_version") or not self.request.hostname:
             return
         try:
-            key = f"digitq:worker:{self.request.hostname}:models"
+            key = keys.served_models(self.request.hostname)
             settings = Settings.from_env()
             redis_client(settings).pipeline().hset(key, retval["model_version"], time.time()).expire(
-                key, 86400).execute()
+                key, keys.SERVED_TTL_S).execute()
         except RedisError:
             pass
 

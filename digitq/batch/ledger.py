@@ -16,17 +16,18 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
+from digitq.bus import keys
 from digitq.bus.broker import redis_client
 from digitq.bus.replication import durably
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.ledger")
 #: Long enough for any job to finish; refreshed by every commit.
-TTL_S = 7 * 24 * 3600
+TTL_S = keys.LEDGER_TTL_S
 
 
 def _key(job_id: str) -> str:
-    return f"digitq:job:{job_id}:committed"
+    return keys.committed(job_id)
 
 
 def record(settings: Settings, job_id: str, batch: int) -> int:

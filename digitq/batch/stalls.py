@@ -14,15 +14,16 @@ import os
 import socket
 import time
 
+from digitq.bus import keys
 from digitq.bus.broker import redis_client
 from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
 
-TTL_S = 120
+TTL_S = keys.STALL_TTL_S
 
 
 def _key(job_id: str) -> str:
-    return f"digitq:job:{job_id}:stalled"
+    return keys.stalled(job_id)
 
 
 def report(settings: Settings, job_id: str, error: str, worker: str | None = None) -> None:

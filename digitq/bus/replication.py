@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from digitq.bus import failover
+from digitq.bus import failover, keys
 from digitq.bus.broker import redis_client
 from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
@@ -40,7 +40,7 @@ T = TypeVar("T")
 TIMEOUT_MS = 1000
 #: How often a process looks again whether its master has a replica (one INFO).
 REFRESH_S = 10.0
-_PROBE_KEY = "digitq:replication:probe"
+_PROBE_KEY = keys.replication_probe()
 
 _replicas: dict[str, tuple[float, bool]] = {}  # URL: (monotonic time of the check, has a replica)
 _warned: set[str] = set()

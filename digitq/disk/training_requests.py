@@ -38,6 +38,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from digitq.bus import keys
 from digitq.bus.holders import UNKNOWN, Holder, Lease
 from digitq.disk.records import Record, State, Status, new_id
 from digitq.errors import TrainingError, TrainingNotFound
@@ -81,7 +82,7 @@ class TrainingUnfinished(TrainingClaimed):
 
 
 def claim_key(training_id: str) -> str:
-    return f"digitq:training:{training_id}:claim"
+    return keys.training_claim(training_id)
 
 ACTIVE_STATES = (State.SCHEDULED, State.QUEUED, State.RUNNING)
 
