@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from digitq.batch.commit import Outcome
+from digitq.batch.message import Outcome
 from digitq.bus import keys
 from digitq.disk import csvfile
 from digitq.disk.jobs import Row
@@ -154,8 +154,8 @@ def test_an_outcome_travels_as_json_and_a_malformed_one_is_refused():
     rows = [Row("a.png", 7, 0.99, digest="d1"), Row("b.png", error="cannot read", lasting=False)]
     outcome = Outcome("20261202-000000-abcdef", 3, rows, "bundled-2", 1.5, index=[("d1", 7, 0.99, None)],
                       blobs=[keys.blob("x", 3, 0)])
-    back = Outcome.from_message(outcome.job_id, 3, json.loads(json.dumps(outcome.to_message())))
+    back = Outcome.from_wire(outcome.job_id, 3, json.loads(json.dumps(outcome.to_wire())))
     assert back == outcome and [r.lasting for r in back.rows] == [True, False] and back.rows[0].digest == "d1"
     with pytest.raises(JobError, match="malformed"):
-        Outcome.from_message(outcome.job_id, 3, {"rows": [["a.png"]], "model_version": "x", "started": 0,
+        Outcome.from_wire(outcome.job_id, 3, {"rows": [["a.png"]], "model_version": "x", "started": 0,
                                                  "blobs": []})

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from digitq.batch import outbox, stalls
+from digitq.batch.message import BatchMessage
 from digitq.bus.broker import PREDICT_TASK, client_app
 from digitq.disk import csvfile
 from digitq.disk.jobs import Row
@@ -117,7 +118,8 @@ def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, 
     job = make_job(settings, tmp_path / "in", batch_size=2, send=False)
     client = redis.Redis.from_url(url)
     with WorkerProcess(worker_env(settings), tmp_path / "w.log") as worker:
-        args = [job.id, 0, message_entries(settings, job, 0, dict(job.batches())[0]), job_context(settings, job)]
+        args = BatchMessage(job.id, 0, message_entries(settings, job, 0, dict(job.batches())[0]),
+                            job_context(settings, job)).to_wire()
         app = client_app(settings)
         try:  # what `self.retry(countdown=...)` sends
             app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, countdown=120)

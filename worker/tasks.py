@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from digitq.batch import commit, stalls
 from digitq.batch.commit import COLLECT_TASK
+from digitq.batch.message import BatchMessage, JobContext
 from digitq.bus import failover, keys
 from digitq.bus.broker import PREDICT_TASK, TRAIN_TASK, batch_repr, redis_client
 from digitq.disk.jobs import Job
@@ -39,14 +40,15 @@ def job_age_s(job_id: str) -> float:
     return time.time() - created
 
 
-def _record_failure(settings: Settings, job_id: str, batch: int, error: str, context: dict | None = None) -> None:
+def _record_failure(settings: Settings, job_id: str, batch: int, error: str, context: JobContext | None = None,
+                    ) -> None:
     """Record a batch that failed for good: on disk where the job is visible, else through its data dir's
     collect queue."""
     try:
-        if commit.sees(settings, context):
+        if context is None or commit.sees(settings, context):
             commit.record_failure(Job.load(settings.jobs_dir, job_id), batch, error)
         else:
-            commit.hand_in_failure(_send, context or {}, job_id, batch, error)
+            commit.hand_in_failure(_send, context, job_id, batch, error)
     except (DigitqError, OSError, RedisError, KombuError) as e:
         log.error("job %s batch %s: could not record failure: %s", job_id, batch, e)
 
@@ -61,7 +63,7 @@ class BatchTask(app.Task):
     times, then record it for good; record which version this worker served (for `digitq workers`)."""
 
     def retry_or_fail(self, settings: Settings, job_id: str, batch: int, error: Exception, doing: str,
-                      context: dict | None = None) -> None:
+                      context: JobContext | None = None) -> None:
         """Retry with back-off (raises), or, past ``max_retries``, record the batch as failed for good.
 
         A lost Redis master (a failover) is no fault of the batch and does not fail it: once Redis answers again
@@ -122,18 +124,25 @@ def _hand_back(settings: Settings, what: str, item_id: str, error: Exception, wo
 def predict_batch(self, job_id: str, batch: int, files: list[dict], context: dict | None = None) -> dict | None:
     """Predict one batch of a job; see :func:`worker.inference.run_batch`."""
     settings = Settings.from_env()
+    wire = [job_id, batch, files] if context is None else [job_id, batch, files, context]
     try:
-        return inference.run_batch(settings, job_id, int(batch), files, context, send=_send)
+        message = BatchMessage.from_wire(wire)
+    except JobError as e:
+        log.error("job %s batch %s rejected: %s", job_id, batch, e)
+        _record_failure(settings, job_id, int(batch), str(e), JobContext.from_wire(context))
+        return None
+    try:
+        return inference.run_batch(settings, message, send=_send)
     except JobNotFound as e:
         _hand_back(settings, "job", job_id, e, self.request.hostname)
         return None
     except JobError as e:
         # Unknown job or a batch that does not fit its manifest: retrying cannot help.
         log.error("job %s batch %s rejected: %s", job_id, batch, e)
-        _record_failure(settings, job_id, batch, str(e), context)
+        _record_failure(settings, job_id, batch, str(e), message.context)
         return None
     except Exception as e:
-        self.retry_or_fail(settings, job_id, batch, e, "prediction", context)
+        self.retry_or_fail(settings, job_id, batch, e, "prediction", message.context)
         return None
 
 
