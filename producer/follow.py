@@ -26,7 +26,7 @@ START_WORKER = "celery -A worker worker"
 def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: bool = False) -> dict:
     """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot
     run it, or (with ``orphans``) when no commit came for ``stall_after`` seconds and none of its missing
-    batches is queued or held by a live worker (see :func:`digitq.batch.stalls.orphaned`), or when results of
+    batches is queued or held by a live worker (see :func:`digitq.batch.stalls.is_orphaned`), or when results of
     stateless workers wait with nobody to commit them (unless ``collecting``: this process commits them)."""
     status = job.status()
     if status["state"] in ("done", "failed"):
@@ -45,12 +45,15 @@ def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: 
                                                 "uncollected": waiting, "queue": stalls.collect_queue(settings),
                                                 "collect": f"digitq wait {job.id}"})
         return status
-    if orphans and idle > settings.stall_after:
-        missing = set(range(job.n_batches)) - job.committed()
-        if stalls.orphaned(settings, job.id, missing):
-            cause = (f"no commit for {idle:.0f}s and none of its {len(missing)} missing batch(es) is queued or held "
-                     f"by a live worker (a worker host died, or Redis lost them): run `digitq resume {job.id}`")
-            status.update(state="stalled", stalled={"cause": cause, "orphaned": sorted(missing), "resume": True})
+    if not orphans:
+        return status
+    committed = job.committed()
+    if stalls.is_orphaned(settings, job, committed):
+        missing = set(range(job.n_batches)) - committed
+        cause = (f"no commit for {stalls.idle_s(job, committed):.0f}s and none of its {len(missing)} missing "
+                 "batch(es) is queued or held by a live worker (a worker host died, or Redis lost them): "
+                 f"run `digitq resume {job.id}`")
+        status.update(state="stalled", stalled={"cause": cause, "orphaned": sorted(missing), "resume": True})
     return status
 
 

@@ -155,7 +155,7 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
 
         status = wait_until(status_past_stall_after, timeout=30, poll=0.2, what="a status past --stall-after")
         assert status["state"] == "queued"  # only the live worker's hold keeps it from "stalled"
-        assert stalls.orphaned(settings, job_id, {0}) is False  # known held, not merely unknown
+        assert stalls.unclaimed(settings, job_id, {0}) is False  # known held, not merely unknown
         os.killpg(doomed.proc.pid, 9)  # the whole host dies: parent and pool, the batch unacked
     finally:
         doomed.stop()

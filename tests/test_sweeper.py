@@ -127,5 +127,5 @@ def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, 
             app.close()
         wait_until(lambda: client.llen(settings.predict_queue) == 0, timeout=30, what="the worker to take it")
         wait_until(lambda: "received" in worker.log(), timeout=30, what="the worker to schedule it")
-        orphaned = stalls.orphaned(settings, job.id, {0})
+        orphaned = stalls.unclaimed(settings, job.id, {0})
     assert orphaned is False and job.committed() == set()

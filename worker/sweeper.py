@@ -9,7 +9,7 @@ that lost it, paused past its lease, sends nothing more), and
   entry was lost, or its last committer died between commit and merge);
 - sends again, from the copy, each batch of a job idle for ``DIGITQ_STALL_AFTER`` seconds
   that is neither queued (to predict, or its result to collect) nor held by a live worker
-  (:func:`digitq.batch.stalls.orphaned`): a worker host that died holding it, a message a Redis
+  (:func:`digitq.batch.stalls.is_orphaned`): a worker host that died holding it, a message a Redis
   failover lost. A copy sent while the original still lives is a duplicate, which commits the
   same rows;
 - forgets the copies of finished jobs.
@@ -105,12 +105,9 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
             continue
         if job.failed(committed):
             continue  # failed for good: `digitq resume` after the cause is fixed
-        last = job.last_commit(committed) or job.header["created"]
-        if time.time() - last < settings.stall_after:
+        if not stalls.is_orphaned(settings, job, committed):
             continue
         missing = set(range(job.n_batches)) - committed
-        if stalls.orphaned(settings, job_id, missing) is not True:
-            continue
         kept = outbox.pending(settings, job_id, missing)
         sent = 0
         try:
@@ -121,8 +118,8 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
         finally:
             if sent:
                 log.warning("job %s: no commit for %.0f s and %d batch(es) neither queued nor held by a live worker "
-                            "(a worker host died, or Redis lost them): sent them again", job_id, time.time() - last,
-                            sent)
+                            "(a worker host died, or Redis lost them): sent them again", job_id,
+                            stalls.idle_s(job, committed), sent)
                 done["resent"] += sent
         if len(kept) < len(missing):
             log.error("job %s: %d missing batch(es) have no copy left in Redis (it restarted empty, or they expired): "
@@ -131,7 +128,7 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
 
 class Sweeper(threading.Thread):
     """:func:`sweep` every :func:`interval_s`, in a worker's main process, beside Celery's event loop (which
-    must stay free to answer the remote-control question :func:`digitq.batch.stalls.orphaned` asks)."""
+    must stay free to answer the remote-control question :func:`digitq.batch.stalls.unclaimed` asks)."""
 
     def __init__(self, settings: Settings, send: Callable[[list], None]) -> None:
         super().__init__(name="digitq-sweeper", daemon=True)

@@ -16,6 +16,7 @@ import time
 
 from digitq.bus import keys
 from digitq.bus.broker import redis_client
+from digitq.disk.jobs import Job
 from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
 
@@ -77,7 +78,23 @@ def describe_uncollected(settings: Settings, waiting: int, job_id: str) -> str:
             "that has it. Nothing is lost meanwhile")
 
 
-def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
+def idle_s(job: Job, committed: set[int] | None = None) -> float:
+    """Seconds since the job's last commit (since it was created, before any)."""
+    return time.time() - (job.last_commit(committed) or job.header["created"])
+
+
+def is_orphaned(settings: Settings, job: Job, committed: set[int] | None = None) -> bool:
+    """The one rule for a job nothing will finish: it is idle (no commit for ``DIGITQ_STALL_AFTER`` seconds) and
+    none of its missing batches is queued or held by a live worker (:func:`unclaimed`). False when unsure.
+
+    The sweeper sends such a job's batches again from their copies; ``digitq wait`` and ``status`` say so."""
+    committed = job.committed() if committed is None else committed
+    if idle_s(job, committed) < settings.stall_after:
+        return False
+    return unclaimed(settings, job.id, set(range(job.n_batches)) - committed) is True
+
+
+def unclaimed(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
     """Whether none of a job's ``missing`` batches is queued (to predict, or its result to collect) or held by
     a live worker.
 
