@@ -118,7 +118,7 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
 def test_only_an_old_invisible_job_is_given_up():
     import time
 
-    from worker.tasks import GIVE_UP_AFTER_S, job_age_s
+    from worker.hooks import GIVE_UP_AFTER_S, job_age_s
 
     now = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     assert 0 <= job_age_s(f"{now}-abcdef") < 5
