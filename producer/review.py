@@ -57,7 +57,7 @@ def _decodable(data: bytes, decode) -> bool:
 def scored_bytes(settings: Settings, job: Job, entry: FileEntry, digest: str | None) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` when the file at the scanned path still holds the bytes its row scored, else
     ``(None, why)``: the file changed or was replaced (a symlink to another file, say), is no longer a
-    readable regular file, or the row records no digest (it read no bytes, or an older digitq wrote it)."""
+    readable regular file, or the row records no digest (it read no bytes, or its result file has no digests line)."""
     if not digest:
         return None, "no digest recorded for this row (scanned before digitq recorded them: scan again)"
     try:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from digitq.bus.server import RedisServer
 from digitq.disk import csvfile, scores
-from digitq.disk.jobs import Job, check_job_id
+from digitq.disk.jobs import Job
 from digitq.errors import JobError
 from digitq.settings import Settings
 from producer.dispatch import enqueue
@@ -263,7 +263,7 @@ def test_careless_input_gets_one_line_of_advice(stack, tmp_path, mnist):
         result = cli(command, job, "--below", "nan")
         assert result.exit_code == 2 and "not a number from 0 to 1" in result.stderr, result.output
     with pytest.raises(JobError):
-        check_job_id(job + "\n")
+        Job.check_id(job + "\n")
     assert cli("status", job + "\n").exit_code == 1
 
 

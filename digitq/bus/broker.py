@@ -53,7 +53,7 @@ def celery_config(settings: Settings) -> dict:
         # Unacked messages come back after this long; far above any batch.
         # Bodies are JSON text already: kombu's default base64 around them would cost a
         # third more bytes and an encode/decode per message. Receivers follow each message's
-        # own encoding, so messages from older producers still decode.
+        # own encoding, so base64 bodies decode as well.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout, "body_encoding": "utf-8"},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",

@@ -106,7 +106,7 @@ class Holder:
             return cls(host, ns, int(pid), start, boot)
         except ValueError:
             pass
-        try:  # written before the boot id was part of the name: never taken for a local holder
+        try:  # a name without a boot id: never taken for a local holder
             host, ns, pid, start = token.rsplit("|", 3)
             return cls(host, ns, int(pid), start)
         except ValueError:

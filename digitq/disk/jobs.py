@@ -29,17 +29,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from digitq.disk import csvfile
-from digitq.disk.records import ID_RE, Record, State, Status, new_id, read_json
-from digitq.disk.records import list_ids as list_ids  # imported from here by older callers
+from digitq.disk.records import Record, State, Status, new_id, read_json
 from digitq.disk.scores import DIGEST
 from digitq.disk.storage import atomic_open, create_once
 from digitq.errors import JobError, JobNotFound
 
 _json_string = json.encoder.encode_basestring_ascii
 _json_decode = json.JSONDecoder().decode
-# The id format is the records' (digitq.disk.records); these names stay for the modules that import them from here.
-JOB_ID_RE = ID_RE
-new_job_id = new_id
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl\Z")
 FORMAT = 1
 #: A committed batch: a JSON head line, a JSON line of the rows' digests, then the rows as CSV lines.
@@ -243,7 +239,7 @@ class Job(Record):
         head = {
             "batch": batch,
             # The rows' digests on one line, then the rows as finished CSV lines: the merge only concatenates.
-            # Not "csv", which an older digitq would merge with the digests line as a row.
+            # Not "csv": that format has no digests line (see result_csv).
             "format": RESULT_FORMAT,
             "rows": len(rows),
             "errors": sum(1 for r in rows if r.error),
@@ -305,9 +301,9 @@ class Job(Record):
                 f.readline()  # the digests
                 return f.read()
             body = f.read()
-        if head.get("format") == "csv":  # digitq before 2026-12: no digests line
+        if head.get("format") == "csv":  # CSV lines without a digests line
             return body
-        # Written by digitq 0.1's first releases: JSON lines, rendered here.
+        # The JSON-lines format: rendered here.
         version = head.get("model_version", self.model_version)
         rows = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
         return csvfile.render(({"path": p, "prediction": d, "confidence": c, "model_version": version, "error": e}
@@ -430,6 +426,3 @@ class Job(Record):
             duplicates=self.discarded(),
         )
 
-
-#: Kept for the modules that import it from here.
-check_job_id = Job.check_id

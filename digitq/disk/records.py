@@ -52,7 +52,7 @@ def read_json(path: Path) -> Any | None:
 
 class State(StrEnum):
     """Where a job or a training stands. A ``str``: JSON output, files on disk and comparisons with the bare
-    words (``status["state"] == "done"``) are exactly as before there was an enum."""
+    words (``status["state"] == "done"``) all see the plain words."""
 
     SCHEDULED = "scheduled"  # a training whose ``--at`` time has not come
     QUEUED = "queued"

@@ -172,7 +172,7 @@ class Training(Record):
         if holder is not None:
             if holder.local():
                 return holder.running()
-        elif run.get("host") == socket.gethostname():  # written before run.json named its holder
+        elif run.get("host") == socket.gethostname():  # a run.json that names no holder
             return _pid_alive(int(run.get("pid", 0)))
         return time.time() - float(run.get("heartbeat", 0)) < STALE_AFTER_S
 
@@ -451,6 +451,3 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
     finally:
         app.close()
 
-
-#: Kept for the modules that import it from here.
-check_training_id = Training.check_id
