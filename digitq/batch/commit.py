@@ -4,7 +4,10 @@ A batch's :class:`Outcome` (its rows, the version that scored them, what to free
 committed by a process that sees the job's data dir: the worker that predicted it, when
 it sees that dir, or else a worker consuming the data dir's ``collect.<id>`` queue, to
 which a worker without it hands the outcome in through Redis (:func:`hand_in`).
-Either way :func:`commit` runs the same steps, in an order that keeps every guarantee:
+Every commit goes through :func:`commit`: the predicting worker's (``worker/inference.py``), a collect
+message's (:func:`collect`, in a worker or in the waiting producer) and the producer's own, for a batch whose
+every file the content-hash index has scored (``producer/dispatch.py``). It runs the same steps, in an
+order that keeps every guarantee:
 
 1. the result file is created atomically, once: the first commit of a batch wins, and a later
    outcome of it (a duplicate message, a lost ack, a sweeper's re-send, before the merge or
