@@ -45,7 +45,7 @@ def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: 
                                                 "uncollected": waiting, "queue": stalls.collect_queue(settings),
                                                 "collect": f"digitq wait {job.id}"})
         return status
-    if not orphans:
+    if not orphans or idle < settings.stall_after:  # not idle long enough: no need to list the results
         return status
     committed = job.committed()
     if stalls.is_orphaned(settings, job, committed):
