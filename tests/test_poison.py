@@ -69,6 +69,7 @@ def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_compl
 
 
 def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_server, tmp_path, monkeypatch):
+    from digitq.batch.message import Entry
     from digitq.disk.jobs import Row
     from worker.inference import _guarded_rows
 
@@ -79,7 +80,8 @@ def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_serve
     delivery = quarantine.Delivery.begin(settings, "job-x", 0)
     assert delivery.exhausted and delivery.count == quarantine.MAX_DELIVERIES + 1
     entries = [{"path": "a.png", "data": ""}, {"path": "b.png", "error": "unreadable"}]
-    rows = _guarded_rows(delivery, predictor=None, entries=entries, max_bytes=100, fetched={})
+    rows = _guarded_rows(delivery, predictor=None, entries=[Entry.from_wire(e) for e in entries], max_bytes=100,
+                         fetched={})
     assert rows[0] == Row("a.png", error=rows[0].error) and "given up" in rows[0].error
     assert rows[1].error == "unreadable"
     delivery.finish()
