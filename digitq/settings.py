@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from digitq.bus.urls import normalise
 from digitq.errors import ConfigError
-from digitq.redisurl import normalise
 
 MiB = 1024 * 1024
 
@@ -50,7 +50,7 @@ JPEG_READER_CHOICES = ("on", "off")
 
 def jpeg_reader_setting() -> str:
     """``DIGITQ_JPEG_READER`` alone: decoding reads it at import, where a bad value of another setting
-    (a Redis URL, say) must not stop ``import model.preprocess`` in evaluate, export or training."""
+    (a Redis URL, say) must not stop ``import model.serving.preprocess`` in evaluate, export or training."""
     return _choice("DIGITQ_JPEG_READER", "on", JPEG_READER_CHOICES)
 
 
@@ -104,7 +104,7 @@ class Settings:
     retrain_data: tuple[str, ...] = ()
     retrain_epochs: int = 20
     retrain_promote: str = "auto"
-    #: "off": libjpeg decodes every JPEG, the C reader of phone photos (model/jpegdc.c) none (README, Security).
+    #: "off": libjpeg decodes every JPEG, the C reader of phone photos (model/serving/jpegdc.c) none (README, Security).
     jpeg_reader: str = "on"
 
     @classmethod

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digitq.disk.files import read_file
 from digitq.errors import DataError
-from digitq.files import read_file
 
 _IDX_NAMES = {
     "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -146,7 +146,7 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
     not a digit 0-9 (or ``discard``) is an error, since a label cannot be guessed
     from it.
     """
-    from digitq.paths import is_image_name
+    from digitq.disk.paths import is_image_name
     from model.serving.preprocess import decode_image
 
     directory = Path(directory)
@@ -198,7 +198,7 @@ def read_labelled_folder(directory: str | os.PathLike[str]) -> LabelledFolder:
 
 def _review_labels(directory: Path) -> dict[str, str | None]:
     """File name -> the digit folder `digitq review` put it in (None: unlabelled), if it made this folder."""
-    from digitq.paths import REVIEW_MANIFEST
+    from digitq.disk.paths import REVIEW_MANIFEST
 
     try:
         manifest = json.loads(read_file(os.fsencode(directory / REVIEW_MANIFEST), 256 << 20).decode("utf-8"))

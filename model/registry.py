@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from digitq.disk.storage import atomic_write_json
 from digitq.errors import ModelError
-from digitq.storage import atomic_write_json
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 PRODUCTION = "production"

@@ -15,7 +15,7 @@ from digitq.settings import Settings
 from producer.catalog import models
 from producer.console import Group, Probability, emit_json, settings_for
 from producer.fleet import workers
-from producer.training import train, training, trainings
+from producer.retraining import train, training, trainings
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -136,7 +136,7 @@ def scan(ctx, paths, out, batch_size, model_version, by_path, max_in_flight, sen
 
 def _import_sender(settings: Settings) -> None:
     """Fail fast where Redis is unreachable, and load what sending needs."""
-    from digitq.broker import client_app, ping
+    from digitq.bus.broker import client_app, ping
 
     ping(settings)
     import kombu.transport.redis  # noqa: F401
@@ -172,7 +172,7 @@ def _follow(job, timeout: float | None, out: str | None = None, quiet: bool = Fa
 
 
 def _load_job(settings: Settings, job_id: str):
-    from digitq.jobs import Job
+    from digitq.disk.jobs import Job
 
     return Job.load(settings.jobs_dir, job_id)
 
@@ -189,8 +189,8 @@ def init(ctx, as_json):
     (a volume not mounted yet) serves statelessly until the id appears. Safe to
     run again: an existing id is kept.
     """
+    from digitq.disk.storage import data_dir_id
     from digitq.errors import ConfigError
-    from digitq.storage import data_dir_id
 
     settings = settings_for(ctx)
     try:
@@ -368,7 +368,7 @@ def resume(ctx, job_id, as_json):
 @click.pass_context
 def jobs(ctx, limit, as_json):
     """List recent jobs, newest first."""
-    from digitq.jobs import Job, list_jobs
+    from digitq.disk.jobs import Job, list_jobs
 
     settings = settings_for(ctx)
     rows = [Job.load(settings.jobs_dir, j).status() for j in list_jobs(settings.jobs_dir)[:limit]]

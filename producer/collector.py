@@ -2,9 +2,9 @@
 of stateless workers while no worker that sees the data dir does.
 
 A fleet of only stateless workers (a laptop that sends to a cluster without its disk) hands every result in on
-the data dir's ``collect.<id>`` queue (:mod:`digitq.commit`); with nobody consuming it, a job would never end. The
+the data dir's ``collect.<id>`` queue (:mod:`digitq.batch.commit`); with nobody consuming it, a job would never end. The
 waiter asks the live workers (Celery's remote control, as ``digitq workers`` does) whether any consumes that
-queue; while none does, it takes the results itself and commits each through :func:`digitq.commit.collect`, the
+queue; while none does, it takes the results itself and commits each through :func:`digitq.batch.commit.collect`, the
 path a collecting worker runs, acking a message only once its commit is done (one it dies holding comes back
 after the visibility timeout, as a worker's would). It asks again every :data:`RECHECK_S`, and leaves the queue
 to a collecting worker that appears. Two committers are safe meanwhile: each message goes to one consumer, and a
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import stalls
-from digitq.broker import client_app, live_consumers, redis_client
-from digitq.commit import COLLECT_TASK, collect, record_failure
+from digitq.batch import stalls
+from digitq.batch.commit import COLLECT_TASK, collect, record_failure
+from digitq.bus.broker import client_app, live_consumers, redis_client
+from digitq.disk.jobs import Job
 from digitq.errors import BrokerError, DigitqError, JobError, JobNotFound
-from digitq.jobs import Job
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.producer")

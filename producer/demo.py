@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from digitq import csvfile
+from digitq.disk import csvfile
 from digitq.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "digits"
@@ -15,7 +15,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "digits"
 
 def run_demo(samples: str | None = None, data_dir: str = "digitq-demo-data", timeout: float = 300) -> int:
     """Private Redis + one worker + a scan of the sample digits; prints a table and the CSV path."""
-    from digitq.redisserver import RedisServer
+    from digitq.bus.server import RedisServer
     from producer.dispatch import submit
     from producer.follow import wait_for
     from producer.progress import Progress

@@ -1,6 +1,6 @@
 """Create jobs from a scan and feed their batches to Redis, with backpressure.
 
-Plain functions over :class:`digitq.jobs.Job`; the CLI is a thin layer on top.
+Plain functions over :class:`digitq.disk.jobs.Job`; the CLI is a thin layer on top.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ from typing import NamedTuple
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from digitq import blobs, failover, ledger, outbox, scores
-from digitq.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
+from digitq.batch import blobs, ledger, outbox
+from digitq.batch.commit import commit
+from digitq.batch.message import BatchMessage, Entry, JobContext, Kind, Outcome
+from digitq.bus import failover
+from digitq.bus.broker import PREDICT_TASK, batch_repr, client_app, ping, redact
+from digitq.bus.replication import durably
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import FileEntry, Job, Row, create_job
+from digitq.disk.paths import escape_path, unescape_path
+from digitq.disk.storage import data_dir_id
 from digitq.errors import BrokerError, ConfigError, JobError
-from digitq.files import read_file
-from digitq.jobs import FileEntry, Job, Row, create_job
-from digitq.paths import escape_path, unescape_path
-from digitq.replication import durably
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.registry import Registry
 from model.serving import artifacts
 from producer.scan import Found
@@ -86,7 +90,7 @@ def new_job(settings: Settings, files: Iterable[Found], *, sources: Sequence[str
     """Pin the model version and write the job's manifest (nothing is sent yet).
 
     ``incremental`` records the digest of every file's bytes in the manifest, so that
-    :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.scores`)."""
+    :func:`enqueue` sends only what the pinned version has not scored (:mod:`digitq.disk.scores`)."""
     ref = Registry(settings.models_dir).resolve(model_version)
     entries, sizes = plan_batches(files, settings, batch_size=batch_size or settings.batch_size, by_path=by_path)
     if incremental:
@@ -143,43 +147,44 @@ def source_path(job: Job | None, entry: FileEntry) -> bytes:
 
 
 def message_entries(settings: Settings, job: Job, batch: int, files: Sequence[FileEntry],
-                    scored: Mapping[str, scores.Score] | None = None) -> list[dict]:
-    """The task payload for one batch: small files inline (base64), large ones stored as blobs
-    in Redis first (see :mod:`digitq.blobs`), or absolute paths with ``--by-path``. A file whose
+                    scored: Mapping[str, scores.Score] | None = None) -> list[Entry]:
+    """The entries of one batch's message: small files inline (base64), large ones stored as blobs
+    in Redis first (see :mod:`digitq.batch.blobs`), or absolute paths with ``--by-path``. A file whose
     digest is in ``scored`` carries its score instead of its bytes."""
     out, large = [], {}
     for index, entry in enumerate(files):
-        item: dict = {"path": entry.path}
-        if entry.digest:
-            item["digest"] = entry.digest
-        if entry.error:
-            item["error"] = entry.error
-        elif scored and entry.digest in scored:
-            item["scored"] = list(scored[entry.digest])
-        elif job.header.get("by_path"):
-            item["ref"] = escape_path(source_path(job, entry))
-        else:
-            try:
-                data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
-            except OSError as e:
-                item["error"] = f"cannot read file: {e.strerror or e}"
-            else:
-                if len(data) > settings.max_file_bytes:
-                    item["error"] = f"file is over the {settings.max_file_bytes} byte limit (DIGITQ_MAX_FILE_BYTES)"
-                elif len(data) > blobs.INLINE_MAX:
-                    item["blob"] = blobs.key(job.id, batch, index)
-                    large[item["blob"]] = data
-                else:
-                    item["data"] = base64.b64encode(data).decode("ascii")
-        out.append(item)
+        out.append(_entry(settings, job, batch, index, entry, scored, large))
     blobs.put(settings, large)
     return out
 
 
-def job_context(settings: Settings, job: Job) -> dict:
+def _entry(settings: Settings, job: Job, batch: int, index: int, entry: FileEntry,
+           scored: Mapping[str, scores.Score] | None, large: dict[str, bytes]) -> Entry:
+    """One file's entry; a large file's bytes go into ``large`` (stored as a blob by the caller)."""
+    if entry.error:
+        return Entry(Kind.ERROR, entry.path, entry.error, entry.digest)
+    if scored and entry.digest in scored:
+        return Entry(Kind.SCORED, entry.path, tuple(scored[entry.digest]), entry.digest)
+    if job.header.get("by_path"):
+        return Entry(Kind.REF, entry.path, escape_path(source_path(job, entry)), entry.digest)
+    try:
+        data = read_file(source_path(job, entry), settings.max_file_bytes + 1, entry.size)
+    except OSError as e:
+        return Entry(Kind.ERROR, entry.path, f"cannot read file: {e.strerror or e}", entry.digest)
+    if len(data) > settings.max_file_bytes:
+        return Entry(Kind.ERROR, entry.path, f"file is over the {settings.max_file_bytes} byte limit "
+                     "(DIGITQ_MAX_FILE_BYTES)", entry.digest)
+    if len(data) > blobs.INLINE_MAX:
+        key = blobs.key(job.id, batch, index)
+        large[key] = data
+        return Entry(Kind.BLOB, entry.path, key, entry.digest)
+    return Entry(Kind.DATA, entry.path, base64.b64encode(data).decode("ascii"), entry.digest)
+
+
+def job_context(settings: Settings, job: Job) -> JobContext:
     """What every message of ``job`` says about it, so that a worker without the data dir can run it: the data
     dir's id (a worker with the same one commits itself), the pinned model by content (put in Redis here, see
-    :mod:`model.artifacts`), and the queue that takes results back to this data dir."""
+    :mod:`model.serving.artifacts`), and the queue that takes results back to this data dir."""
     ref = Registry(settings.models_dir).resolve(job.model_version)
     dir_id = data_dir_id(settings.data_dir)
     try:
@@ -188,7 +193,7 @@ def job_context(settings: Settings, job: Job) -> dict:
         raise BrokerError(f"cannot put model {ref.version} in Redis at {redact(settings.redis_url)} ({e})"
                           f"{failover.explain(settings, e)}; the manifest is saved: run `digitq resume {job.id}` "
                           "once Redis is back") from e
-    return {"data_dir": dir_id, "model": artifacts.descriptor(ref), "collect": settings.collect_route(dir_id)}
+    return JobContext(dir_id, artifacts.descriptor(ref), settings.collect_route(dir_id))
 
 
 def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
@@ -233,8 +238,9 @@ def enqueue(settings: Settings, job: Job, batches: Iterable[int] | None = None,
                         collector.step()
                     time.sleep(poll)
                     _release(job, in_flight)
-                args = [job.id, index, message_entries(settings, job, index, files, scored), context]
-                # A copy the stack can send again (digitq/outbox.py), then the message; returns once a replica has
+                args = BatchMessage(job.id, index, message_entries(settings, job, index, files, scored),
+                                    context).to_wire()
+                # A copy the stack can send again (digitq/batch/outbox.py), then the message; returns once a replica has
                 # both (where there is one): a failover cannot lose them. Through a failover both are sent again
                 # until the new master has them (a duplicate message commits the same rows).
                 durably(settings, lambda args=args, index=index: (
@@ -317,11 +323,7 @@ def _commit_scored(settings: Settings, job: Job, batch: int, files: Sequence[Fil
     """Commit a batch whose every file the index has scored, here, as a worker would (if a worker committed it
     first, its result stands and these rows are discarded and counted, as any later outcome)."""
     rows = [Row(f.path, error=f.error) if f.error else Row(f.path, *scored[f.digest], digest=f.digest) for f in files]
-    job.commit(batch, rows, model_version=job.model_version, started=time.time())
-    try:
-        ledger.record(settings, job.id, batch)
-    except RedisError:
-        pass  # the merge lists the files itself
+    commit(settings, job, Outcome(job.id, batch, rows, job.model_version, time.time()))
 
 
 def resume(settings: Settings, job: Job, progress: Progress | None = None) -> list[int]:

@@ -8,10 +8,11 @@ import json
 
 import click
 
-from digitq.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, ping, redact, redis_client
+from digitq.bus import keys
+from digitq.bus.broker import PREDICT_TASK, TRAIN_TASK, client_app, eviction_policy, ping, redact, redis_client
+from digitq.disk.storage import data_dir_id
 from digitq.errors import BrokerError
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from producer.console import emit_json, settings_for
 
 
@@ -46,7 +47,7 @@ def _fleet(settings: Settings, timeout: float) -> dict:
     workers = []
     for name in sorted(set(stats) | set(queues)):
         st, extra = stats.get(name, {}), info.get(name, {})
-        served = client.hgetall(f"digitq:worker:{name}:models")
+        served = client.hgetall(keys.served_models(name))
         totals = st.get("total", {})
         worker = {
             "name": name,

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import click
 from redis.exceptions import RedisError
 
-from digitq import stalls
+from digitq.batch import stalls
+from digitq.disk.jobs import Job
+from digitq.disk.storage import atomic_write
 from digitq.errors import BrokerError, JobError, WaitTimeout
-from digitq.jobs import Job
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 
 #: How often ``wait`` asks Redis whether a worker reported the job as stalled.
 STALL_CHECK_S = 2.0
@@ -26,7 +26,7 @@ START_WORKER = "celery -A worker worker"
 def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: bool = False) -> dict:
     """The job's status from its files, ``stalled`` (with the cause) while a worker reports it cannot
     run it, or (with ``orphans``) when no commit came for ``stall_after`` seconds and none of its missing
-    batches is queued or held by a live worker (see :func:`digitq.stalls.orphaned`), or when results of
+    batches is queued or held by a live worker (see :func:`digitq.batch.stalls.is_orphaned`), or when results of
     stateless workers wait with nobody to commit them (unless ``collecting``: this process commits them)."""
     status = job.status()
     if status["state"] in ("done", "failed"):
@@ -45,12 +45,15 @@ def live_status(settings: Settings, job: Job, orphans: bool = True, collecting: 
                                                 "uncollected": waiting, "queue": stalls.collect_queue(settings),
                                                 "collect": f"digitq wait {job.id}"})
         return status
-    if orphans and idle > settings.stall_after:
-        missing = set(range(job.n_batches)) - job.committed()
-        if stalls.orphaned(settings, job.id, missing):
-            cause = (f"no commit for {idle:.0f}s and none of its {len(missing)} missing batch(es) is queued or held "
-                     f"by a live worker (a worker host died, or Redis lost them): run `digitq resume {job.id}`")
-            status.update(state="stalled", stalled={"cause": cause, "orphaned": sorted(missing), "resume": True})
+    if not orphans or idle < settings.stall_after:  # not idle long enough: no need to list the results
+        return status
+    committed = job.committed()
+    if stalls.is_orphaned(settings, job, committed):
+        missing = set(range(job.n_batches)) - committed
+        cause = (f"no commit for {stalls.idle_s(job, committed):.0f}s and none of its {len(missing)} missing "
+                 "batch(es) is queued or held by a live worker (a worker host died, or Redis lost them): "
+                 f"run `digitq resume {job.id}`")
+        status.update(state="stalled", stalled={"cause": cause, "orphaned": sorted(missing), "resume": True})
     return status
 
 
@@ -132,7 +135,7 @@ def _follow_files(job: Job, deadline: float | None, timeout: float | None, poll:
 
 def _nobody_collects(settings: Settings, job: Job) -> bool:
     """Whether results of ``job`` wait in Redis with no live worker to commit them (False when unsure)."""
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
 
     try:
         queue = stalls.collect_queue(settings)
@@ -143,7 +146,7 @@ def _nobody_collects(settings: Settings, job: Job) -> bool:
 
 def _say_if_no_worker(settings: Settings, job: Job) -> None:
     """Once, when nothing consumes the job's queue: say so, and how to start a worker."""
-    from digitq.broker import live_consumers, redact
+    from digitq.bus.broker import live_consumers, redact
 
     try:
         if live_consumers(settings, settings.predict_queue):

@@ -4,7 +4,7 @@ Everything is embedded (plots and images as data URIs), so the page opens offlin
 can be mailed. Built on the producer side, never in a worker: matplotlib (Agg) and the
 HTML stay out of the prediction path. The gallery shows the lowest-confidence images
 twice: the original (a thumbnail, read again from where it was scanned) and the 28x28
-array the model saw (decoded again by the same :func:`model.preprocess.decode_image`).
+array the model saw (decoded again by the same :func:`model.serving.preprocess.decode_image`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from digitq.disk.jobs import FileEntry, Job
+from digitq.disk.paths import unescape_path
+from digitq.disk.storage import atomic_write
 from digitq.errors import DigitqError, JobError
-from digitq.jobs import FileEntry, Job
-from digitq.paths import unescape_path
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from model.quality.metrics import CONFIDENCE_BINS
 from model.registry import Registry
 from producer.catalog import calibration_summary, percent

@@ -17,13 +17,13 @@ import re
 import time
 from pathlib import Path
 
-from digitq import scores
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import FileEntry, Job
+from digitq.disk.paths import REVIEW_MANIFEST, unescape_path
+from digitq.disk.storage import atomic_write
 from digitq.errors import ConfigError
-from digitq.files import read_file
-from digitq.jobs import FileEntry, Job
-from digitq.paths import REVIEW_MANIFEST, unescape_path
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from producer.dispatch import source_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -57,7 +57,7 @@ def _decodable(data: bytes, decode) -> bool:
 def scored_bytes(settings: Settings, job: Job, entry: FileEntry, digest: str | None) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` when the file at the scanned path still holds the bytes its row scored, else
     ``(None, why)``: the file changed or was replaced (a symlink to another file, say), is no longer a
-    readable regular file, or the row records no digest (it read no bytes, or an older digitq wrote it)."""
+    readable regular file, or the row records no digest (it read no bytes, or its result file has no digests line)."""
     if not digest:
         return None, "no digest recorded for this row (scanned before digitq recorded them: scan again)"
     try:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from digitq.disk.files import file_kind
+from digitq.disk.paths import escape_path, is_image_name
 from digitq.errors import DataError
-from digitq.files import file_kind
-from digitq.paths import escape_path, is_image_name
 from producer.forks import can_fork, exit_reason, fork_child
 
 

@@ -15,8 +15,8 @@ import os
 import struct
 from dataclasses import replace
 
+from digitq.disk.jobs import Job
 from digitq.errors import BrokerError, DigitqError, JobError
-from digitq.jobs import Job
 from digitq.settings import Settings, available_cores
 from producer.dispatch import Enqueued, Progress, enqueue
 from producer.forks import can_fork, exit_reason, fork_child

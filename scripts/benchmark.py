@@ -283,7 +283,7 @@ def _rss_mb(pid: int) -> tuple[float, float]:
 
 
 def _accuracy(csv_path: str) -> float:
-    from digitq import csvfile
+    from digitq.disk import csvfile
 
     rows = csvfile.read(csv_path)
     label = re.compile(r"(?:^|/)([0-9])(?:/|_)")
@@ -429,8 +429,8 @@ class Mode:
     (``-Q collect.<id> -c 1``) that sees the data dir and commits; on the same cores, so its CPU counts."""
 
     def __init__(self, name: str, redis_url: str, tmp: Path, env: dict, concurrency: int):
+        from digitq.disk.storage import data_dir_id
         from digitq.settings import Settings
-        from digitq.storage import data_dir_id
         from worker.process import WorkerProcess
 
         self.name, self.redis_url = name, redis_url
@@ -643,7 +643,7 @@ def run_pipelines(tmp: Path, images: int, photos: int, env: dict, concurrency: i
     """(c), (e), (f), (g), with (d) and (h) when ``extras``: the pipeline with workers that see the data dir and
     with stateless ones, alternating, on the folders ``tmp/digits``, ``tmp/photos`` and ``tmp/warmup``; and what
     one Redis paid per image in each (the cost model). Fills ``results``."""
-    from digitq.redisserver import RedisServer
+    from digitq.bus.server import RedisServer
 
     with RedisServer() as redis, RedisServer() as sredis:
         modes = {"shared": Mode("shared", redis.url, tmp, env, concurrency),
@@ -720,7 +720,7 @@ def run_million(tmp: Path, count: int, data: str, env: dict, concurrency: int) -
     """Scan ``count`` files with warm workers and a fresh Redis; peak memory of the producer and of Redis."""
     import redis as redis_lib
 
-    from digitq.redisserver import RedisServer
+    from digitq.bus.server import RedisServer
     from worker.process import WorkerProcess
 
     folder = tmp / "many"

@@ -30,7 +30,7 @@ DIRECTORY_SAMPLE = 5000
 def main(argv: list[str] | None = None) -> None:
     """Fit ``DIR``'s temperature on MNIST (``MNIST``: an IDX dir or npz), score the suite (``LIMIT`` images
     per shift at most; all by default), record both in ``DIR/model.json``."""
-    from digitq.storage import atomic_write
+    from digitq.disk.storage import atomic_write
     from model.dataset import load_dataset
     from model.quality.calibration import CALIBRATION_SEED, calibration_images, fit
     from model.quality.evaluation import held_out_of, score_shifts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from digitq.redisserver import RedisServer
+from digitq.bus.server import RedisServer
 from digitq.settings import Settings
 from worker.process import WorkerProcess
 

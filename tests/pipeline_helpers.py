@@ -75,7 +75,7 @@ MODES = ("shared", "stateless")
 def start_workers(mode: str, settings: Settings, logs: Path, *, env: dict[str, str] | None = None,
                   app: str = "worker", concurrency: int = 1, name: str = "w"):
     """The workers of ``mode``, started; the predicting one first. Stop them with :func:`stop_workers`."""
-    from digitq.storage import data_dir_id
+    from digitq.disk.storage import data_dir_id
     from worker.process import WorkerProcess
 
     base = {**worker_env(settings), **(env or {})}

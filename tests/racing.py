@@ -18,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from digitq import trainings
+from digitq.disk import training_requests as trainings
 from model.registry import Registry
 from worker import inference
 from worker.application import app

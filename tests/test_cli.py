@@ -6,7 +6,7 @@ import sys
 
 from click.testing import CliRunner
 
-from digitq.redisserver import free_port
+from digitq.bus.server import free_port
 from producer.cli import main
 
 from .conftest import ROOT
@@ -25,7 +25,7 @@ def test_scan_help_is_light():
 
 def test_producer_never_imports_tensorflow(tmp_path):
     """A whole scan path up to the broker: the producer modules pull in no TensorFlow."""
-    code = ("import sys; import producer.cli, producer.dispatch, producer.scan, producer.demo, digitq.jobs\n"
+    code = ("import sys; import producer.cli, producer.dispatch, producer.scan, producer.demo, digitq.disk.jobs\n"
             "print('tensorflow' in sys.modules or 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
@@ -54,9 +54,9 @@ def test_jobs_on_empty_data_dir(tmp_path):
 
 
 def test_redis_password_is_used_and_checked(tmp_path):
-    from digitq.broker import ping
+    from digitq.bus.broker import ping
+    from digitq.bus.server import RedisServer
     from digitq.errors import BrokerError
-    from digitq.redisserver import RedisServer
     from digitq.settings import Settings
 
     with RedisServer(password="s3cret") as server:
@@ -73,7 +73,7 @@ def test_redis_password_is_used_and_checked(tmp_path):
 
 
 def test_empty_folder_is_a_finished_empty_job(tmp_path):
-    from digitq.redisserver import RedisServer
+    from digitq.bus.server import RedisServer
 
     (tmp_path / "empty").mkdir()
     with RedisServer() as server:
@@ -86,8 +86,8 @@ def test_empty_folder_is_a_finished_empty_job(tmp_path):
 
 
 def test_redis_lost_while_sending_keeps_the_manifest(tmp_path, mnist):
+    from digitq.bus.server import RedisServer
     from digitq.errors import BrokerError
-    from digitq.redisserver import RedisServer
     from digitq.settings import Settings
     from model.dataset import write_image_folder
     from producer.dispatch import enqueue
@@ -115,7 +115,7 @@ def test_demo_runs_and_stops_what_it_started(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     csv_line = [line for line in proc.stdout.splitlines() if line.startswith("CSV: ")]
     assert csv_line, proc.stdout
-    from digitq import csvfile
+    from digitq.disk import csvfile
 
     rows = csvfile.read(csv_line[0][5:])
     assert len(rows) == 36 and not any(r["error"] for r in rows)

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 
 import redis
 
-from digitq import csvfile
-from digitq.jobs import Job, list_jobs
+from digitq.disk import csvfile
+from digitq.disk.jobs import Job, list_jobs
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from worker.process import WorkerProcess
 

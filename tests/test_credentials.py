@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import pytest
 
+from digitq.bus.urls import SPECIAL, normalise, parse_sentinel, redact
 from digitq.errors import ConfigError
-from digitq.redisurl import SPECIAL, normalise, parse_sentinel, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Pieces of the generated passwords: each is found nowhere in the URL templates, so any of them in a redacted URL or
@@ -147,7 +147,7 @@ PASSWORD = "top;Qz7secret"
 
 @pytest.fixture(scope="module")
 def locked_redis():
-    from digitq.redisserver import RedisServer
+    from digitq.bus.server import RedisServer
 
     server = RedisServer(password=PASSWORD).start()
     yield server

@@ -21,7 +21,7 @@ import time
 import pytest
 from PIL import Image
 
-from digitq import csvfile
+from digitq.disk import csvfile
 from model.dataset import write_image_folder
 from model.registry import Registry
 

@@ -12,8 +12,9 @@ import pytest
 import redis
 from PIL import Image
 
-from digitq import csvfile, outbox
-from digitq.jobs import FileEntry, Job, Row, create_job
+from digitq.batch import outbox
+from digitq.disk import csvfile
+from digitq.disk.jobs import FileEntry, Job, Row, create_job
 from digitq.settings import Settings
 from producer.dispatch import _commit_scored, enqueue
 
@@ -110,7 +111,7 @@ def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypat
     import errno
     import os
 
-    from digitq.storage import create_once
+    from digitq.disk.storage import create_once
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")  # FAT, some FUSE and SMB mounts
@@ -125,8 +126,9 @@ def test_create_once_without_hard_links_still_never_replaces(tmp_path, monkeypat
 def test_a_late_duplicate_whose_blobs_are_freed_is_counted_in_both_modes(redis_server, tmp_path, mnist, mode):
     """A delivery that comes after the commit freed its blobs (a lost ack, a sweeper's copy) is dropped before any
     work; a stateless worker, which cannot see the job, hands the drop in to be counted where it can."""
-    from digitq import blobs
-    from digitq.broker import PREDICT_TASK, client_app
+    from digitq.batch import blobs
+    from digitq.batch.message import BatchMessage
+    from digitq.bus.broker import PREDICT_TASK, client_app
     from producer.dispatch import job_context, message_entries
 
     settings = _settings(redis_server, tmp_path, 7)
@@ -146,11 +148,12 @@ def test_a_late_duplicate_whose_blobs_are_freed_is_counted_in_both_modes(redis_s
         job = Job.load(settings.jobs_dir, last_json(scanned)["job_id"])
         result = job.result_path(0).read_bytes()
         entries = message_entries(settings, job, 0, dict(job.batches([0]))[0])
-        keys = [e["blob"] for e in entries if "blob" in e]
+        keys = BatchMessage(job.id, 0, entries).blob_keys
         assert keys
         blobs.delete(settings, keys)  # as the first commit left them
         app = client_app(settings)
-        app.send_task(PREDICT_TASK, args=[job.id, 0, entries, job_context(settings, job)], queue=settings.predict_queue)
+        late = BatchMessage(job.id, 0, entries, job_context(settings, job))
+        app.send_task(PREDICT_TASK, args=late.to_wire(), queue=settings.predict_queue)
         app.close()
         wait_until(lambda: job.discarded() == 1, timeout=120, what="the late duplicate to be counted")
     finally:

@@ -29,7 +29,7 @@ def no_train_extra(monkeypatch):
 def test_the_serving_cli_and_beat_modules_import_without_the_train_extra():
     code = ABSENT + (
         "import worker, worker.tasks, worker.beat, worker.health, worker.inference, producer.cli, producer.report, "
-        "producer.review, producer.fleet, producer.training, producer.catalog, model.quality.evaluation, "
+        "producer.review, producer.fleet, producer.retraining, producer.catalog, model.quality.evaluation, "
         "model.serving.runtime, model.training.run\n"
         "from model.extras import missing; print(','.join(missing()))\n"
         "from producer.cli import main; main(['scan', '--help'], standalone_mode=False)\n")
@@ -67,7 +67,7 @@ def test_the_training_module_commands_say_to_install_the_extra(module, tmp_path)
 
 
 def test_a_training_taken_without_the_extra_fails_saying_what_to_install(no_train_extra, settings):
-    from digitq.trainings import Training, create_training
+    from digitq.disk.training_requests import Training, create_training
     from model.training.run import run_training
 
     settings.trainings_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def test_a_training_taken_without_the_extra_fails_saying_what_to_install(no_trai
 def test_a_worker_without_the_train_extra_leaves_the_train_queue_alone(redis_server, tmp_path):
     import os
 
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
     from digitq.settings import Settings
     from worker.process import WorkerProcess
 

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.sentinel import MasterNotFoundError
 
-from digitq import failover, replication
+from digitq.bus import failover, replication
 from digitq.settings import Settings
 
 SENTINEL = "sentinel://:pw@127.0.0.1:26379/0"

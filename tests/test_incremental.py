@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from digitq import csvfile, scores
+from digitq.disk import csvfile, scores
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from model.registry import Registry

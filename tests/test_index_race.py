@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from digitq import scores
+from digitq.disk import scores
 
 ROUNDS = 120
 WRITES = 15  # record() calls per writer and round, 40 rows each

@@ -6,9 +6,10 @@ import os
 
 import redis
 
-from digitq import csvfile
+from digitq.bus import keys
+from digitq.disk import csvfile
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.follow import wait_for
 from worker.process import WorkerProcess
@@ -44,7 +45,7 @@ def test_a_worker_whose_data_dir_is_mounted_mid_job_collects_for_it_without_a_re
         (tmp_path / "data.new").symlink_to(real)
         os.replace(tmp_path / "data.new", mount)
         status = wait_for(job, timeout=90)  # polls the files only: this process commits nothing
-        wait_until(lambda: client.exists(f"digitq:sweeper:{report_id}"), timeout=30, poll=0.1,
+        wait_until(lambda: client.exists(keys.sweeper_lock(report_id)), timeout=30, poll=0.1,
                    what="the sweeper to pass over the mounted data dir")
         report = json.loads(cli_for(settings)("workers", "--json").stdout)
         log = late.log()
@@ -69,7 +70,7 @@ def test_init_creates_the_data_dir_and_its_id_once(redis_server, tmp_path):
 
 
 def test_the_data_dir_id_is_read_again_when_it_changes_and_never_created(tmp_path):
-    from digitq.commit import local_data_dir
+    from digitq.batch.commit import local_data_dir
 
     first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
     empty.mkdir()

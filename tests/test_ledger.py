@@ -2,8 +2,10 @@
 
 import numpy as np
 
-from digitq import csvfile, ledger
-from digitq.jobs import Job
+from digitq.batch import ledger
+from digitq.batch.message import BatchMessage, Kind
+from digitq.disk import csvfile
+from digitq.disk.jobs import Job
 from model.dataset import write_image_folder
 from producer.dispatch import message_entries
 from worker.inference import run_batch
@@ -29,7 +31,7 @@ def test_only_the_last_commit_lists_the_results(settings, tmp_path, mnist, monke
     order = [3, 0, 7, 7, 1, 2, 4, 6, 5]  # batch 7 delivered twice
     for batch in order:
         files = dict(job.batches())[batch]
-        result = run_batch(settings, job.id, batch, message_entries(settings, job, batch, files))
+        result = run_batch(settings, BatchMessage(job.id, batch, message_entries(settings, job, batch, files)))
         assert result["done"] == (batch == order[-1])
     assert len(listings) == 1  # the merge's single look at results/, after the last commit
     rows = csvfile.read(Job.load(settings.jobs_dir, job.id).csv_path)
@@ -63,8 +65,8 @@ def test_large_files_travel_as_blobs_and_are_freed_after_the_commit(settings, tm
     import pytest
     from PIL import Image
 
-    from digitq import blobs
-    from digitq.broker import redis_client
+    from digitq.batch import blobs
+    from digitq.bus.broker import redis_client
     from digitq.errors import JobError
 
     folder = tmp_path / "big"
@@ -79,17 +81,18 @@ def test_large_files_travel_as_blobs_and_are_freed_after_the_commit(settings, tm
     job = make_job(settings, folder, batch_size=10, send=False)
     files = dict(job.batches())[0]
     entries = message_entries(settings, job, 0, files)
-    kinds = {e["path"].rsplit("/", 1)[-1]: ("blob" if "blob" in e else "data") for e in entries}
-    assert kinds["big.png"] == "blob" and list(kinds.values()).count("data") == 3
-    key = next(e["blob"] for e in entries if "blob" in e)
+    kinds = {e.path.rsplit("/", 1)[-1]: e.kind for e in entries}
+    assert kinds["big.png"] is Kind.BLOB and list(kinds.values()).count(Kind.DATA) == 3
+    key = next(e.value for e in entries if e.kind is Kind.BLOB)
     assert redis_client(settings).get(key) == buf.getvalue() and 0 < redis_client(settings).ttl(key) <= blobs.TTL_S
-    result = run_batch(settings, job.id, 0, entries)
+    result = run_batch(settings, BatchMessage(job.id, 0, entries))
     assert result["done"] and redis_client(settings).exists(key) == 0
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in csvfile.read(job.csv_path)}
     assert rows["big.png"]["prediction"] == "3" and not rows["big.png"]["error"]
-    assert run_batch(settings, job.id, 0, entries)["duplicate"] is True  # late duplicate: nothing rewritten
+    late = run_batch(settings, BatchMessage(job.id, 0, entries))  # a late duplicate: nothing rewritten
+    assert late["duplicate"] is True
     lost = make_job(settings, folder, batch_size=10, send=False)
     entries = message_entries(settings, lost, 0, dict(lost.batches())[0])
-    blobs.delete(settings, [e["blob"] for e in entries if "blob" in e])  # Redis restarted, or 24 h passed
+    blobs.delete(settings, BatchMessage(lost.id, 0, entries).blob_keys)  # Redis restarted, or 24 h passed
     with pytest.raises(JobError, match="no longer in Redis.*digitq resume"):
-        run_batch(settings, lost.id, 0, entries)
+        run_batch(settings, BatchMessage(lost.id, 0, entries))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digitq import csvfile
-from digitq.broker import PREDICT_TASK, client_app
-from digitq.redisserver import RedisServer
+from digitq.batch.message import BatchMessage
+from digitq.bus.broker import PREDICT_TASK, client_app
+from digitq.bus.server import RedisServer
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main
@@ -124,7 +125,7 @@ def test_status_wait_and_jobs_report_truthfully(worker, settings, digits):
 
 def test_pickle_messages_are_refused(worker, settings, digits):
     job = make_job(settings, digits, batch_size=32, send=False)
-    args = [job.id, 0, message_entries(settings, job, 0, next(job.batches())[1])]
+    args = BatchMessage(job.id, 0, message_entries(settings, job, 0, next(job.batches())[1])).to_wire()
     app = client_app(settings)
     try:
         app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, serializer="pickle")

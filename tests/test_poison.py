@@ -8,7 +8,9 @@ import pytest
 import redis
 from PIL import Image, PngImagePlugin
 
-from digitq import csvfile, quarantine
+from digitq.batch import quarantine
+from digitq.bus import keys
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.dispatch import submit
@@ -62,12 +64,13 @@ def test_a_file_that_kills_every_worker_process_is_quarantined_and_the_job_compl
     # Exactly DEATHS careful deliveries died, after the first one: not redelivered forever.
     assert log.count("processing file by file") == quarantine.DEATHS + 1
     assert "killer.png killed 2 worker processes; quarantined" in log
-    leftovers = redis.Redis.from_url(url).keys("digitq:job:*:deliveries")
+    leftovers = redis.Redis.from_url(url).keys(keys.deliveries("*", "*"))
     assert leftovers == []  # forgotten once committed
 
 
 def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_server, tmp_path, monkeypatch):
-    from digitq.jobs import Row
+    from digitq.batch.message import Entry
+    from digitq.disk.jobs import Row
     from worker.inference import _guarded_rows
 
     url = db_url(redis_server.url, 10)
@@ -77,7 +80,8 @@ def test_a_batch_that_keeps_dying_outside_any_file_is_given_up_whole(redis_serve
     delivery = quarantine.Delivery.begin(settings, "job-x", 0)
     assert delivery.exhausted and delivery.count == quarantine.MAX_DELIVERIES + 1
     entries = [{"path": "a.png", "data": ""}, {"path": "b.png", "error": "unreadable"}]
-    rows = _guarded_rows(delivery, predictor=None, entries=entries, max_bytes=100, fetched={})
+    rows = _guarded_rows(delivery, predictor=None, entries=[Entry.from_wire(e) for e in entries], max_bytes=100,
+                         fetched={})
     assert rows[0] == Row("a.png", error=rows[0].error) and "given up" in rows[0].error
     assert rows[1].error == "unreadable"
     delivery.finish()

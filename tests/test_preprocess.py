@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from digitq.disk.paths import is_image_name
 from digitq.errors import ImageError
-from digitq.paths import is_image_name
 from model.serving.preprocess import decode_image
 
 
@@ -89,6 +89,7 @@ def test_predict_entries_isolates_every_failure():
     """One row per entry, in order, whatever goes wrong with each one."""
     import base64
 
+    from digitq.batch.message import Entry
     from worker.inference import predict_entries
 
     class Fixed:
@@ -100,7 +101,7 @@ def test_predict_entries_isolates_every_failure():
     good = base64.b64encode(_png(_stroke())).decode()
     entries = [{"path": "a", "data": good}, {"path": "b", "data": "%%%not base64"}, {"path": "c", "error": "too big"},
                {"path": "d"}, {"path": "e", "ref": "/nonexistent/x.png"}, {"path": "f", "data": good}]
-    rows = predict_entries(Fixed(), entries, max_bytes=1 << 20)
+    rows = predict_entries(Fixed(), [Entry.from_wire(e) for e in entries], max_bytes=1 << 20)
     assert [r.path for r in rows] == list("abcdef")
     assert [r.prediction for r in rows] == [4, None, None, None, None, 4]
     assert all(r.error for r in rows[1:5]) and rows[2].error == "too big"

@@ -10,13 +10,14 @@ import textwrap
 
 import redis
 
-from digitq import csvfile
+from digitq.bus import keys
+from digitq.disk import csvfile
+from digitq.disk.training_requests import send_training
 from digitq.settings import Settings
-from digitq.trainings import send_training
 from model.dataset import write_image_folder
 from model.registry import Registry
 from producer.dispatch import resume, submit
-from producer.training import request_training
+from producer.retraining import request_training
 from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
@@ -63,7 +64,7 @@ def test_two_concurrent_deliveries_of_a_training_train_it_once(redis_server, tmp
     assert "earlier delivery" not in outcome["reason"]
     # The other delivery was acknowledged without training, saying why.
     assert log.count(f"training {training.id} is already being trained by") == 1
-    assert redis.Redis.from_url(url).keys(f"digitq:training:{training.id}:*") == []  # the claim was released
+    assert redis.Redis.from_url(url).keys(keys.training_pattern(training.id)) == []  # the claim was released
 
 
 def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist):
@@ -98,7 +99,7 @@ def test_live_copies_of_a_batch_quarantine_nothing(redis_server, tmp_path, mnist
     assert len(rows) == 6 and not [r for r in rows if r["error"]], rows
     assert log.count("processing file by file") == 3  # copies 2-4 were careful
     assert "quarantined" not in log
-    assert redis.Redis.from_url(url).keys("digitq:job:*:deliveries") == []
+    assert redis.Redis.from_url(url).keys(keys.deliveries("*", "*")) == []
 
 
 def _hold_in_child(code: str) -> subprocess.Popen:
@@ -110,13 +111,13 @@ def _hold_in_child(code: str) -> subprocess.Popen:
 
 
 def test_a_lease_is_exclusive_while_its_holder_lives_and_taken_over_at_once_when_it_is_killed(redis_server):
-    from digitq.holders import Holder, Lease
+    from digitq.bus.holders import Holder, Lease
 
     url = db_url(redis_server.url, 15)
     client = redis.Redis.from_url(url)
     child = _hold_in_child(f"""
         import redis
-        from digitq.holders import Lease
+        from digitq.bus.holders import Lease
         assert Lease(redis.Redis.from_url({url!r}), "test:lease", 60).acquire() is None
     """)
     try:
@@ -141,8 +142,8 @@ def _careful_child(url: str, index: int, remote: bool = False) -> subprocess.Pop
     named as a process of another host (so only its alive key, refreshed every 0.3 s for 1.5 s, tells)."""
     return _hold_in_child(f"""
         import os
-        from digitq import quarantine
-        from digitq.holders import Holder
+        from digitq.batch import quarantine
+        from digitq.bus.holders import Holder
         from digitq.settings import Settings
         quarantine.ALIVE_TTL_MS, quarantine.ALIVE_EVERY_S = 1500, 0.3
         if {remote!r}:
@@ -156,14 +157,14 @@ def _careful_child(url: str, index: int, remote: bool = False) -> subprocess.Pop
 def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
     import time
 
-    from digitq import quarantine
+    from digitq.batch import quarantine
     from digitq.settings import Settings
 
     url = db_url(redis_server.url, 15)
     settings = Settings.from_env(redis_url=url)
     client = redis.Redis.from_url(url)
     client.flushdb()
-    key = "digitq:job:job-z:batch:0:deliveries"
+    key = keys.deliveries("job-z", 0)
     begin = lambda: quarantine.Delivery.begin(settings, "job-z", 0)  # noqa: E731
     begin()
     children = {index: _careful_child(url, index, remote) for index, remote in ((3, False), (6, False), (4, True))}
@@ -175,7 +176,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
         # has 1.5 s to live, and nobody refreshes it); another host's live delivery is on file 4 (child 4).
         client.hset(key, "at:faraway|ns|8|1|boot", "5")
         client.pipeline().hset(key, "at:far2|ns|9|1|boot", "7").set(
-            "digitq:job:job-z:batch:0:alive:far2|ns|9|1|boot", 1, px=1500).execute()
+            keys.alive("job-z", 0, "far2|ns|9|1|boot"), 1, px=1500).execute()
         started = time.monotonic()
         second = begin()
         assert second.deaths == {5: 1, 6: 1, 7: 1}  # 7 once its key expired; well within the 10 s TTL
@@ -200,7 +201,7 @@ def test_only_the_markers_of_dead_deliveries_count_as_deaths(redis_server):
 def test_a_holder_of_another_boot_is_never_taken_for_a_local_one(redis_server):
     import socket
 
-    from digitq.holders import Holder, Lease, _pid_namespace, boot_id
+    from digitq.bus.holders import Holder, Lease, _pid_namespace, boot_id
 
     assert boot_id() and Holder.me().boot == boot_id()
     client = redis.Redis.from_url(db_url(redis_server.url, 15))
@@ -227,8 +228,8 @@ def test_a_lost_lease_is_never_taken_again(redis_server):
     from redis.exceptions import RedisError
     from redis.retry import Retry
 
-    from digitq.holders import UNKNOWN, Holder, Lease
-    from digitq.redisserver import free_port
+    from digitq.bus.holders import UNKNOWN, Holder, Lease
+    from digitq.bus.server import free_port
 
     client = redis.Redis.from_url(db_url(redis_server.url, 15))
     # Another holder took it (after a lapse): lost, and lost for good even once the key is free again.
@@ -273,10 +274,10 @@ def test_a_lost_lease_is_never_taken_again(redis_server):
 def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server, tmp_path):
     import pytest
 
-    from digitq.broker import redis_client
-    from digitq.holders import Holder, Lease
+    from digitq.bus.broker import redis_client
+    from digitq.bus.holders import Holder, Lease
+    from digitq.disk.training_requests import TrainingClaimed, claim_key, create_training
     from digitq.settings import Settings
-    from digitq.trainings import TrainingClaimed, claim_key, create_training
     from model.training.run import run_training
 
     url = db_url(redis_server.url, 15)
@@ -287,7 +288,7 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
     key = claim_key(training.id)
     child = _hold_in_child(f"""
         import redis
-        from digitq.holders import Lease
+        from digitq.bus.holders import Lease
         assert Lease(redis.Redis.from_url({url!r}), {key!r}, 60).acquire() is None
     """)
     try:  # held by a live process on this host: acknowledged as a duplicate
@@ -307,9 +308,9 @@ def test_a_delivery_that_finds_the_training_claimed_touches_nothing(redis_server
 def claim_contest(redis_server, tmp_path, mnist, monkeypatch, *, epochs: int, promote: str):
     """A training of 60 digits on its own database, heartbeats every 50 ms, and a lease on its claim held by a
     process "elsewhere" (not yet acquired): ``(settings, training, client, key, other)``."""
-    from digitq import trainings
-    from digitq.holders import Holder, Lease
-    from digitq.trainings import claim_key, create_training
+    from digitq.bus.holders import Holder, Lease
+    from digitq.disk import training_requests as trainings
+    from digitq.disk.training_requests import claim_key, create_training
 
     url = db_url(redis_server.url, 12)
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
@@ -326,8 +327,8 @@ def claim_contest(redis_server, tmp_path, mnist, monkeypatch, *, epochs: int, pr
 
 def test_a_training_that_loses_its_claim_mid_run_stops_publishes_nothing_and_overwrites_nothing(
         redis_server, tmp_path, mnist, monkeypatch):
-    from digitq.storage import atomic_write_json
-    from digitq.trainings import Training
+    from digitq.disk.storage import atomic_write_json
+    from digitq.disk.training_requests import Training
     from model.training.run import run_training
 
     settings, training, client, key, other = claim_contest(redis_server, tmp_path, mnist, monkeypatch, epochs=3,

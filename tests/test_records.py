@@ -6,25 +6,24 @@ import json
 
 import pytest
 
+from digitq.disk.jobs import FileEntry, Job, Row, create_job, list_jobs
+from digitq.disk.records import ID_RE, State, list_ids, new_id
+from digitq.disk.training_requests import Training, create_training, list_trainings
 from digitq.errors import JobError, JobNotFound, TrainingError, TrainingNotFound
-from digitq.jobs import FileEntry, Job, Row, check_job_id, create_job, list_jobs, new_job_id
-from digitq.records import ID_RE, State, list_ids, new_id
-from digitq.trainings import Training, check_training_id, create_training, list_trainings
 
 BAD_IDS = ["", "x", "20240101-000000-abcde", "20240101-000000-ABCDEF", "../20240101-000000-abcdef",
            "20240101-000000-abcdef\n", "20240101-000000-abcdef/..", None, 20240101]
 
 
 def test_ids_are_one_format_for_jobs_and_trainings():
-    for make in (new_id, new_job_id):
-        assert ID_RE.fullmatch(make())
+    assert ID_RE.fullmatch(new_id())
     good = new_id()
-    assert check_job_id(good) == good and check_training_id(good) == good
+    assert Job.check_id(good) == good and Training.check_id(good) == good
     for bad in BAD_IDS:
         with pytest.raises(JobError, match="is not a job id .expected YYYYMMDD-HHMMSS-xxxxxx.; see `digitq jobs`"):
-            check_job_id(bad)
+            Job.check_id(bad)
         with pytest.raises(TrainingError, match="is not a training id .*; see `digitq trainings`"):
-            check_training_id(bad)
+            Training.check_id(bad)
 
 
 def test_loading_a_missing_record_says_which_and_where(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from digitq import csvfile
-from digitq.paths import REVIEW_MANIFEST
+from digitq.disk import csvfile
+from digitq.disk.paths import REVIEW_MANIFEST
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from model.registry import Registry

@@ -15,15 +15,16 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from digitq import csvfile
-from digitq.broker import redis_client
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.bus.replication import confirm_replicated
+from digitq.bus.server import SentinelTopology, find_redis_server
+from digitq.bus.urls import normalise, parse_sentinel, redact
+from digitq.disk import csvfile
+from digitq.disk.jobs import Job
+from digitq.disk.storage import data_dir_id
 from digitq.errors import ConfigError
-from digitq.jobs import Job
-from digitq.redisserver import SentinelTopology, find_redis_server
-from digitq.redisurl import normalise, parse_sentinel, redact
-from digitq.replication import confirm_replicated
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.cli import main
 from worker.process import WorkerProcess
@@ -71,7 +72,7 @@ def test_a_bad_sentinel_url_says_what_to_fix_and_never_shows_the_password(bad, s
 
 
 def test_celery_gets_kombus_sentinel_transport_and_the_sentinels_password(monkeypatch):
-    from digitq.broker import celery_config
+    from digitq.bus.broker import celery_config
 
     url = "sentinels://:pw@h1:1;sentinels://h2:2"
     monkeypatch.setenv("DIGITQ_REDIS_CA", "/ca.pem")
@@ -153,7 +154,7 @@ def test_workers_and_a_scan_through_sentinel(stack, tmp_path, mnist):
 def test_confirm_replicated_costs_nothing_without_a_replica(redis_server, settings):
     import redis
 
-    from digitq import replication
+    from digitq.bus import replication
 
     replication._replicas.clear()
     assert confirm_replicated(settings) is None  # one INFO: no replica
@@ -266,7 +267,7 @@ def test_a_job_survives_the_sigkill_of_its_master(stack, mnist, failover):
 
     assert sorted(w["name"].split("-")[0] for w in digitq("workers")["workers"]) == ["shared", "stateless"]
     assert digitq("status", job.id)["state"] == "done"
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
 
     assert len(live_consumers(settings, "predict")) == 2  # this process: asks again after the stale connection
 
@@ -283,7 +284,7 @@ def _lost(stack: dict, job: Job, killed: float) -> dict:
                 said.setdefault(w.logfile.name, []).append(line[:300])
     report = {"missing": missing, "killed": killed, "unacked": [_describe(r) for r in client.hvals("unacked")],
               "queued": client.llen("predict"), "said": said,
-              "ledger": sorted(int(b) for b in client.smembers(f"digitq:job:{job.id}:committed")),
+              "ledger": sorted(int(b) for b in client.smembers(keys.committed(job.id))),
               "warnings": [ln[:300] for w in stack["workers"] for ln in w.log().splitlines()
                            if "WARNING" in ln or "ERROR" in ln][:40]}
     (stack["tmp"] / "failover-lost.json").write_text(json.dumps(report, indent=1))

@@ -8,7 +8,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from digitq import csvfile, stalls
+from digitq.batch import stalls
+from digitq.disk import csvfile
 from digitq.settings import Settings
 from model.dataset import write_image_folder
 from producer.cli import main
@@ -60,7 +61,7 @@ def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_se
 
 
 def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
 
     assert any(name.startswith("digitq-") for name in live_consumers(settings, "predict"))
     assert live_consumers(settings, "train") == []
@@ -117,7 +118,7 @@ def test_warm_shutdown_mid_job_loses_nothing_and_duplicates_nothing(redis_server
 def test_only_an_old_invisible_job_is_given_up():
     import time
 
-    from worker.tasks import GIVE_UP_AFTER_S, job_age_s
+    from worker.hooks import GIVE_UP_AFTER_S, job_age_s
 
     now = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     assert 0 <= job_age_s(f"{now}-abcdef") < 5
@@ -154,7 +155,7 @@ def test_a_dead_worker_host_stalls_the_job_and_wait_resume_stalled_finishes_it(r
 
         status = wait_until(status_past_stall_after, timeout=30, poll=0.2, what="a status past --stall-after")
         assert status["state"] == "queued"  # only the live worker's hold keeps it from "stalled"
-        assert stalls.orphaned(settings, job_id, {0}) is False  # known held, not merely unknown
+        assert stalls.unclaimed(settings, job_id, {0}) is False  # known held, not merely unknown
         os.killpg(doomed.proc.pid, 9)  # the whole host dies: parent and pool, the batch unacked
     finally:
         doomed.stop()

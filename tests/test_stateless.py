@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from digitq import csvfile
-from digitq.commit import Outcome
+from digitq.batch.message import Outcome
+from digitq.bus import keys
+from digitq.disk import csvfile
+from digitq.disk.jobs import Row
+from digitq.disk.storage import data_dir_id
 from digitq.errors import JobError, ModelError
-from digitq.jobs import Row
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from model.registry import ONNX_FILE, Registry
 from model.serving import artifacts
@@ -132,13 +133,13 @@ def test_a_tampered_or_missing_model_is_refused(published, tmp_path):
     settings, ref, model = published
     client = redis.Redis.from_url(settings.redis_url)
     worker = Settings.from_env(redis_url=settings.redis_url, data_dir=str(tmp_path / "absent"))
-    graph_key = f"digitq:artifact:{ref.artifacts()[ONNX_FILE]}"
+    graph_key = keys.model_artifact(ref.artifacts()[ONNX_FILE])
     good = client.get(graph_key)
     client.set(graph_key, good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(ModelError, match="fails its checksum"):
         artifacts.ArtifactCache().get(worker, model)
     client.set(graph_key, good)
-    meta_key = f"digitq:model:{model['meta']}"
+    meta_key = keys.model_meta(model['meta'])
     client.set(meta_key, client.get(meta_key).replace(b'"temperature"', b'"temperaturE"'))
     with pytest.raises(ModelError, match="metadata fails its checksum"):
         artifacts.ArtifactCache().get(worker, model)
@@ -152,9 +153,9 @@ def test_a_tampered_or_missing_model_is_refused(published, tmp_path):
 def test_an_outcome_travels_as_json_and_a_malformed_one_is_refused():
     rows = [Row("a.png", 7, 0.99, digest="d1"), Row("b.png", error="cannot read", lasting=False)]
     outcome = Outcome("20261202-000000-abcdef", 3, rows, "bundled-2", 1.5, index=[("d1", 7, 0.99, None)],
-                      blobs=["digitq:blob:x:3:0"])
-    back = Outcome.from_message(outcome.job_id, 3, json.loads(json.dumps(outcome.to_message())))
+                      blobs=[keys.blob("x", 3, 0)])
+    back = Outcome.from_wire(outcome.job_id, 3, json.loads(json.dumps(outcome.to_wire())))
     assert back == outcome and [r.lasting for r in back.rows] == [True, False] and back.rows[0].digest == "d1"
     with pytest.raises(JobError, match="malformed"):
-        Outcome.from_message(outcome.job_id, 3, {"rows": [["a.png"]], "model_version": "x", "started": 0,
+        Outcome.from_wire(outcome.job_id, 3, {"rows": [["a.png"]], "model_version": "x", "started": 0,
                                                  "blobs": []})

@@ -8,11 +8,13 @@ import time
 import pytest
 import redis
 
-from digitq import csvfile, outbox, stalls
-from digitq.broker import PREDICT_TASK, client_app
-from digitq.jobs import Row
+from digitq.batch import outbox, stalls
+from digitq.batch.message import BatchMessage
+from digitq.bus.broker import PREDICT_TASK, client_app
+from digitq.disk import csvfile
+from digitq.disk.jobs import Row
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 from model.dataset import write_image_folder
 from producer.dispatch import job_context, message_entries, submit
 from producer.follow import wait_for
@@ -116,7 +118,8 @@ def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, 
     job = make_job(settings, tmp_path / "in", batch_size=2, send=False)
     client = redis.Redis.from_url(url)
     with WorkerProcess(worker_env(settings), tmp_path / "w.log") as worker:
-        args = [job.id, 0, message_entries(settings, job, 0, dict(job.batches())[0]), job_context(settings, job)]
+        args = BatchMessage(job.id, 0, message_entries(settings, job, 0, dict(job.batches())[0]),
+                            job_context(settings, job)).to_wire()
         app = client_app(settings)
         try:  # what `self.retry(countdown=...)` sends
             app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue, countdown=120)
@@ -124,5 +127,5 @@ def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, 
             app.close()
         wait_until(lambda: client.llen(settings.predict_queue) == 0, timeout=30, what="the worker to take it")
         wait_until(lambda: "received" in worker.log(), timeout=30, what="the worker to schedule it")
-        orphaned = stalls.orphaned(settings, job.id, {0})
+        orphaned = stalls.unclaimed(settings, job.id, {0})
     assert orphaned is False and job.committed() == set()

@@ -5,8 +5,8 @@ import io
 
 import pytest
 
-from digitq import csvfile
-from digitq.paths import escape_path, unescape_path
+from digitq.disk import csvfile
+from digitq.disk.paths import escape_path, unescape_path
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from digitq import csvfile
-from digitq.redisserver import find_redis_server, free_port
+from digitq.bus.server import find_redis_server, free_port
+from digitq.disk import csvfile
 from model.dataset import write_image_folder
 from producer.cli import main
 from worker.process import WorkerProcess

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from digitq import csvfile
+from digitq.disk import csvfile
+from digitq.disk.training_requests import Training, send_training
 from digitq.errors import ModelError
 from digitq.settings import Settings
-from digitq.trainings import Training, send_training
 from model.dataset import write_image_folder
 from model.quality.robustness import HELD_OUT_FAMILIES, SHIFTS
 from model.registry import Registry, sha256_file
@@ -23,7 +23,7 @@ from model.serving.runtime import load_predictor
 from producer.cli import main
 from producer.dispatch import enqueue
 from producer.follow import wait_for
-from producer.training import request_training
+from producer.retraining import request_training
 from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
@@ -446,7 +446,7 @@ def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(re
                             env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         settings = Settings.from_env(redis_url=url, data_dir=str(data_dir))
-        from digitq.trainings import list_trainings
+        from digitq.disk.training_requests import list_trainings
 
         first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.5,
                            what="beat to request a training")
@@ -467,8 +467,8 @@ def test_periodic_run_is_skipped_while_a_training_runs(tmp_path, caplog):
     import logging
     import socket
 
-    from digitq.storage import atomic_write_json
-    from digitq.trainings import create_training, list_trainings
+    from digitq.disk.storage import atomic_write_json
+    from digitq.disk.training_requests import create_training, list_trainings
     from worker.beat import scheduled_training
 
     # Redis is unreachable here: a run that tried to send would fail loudly instead of skipping.

@@ -6,12 +6,12 @@ production. Real redis-server; a real Celery worker SIGKILLed between publish an
 import json
 import shutil
 
+from digitq.disk.training_requests import Training, TrainingClaimed, create_training
 from digitq.settings import Settings
-from digitq.trainings import Training, TrainingClaimed, create_training
 from model.dataset import write_image_folder
 from model.registry import Registry
 from model.training.run import run_training
-from producer.training import request_training
+from producer.retraining import request_training
 from worker.process import WorkerProcess
 
 from .pipeline_helpers import db_url, wait_until

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitq import csvfile, scores
+from digitq.bus.server import RedisServer
+from digitq.disk import csvfile, scores
+from digitq.disk.jobs import Job
 from digitq.errors import JobError
-from digitq.jobs import Job, check_job_id
-from digitq.redisserver import RedisServer
 from digitq.settings import Settings
 from producer.dispatch import enqueue
 from producer.follow import wait_for
@@ -239,7 +239,7 @@ def test_a_fifo_given_or_found_is_skipped_and_one_swapped_in_is_an_error_row(sta
 def test_a_password_with_url_delimiters_is_never_printed(url, tmp_path):
     from click.testing import CliRunner
 
-    from digitq.redisurl import redact
+    from digitq.bus.urls import redact
     from producer.cli import main
 
     assert "zq9x" not in redact(url)
@@ -263,14 +263,14 @@ def test_careless_input_gets_one_line_of_advice(stack, tmp_path, mnist):
         result = cli(command, job, "--below", "nan")
         assert result.exit_code == 2 and "not a number from 0 to 1" in result.stderr, result.output
     with pytest.raises(JobError):
-        check_job_id(job + "\n")
+        Job.check_id(job + "\n")
     assert cli("status", job + "\n").exit_code == 1
 
 
 def test_workers_and_scan_with_an_unreachable_redis_say_so_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from digitq.redisserver import free_port
+    from digitq.bus.server import free_port
     from producer.cli import main
 
     url = f"redis://127.0.0.1:{free_port()}/0?password=hunter2-secret"

@@ -9,11 +9,11 @@ import sys
 from celery import Celery, bootsteps, signals
 from celery.worker.control import inspect_command
 
-from digitq.broker import PREDICT_TASK, batch_repr, celery_config, eviction_policy, redact
-from digitq.commit import COLLECT_TASK, local_data_dir
+from digitq.batch.commit import local_data_dir
+from digitq.bus.broker import celery_config, eviction_policy, redact
 from digitq.errors import DigitqError
-from digitq.replication import durably
 from digitq.settings import Settings, available_cores
+from worker import hooks
 from worker.sweeper import Sweeper
 
 log = logging.getLogger("digitq.worker")
@@ -48,16 +48,12 @@ def _size_thread_pools(sender=None, **_: object) -> None:
 
 
 def _resend(args: list) -> None:
-    """Send a batch again from its copy (worker/sweeper.py), and return once a replica has it (through a
-    failover, up to ``DIGITQ_FAILOVER_S``)."""
-    settings = Settings.from_env()
-    durably(settings, lambda: app.send_task(PREDICT_TASK, args=args, queue=settings.predict_queue,
-                                            argsrepr=batch_repr(args)), "the sweeper's re-send")
+    hooks.resend(app, args)
 
 
 class Collector(bootsteps.StartStopStep):
     """A prediction worker that sees a data dir also commits what stateless workers hand in for it
-    (digitq/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
+    (digitq/batch/commit.py): it consumes that data dir's own collect queue, whatever -Q says, and runs the data dir's
     sweeper (worker/sweeper.py). The data dir's id is looked at again every 2 s: one that appears after the start
     (the first scan, `digitq init`, a volume mounted late) or changes (another volume, a symlink bound elsewhere)
     moves the worker to the right collect queue, without a restart."""
@@ -187,7 +183,7 @@ def digitq_held(state) -> list:
 
     held = (state.tset(worker_state.active_requests) | state.tset(worker_state.reserved_requests)
             | _scheduled(state, worker_state))
-    return [list(r.args[:2]) for r in held if r.name in (PREDICT_TASK, COLLECT_TASK) and len(r.args) >= 2]
+    return hooks.held(held)
 
 
 def _scheduled(state, worker_state) -> set:

@@ -17,10 +17,10 @@ import logging
 from celery.beat import Scheduler
 from celery.schedules import crontab
 
-from digitq.broker import TRAIN_TASK
+from digitq.bus.broker import TRAIN_TASK
+from digitq.disk.training_requests import Training, active_trainings, create_training, send_training
 from digitq.errors import ConfigError, DigitqError
 from digitq.settings import Settings
-from digitq.trainings import Training, active_trainings, create_training, send_training
 
 log = logging.getLogger("digitq.beat")
 RETRAIN_ENTRY = "digitq-retrain"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 
-from digitq.broker import client_app
+from digitq.bus.broker import client_app
 from digitq.settings import Settings
 
 

@@ -14,12 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from digitq import blobs, commit, failover, replication, scores
+from digitq.batch import blobs, commit
+from digitq.batch.message import BatchMessage, Entry, Kind, Outcome
+from digitq.batch.quarantine import Delivery
+from digitq.bus import failover, replication
+from digitq.disk import scores
+from digitq.disk.files import read_file
+from digitq.disk.jobs import Job, Row
+from digitq.disk.paths import unescape_path
 from digitq.errors import ImageError, JobError
-from digitq.files import read_file
-from digitq.jobs import Job, Row
-from digitq.paths import unescape_path
-from digitq.quarantine import Delivery
 from digitq.settings import Settings
 from model.registry import Registry
 from model.serving.artifacts import ArtifactCache
@@ -33,25 +36,23 @@ ARTIFACTS = ArtifactCache()
 log = logging.getLogger("digitq.worker")
 
 
-def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str, bytes | None] | None = None,
-               ) -> bytes:
-    """The image bytes of one message entry: inline base64 data, a blob fetched from Redis, or a path
+def read_entry(entry: Entry, max_bytes: int, fetched: Mapping[str, bytes | None] | None = None) -> bytes:
+    """The image bytes of one message entry: a blob fetched from Redis, inline base64 data, or a path
     on shared storage."""
-    if "blob" in entry:
-        data = (fetched or {}).get(str(entry["blob"]))
+    if entry.kind is Kind.BLOB:
+        data = (fetched or {}).get(entry.value)
         if data is None:
             raise ImageError("image data missing from the batch's blobs")
         return data
-    if "data" in entry:
+    if entry.kind is Kind.DATA:
         try:
-            return base64.b64decode(str(entry["data"]), validate=True)
+            return base64.b64decode(str(entry.value), validate=True)
         except (binascii.Error, ValueError) as e:
             raise ImageError(f"corrupt message data: {e}") from e
-    ref = entry.get("ref")
-    if not isinstance(ref, str):
+    if entry.kind is not Kind.REF:
         raise ImageError("message entry has neither data nor a path")
     try:
-        data = read_file(unescape_path(ref), max_bytes + 1)
+        data = read_file(unescape_path(entry.value), max_bytes + 1)
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from e
     if len(data) > max_bytes:
@@ -59,25 +60,25 @@ def read_entry(entry: Mapping[str, object], max_bytes: int, fetched: Mapping[str
     return data
 
 
-def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]], max_bytes: int,
+def predict_entries(predictor: Predictor, entries: Sequence[Entry], max_bytes: int,
                     fetched: Mapping[str, bytes | None] | None = None,
                     before: Callable[[int], str | None] | None = None) -> list[Row]:
     """One row per entry, in order; an entry that fails to decode becomes an error row.
 
     ``before(index)``, when given, is called before each file is read; a string it
-    returns becomes that file's error row instead (see :mod:`digitq.quarantine`). It is
+    returns becomes that file's error row instead (see :mod:`digitq.batch.quarantine`). It is
     called once more with ``len(entries)`` before the prediction, which is no file's fault."""
     rows: list[Row | None] = []
     images, slots = [], []
     for index, entry in enumerate(entries):
-        path = str(entry.get("path", ""))
-        if entry.get("error"):
-            rows.append(Row(path, error=str(entry["error"]), lasting=False))
+        path = entry.path
+        if entry.kind is Kind.ERROR:
+            rows.append(Row(path, error=entry.error, lasting=False))
             continue
-        if "scored" in entry:  # these bytes were scored by this version before (scan --incremental)
-            prediction, confidence, error = entry["scored"]
+        if entry.kind is Kind.SCORED:  # these bytes were scored by this version before (scan --incremental)
+            prediction, confidence, error = entry.value
             rows.append(Row(path, None if prediction is None else int(prediction),
-                            None if confidence is None else float(confidence), error, digest=str(entry["digest"])))
+                            None if confidence is None else float(confidence), error, digest=entry.digest))
             continue
         refused = before(index) if before else None
         if refused:
@@ -106,23 +107,23 @@ def predict_entries(predictor: Predictor, entries: Sequence[Mapping[str, object]
         probs = predictor.predict(np.stack(images))
         for (slot, digest), p in zip(slots, probs, strict=True):
             digit = int(np.argmax(p))
-            rows[slot] = Row(str(entries[slot].get("path", "")), digit, round(float(p[digit]), 6), digest=digest)
+            rows[slot] = Row(entries[slot].path, digit, round(float(p[digit]), 6), digest=digest)
     return [r for r in rows if r is not None]
 
 
-def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Mapping[str, object]],
+def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Entry],
                   max_bytes: int, fetched: Mapping[str, bytes | None]) -> list[Row]:
     """The batch's rows, processed carefully when it was delivered before (a process died on it)."""
     where = f"job {delivery.job_id} batch {delivery.batch}"
     if delivery.exhausted:
         log.error("%s: given up after %d deliveries, every file an error row", where, delivery.count)
         error = f"batch given up: worker processes died on it {delivery.count - 1} times, not on any one file"
-        return [Row(str(e.get("path", "")), error=str(e.get("error") or error), lasting=False) for e in entries]
+        return [Row(e.path, error=e.error or error, lasting=False) for e in entries]
     if not delivery.careful:
         return predict_entries(predictor, entries, max_bytes, fetched)
     for index in (i for i in delivery.quarantined() if i < len(entries)):
         log.error("%s: %s killed %d worker processes; quarantined as an error row", where,
-                  entries[index].get("path"), delivery.deaths[index])
+                  entries[index].path, delivery.deaths[index])
     log.warning("%s: delivery %d, processing file by file to find what killed the last one", where, delivery.count)
     try:
         return predict_entries(predictor, entries, max_bytes, fetched, before=delivery.before)
@@ -131,20 +132,19 @@ def _guarded_rows(delivery: Delivery, predictor: Predictor, entries: Sequence[Ma
         raise
 
 
-def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Mapping[str, object]],
-              context: dict | None = None, cache: ModelCache = CACHE,
+def run_batch(settings: Settings, message: BatchMessage, cache: ModelCache = CACHE,
               send: Callable[[str, list], None] | None = None) -> dict:
-    """Predict one batch of a job with its pinned model; commit it (:mod:`digitq.commit`) when this worker sees
-    the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
+    """Predict one batch of a job with its pinned model; commit it (:mod:`digitq.batch.commit`) when this worker
+    sees the job's data dir, else hand the outcome in through ``send(queue, args)`` to a worker that does.
 
-    ``context`` is what the message says about its job (data dir id, model, collect queue); a message without
-    one (an older producer) is run only where its job is visible."""
+    A message without a :class:`JobContext` is run only where its job is visible."""
     started = time.time()
+    job_id, batch, entries, context = message.job_id, message.batch, message.entries, message.context
     local = commit.sees(settings, context)
     if not local and send is None:
         raise JobError(f"job {job_id} lives in another data dir, and this caller cannot hand results in")
     job = Job.load(settings.jobs_dir, job_id) if local else None
-    keys = [str(e["blob"]) for e in entries if "blob" in e]
+    keys = message.blob_keys
     if job is not None and job.result_path(batch).exists():  # committed: its first result stands
         return {"job_id": job_id, "batch": batch, "duplicate": True,
                 "done": commit.discard(settings, job, batch, keys), "pid": os.getpid()}
@@ -154,7 +154,7 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
         if commit.already_committed(settings, job, job_id, batch):  # a late duplicate: committed, blobs freed
             log.warning("job %s batch %d: a delivery discarded, a duplicate: the batch is committed (the ledger says "
                         "so) and its blobs are freed", job_id, batch)
-            if job is None and send is not None and context and context.get("collect"):
+            if job is None and send is not None and context is not None and context.collect:
                 try:  # counted where the job is seen; a lost notice costs a count, never a row
                     commit.hand_in_duplicate(send, context, job_id, batch)
                 except Exception as e:  # noqa: BLE001 - the batch is committed whatever happens here
@@ -166,12 +166,11 @@ def run_batch(settings: Settings, job_id: str, batch: int, entries: Sequence[Map
     if job is not None:
         ref = Registry(settings.models_dir).resolve(job.model_version)
     else:
-        ref = failover.ride(settings, lambda: ARTIFACTS.get(settings, context["model"]),  # type: ignore[index]
+        ref = failover.ride(settings, lambda: ARTIFACTS.get(settings, context.model),  # type: ignore[union-attr]
                             "fetching the model")
     delivery = Delivery.begin(settings, job_id, batch)
     rows = _guarded_rows(delivery, cache.get(ref), entries, settings.max_file_bytes, fetched)
-    outcome = commit.Outcome(job_id, batch, rows, ref.version, started, index=commit.index_entries(entries, rows),
-                             blobs=keys)
+    outcome = Outcome(job_id, batch, rows, ref.version, started, index=commit.index_entries(entries, rows), blobs=keys)
     if job is not None:
         done = commit.commit(settings, job, outcome, committed=delivery.finish)
     else:

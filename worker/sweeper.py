@@ -1,7 +1,7 @@
 """The stack's own stall handling: no `digitq wait` or `resume` needed when a message is lost.
 
 Every prediction worker that sees a data dir runs a sweeper thread; one of them at a time looks
-at the jobs of its data dir that still have message copies in :mod:`digitq.outbox` (a Redis lock
+at the jobs of its data dir that still have message copies in :mod:`digitq.batch.outbox` (a Redis lock
 held for the whole pass: extended before each job and checked before each re-send, so a pass
 that lost it, paused past its lease, sends nothing more), and
 
@@ -9,7 +9,7 @@ that lost it, paused past its lease, sends nothing more), and
   entry was lost, or its last committer died between commit and merge);
 - sends again, from the copy, each batch of a job idle for ``DIGITQ_STALL_AFTER`` seconds
   that is neither queued (to predict, or its result to collect) nor held by a live worker
-  (:func:`digitq.stalls.orphaned`): a worker host that died holding it, a message a Redis
+  (:func:`digitq.batch.stalls.is_orphaned`): a worker host that died holding it, a message a Redis
   failover lost. A copy sent while the original still lives is a duplicate, which commits the
   same rows;
 - forgets the copies of finished jobs.
@@ -27,15 +27,15 @@ from collections.abc import Callable
 
 from redis.exceptions import LockError, RedisError
 
-from digitq import failover, outbox, stalls
-from digitq.broker import redis_client
-from digitq.commit import local_data_dir
+from digitq.batch import outbox, stalls
+from digitq.batch.commit import local_data_dir
+from digitq.bus import failover, keys
+from digitq.bus.broker import redis_client
+from digitq.disk.jobs import Job
 from digitq.errors import DigitqError, JobNotFound
-from digitq.jobs import Job
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.worker")
-_LOCK = "digitq:sweeper:{}"
 
 
 def interval_s(settings: Settings) -> float:
@@ -58,7 +58,7 @@ def sweep(settings: Settings, send: Callable[[list], None]) -> dict[str, int]:
         return {}
     # redis-py's lock: a token of this pass's own (not this process's: a sweeper restarted in the same
     # process is another pass), extended and released only while the key still holds it.
-    lock = redis_client(settings).lock(_LOCK.format(dir_id), timeout=lease_s(settings), blocking=False,
+    lock = redis_client(settings).lock(keys.sweeper_lock(dir_id), timeout=lease_s(settings), blocking=False,
                                        thread_local=False)
     if not lock.acquire():
         return {}
@@ -105,12 +105,9 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
             continue
         if job.failed(committed):
             continue  # failed for good: `digitq resume` after the cause is fixed
-        last = job.last_commit(committed) or job.header["created"]
-        if time.time() - last < settings.stall_after:
+        if not stalls.is_orphaned(settings, job, committed):
             continue
         missing = set(range(job.n_batches)) - committed
-        if stalls.orphaned(settings, job_id, missing) is not True:
-            continue
         kept = outbox.pending(settings, job_id, missing)
         sent = 0
         try:
@@ -121,8 +118,8 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
         finally:
             if sent:
                 log.warning("job %s: no commit for %.0f s and %d batch(es) neither queued nor held by a live worker "
-                            "(a worker host died, or Redis lost them): sent them again", job_id, time.time() - last,
-                            sent)
+                            "(a worker host died, or Redis lost them): sent them again", job_id,
+                            stalls.idle_s(job, committed), sent)
                 done["resent"] += sent
         if len(kept) < len(missing):
             log.error("job %s: %d missing batch(es) have no copy left in Redis (it restarted empty, or they expired): "
@@ -131,7 +128,7 @@ def _pass(settings: Settings, send: Callable[[list], None], lock, done: dict[str
 
 class Sweeper(threading.Thread):
     """:func:`sweep` every :func:`interval_s`, in a worker's main process, beside Celery's event loop (which
-    must stay free to answer the remote-control question :func:`digitq.stalls.orphaned` asks)."""
+    must stay free to answer the remote-control question :func:`digitq.batch.stalls.unclaimed` asks)."""
 
     def __init__(self, settings: Settings, send: Callable[[list], None]) -> None:
         super().__init__(name="digitq-sweeper", daemon=True)

@@ -23,24 +23,25 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from digitq.broker import redis_client
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.disk.storage import atomic_write
 from digitq.errors import ModelError
 from digitq.settings import Settings
-from digitq.storage import atomic_write
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, sha256_bytes
 
 log = logging.getLogger("digitq.model")
 #: Kept this long after the last job that sent it (each send refreshes it); ``resume`` puts it back.
-TTL_S = 30 * 24 * 3600
+TTL_S = keys.MODEL_TTL_S
 _SHA_LEN = 64
 
 
 def _meta_key(sha256: str) -> str:
-    return f"digitq:model:{sha256}"
+    return keys.model_meta(sha256)
 
 
 def _artifact_key(sha256: str) -> str:
-    return f"digitq:artifact:{sha256}"
+    return keys.model_artifact(sha256)
 
 
 def _meta_bytes(ref: ModelRef) -> bytes:

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     """Export ``DIR/model.keras`` (verified) to ONNX, check it, record it in ``DIR/model.json``.
 
     A ``model.int8.onnx`` there is removed and dropped from the record: no int8 graph is published."""
-    from digitq.storage import atomic_write
+    from digitq.disk.storage import atomic_write
     from model.dataset import load_dataset
     from model.extras import MissingExtra, require_train
     from model.serving.runtime import OnnxPredictor, load_keras, load_predictor

@@ -1,6 +1,6 @@
 """One training request, run to its end: train, evaluate fairly, publish, pass the promotion gate.
 
-Plain functions over :class:`digitq.trainings.Training`; the Celery task is a
+Plain functions over :class:`digitq.disk.training_requests.Training`; the Celery task is a
 thin wrapper. Whatever fails, the outcome says why and production is untouched:
 a version is published only once it is complete, and promoted only afterwards.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from digitq.disk.storage import atomic_write_json
+from digitq.disk.training_requests import Training, TrainingClaimed, TrainingUnfinished, release_claim
 from digitq.errors import DigitqError
 from digitq.settings import Settings
-from digitq.storage import atomic_write_json
-from digitq.trainings import Training, TrainingClaimed, TrainingUnfinished, release_claim
 from model.extras import require_train
 from model.quality import calibration
 from model.quality.evaluation import score_shifts

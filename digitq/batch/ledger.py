@@ -6,7 +6,7 @@ listing the results once. Adding a batch twice changes nothing, so a duplicate
 delivery can never finish a job early. If Redis loses the set, no worker merges
 and ``digitq wait`` / ``resume`` do it from the files (``resume`` also re-seeds it).
 So behind Sentinel a commit returns once a replica has its entry: a failover cannot
-take it away (see :mod:`digitq.replication`).
+take it away (see :mod:`digitq.bus.replication`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from digitq.broker import redis_client
-from digitq.replication import durably
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.bus.replication import durably
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.ledger")
 #: Long enough for any job to finish; refreshed by every commit.
-TTL_S = 7 * 24 * 3600
+TTL_S = keys.LEDGER_TTL_S
 
 
 def _key(job_id: str) -> str:
-    return f"digitq:job:{job_id}:committed"
+    return keys.committed(job_id)
 
 
 def record(settings: Settings, job_id: str, batch: int) -> int:

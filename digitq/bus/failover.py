@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from digitq.redisurl import is_sentinel
+from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.failover")

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from digitq.disk.storage import atomic_write_json
 from digitq.errors import DigitqError
-from digitq.storage import atomic_write_json
 
 ID_FORMAT = "YYYYMMDD-HHMMSS-xxxxxx"
 #: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would then name another path.
@@ -52,7 +52,7 @@ def read_json(path: Path) -> Any | None:
 
 class State(StrEnum):
     """Where a job or a training stands. A ``str``: JSON output, files on disk and comparisons with the bare
-    words (``status["state"] == "done"``) are exactly as before there was an enum."""
+    words (``status["state"] == "done"``) all see the plain words."""
 
     SCHEDULED = "scheduled"  # a training whose ``--at`` time has not come
     QUEUED = "queued"
@@ -60,7 +60,7 @@ class State(StrEnum):
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # a training whose process died without recording an outcome
-    STALLED = "stalled"  # told by Redis' stall records (digitq.stalls), never decided from the files alone
+    STALLED = "stalled"  # told by Redis' stall records (digitq.batch.stalls), never decided from the files alone
 
     @classmethod
     def of(cls, word: Any) -> State | Any:

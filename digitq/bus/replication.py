@@ -28,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from digitq import failover
-from digitq.broker import redis_client
-from digitq.redisurl import is_sentinel
+from digitq.bus import failover, keys
+from digitq.bus.broker import redis_client
+from digitq.bus.urls import is_sentinel
 from digitq.settings import Settings
 
 log = logging.getLogger("digitq.replication")
@@ -40,7 +40,7 @@ T = TypeVar("T")
 TIMEOUT_MS = 1000
 #: How often a process looks again whether its master has a replica (one INFO).
 REFRESH_S = 10.0
-_PROBE_KEY = "digitq:replication:probe"
+_PROBE_KEY = keys.replication_probe()
 
 _replicas: dict[str, tuple[float, bool]] = {}  # URL: (monotonic time of the check, has a replica)
 _warned: set[str] = set()
@@ -94,7 +94,7 @@ def confirm_replicated(settings: Settings) -> int | None:
 
 def durably(settings: Settings, write: Callable[[], T], what: str = "a write") -> T:
     """``write()``, then :func:`confirm_replicated`; both again (``write`` must be idempotent: it lands on the
-    promoted master) after a lost master, through a failover (:func:`digitq.failover.ride`, up to
+    promoted master) after a lost master, through a failover (:func:`digitq.bus.failover.ride`, up to
     ``DIGITQ_FAILOVER_S``). Returns the last ``write()``'s value; raises the last error past that."""
     def attempt() -> T:
         result = write()

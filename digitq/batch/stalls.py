@@ -14,15 +14,17 @@ import os
 import socket
 import time
 
-from digitq.broker import redis_client
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.disk.jobs import Job
+from digitq.disk.storage import data_dir_id
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 
-TTL_S = 120
+TTL_S = keys.STALL_TTL_S
 
 
 def _key(job_id: str) -> str:
-    return f"digitq:job:{job_id}:stalled"
+    return keys.stalled(job_id)
 
 
 def report(settings: Settings, job_id: str, error: str, worker: str | None = None) -> None:
@@ -76,7 +78,23 @@ def describe_uncollected(settings: Settings, waiting: int, job_id: str) -> str:
             "that has it. Nothing is lost meanwhile")
 
 
-def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
+def idle_s(job: Job, committed: set[int] | None = None) -> float:
+    """Seconds since the job's last commit (since it was created, before any)."""
+    return time.time() - (job.last_commit(committed) or job.header["created"])
+
+
+def is_orphaned(settings: Settings, job: Job, committed: set[int] | None = None) -> bool:
+    """The one rule for a job nothing will finish: it is idle (no commit for ``DIGITQ_STALL_AFTER`` seconds) and
+    none of its missing batches is queued or held by a live worker (:func:`unclaimed`). False when unsure.
+
+    The sweeper sends such a job's batches again from their copies; ``digitq wait`` and ``status`` say so."""
+    committed = job.committed() if committed is None else committed
+    if idle_s(job, committed) < settings.stall_after:
+        return False
+    return unclaimed(settings, job.id, set(range(job.n_batches)) - committed) is True
+
+
+def unclaimed(settings: Settings, job_id: str, missing: set[int], timeout: float = 1.0) -> bool | None:
     """Whether none of a job's ``missing`` batches is queued (to predict, or its result to collect) or held by
     a live worker.
 
@@ -86,7 +104,7 @@ def orphaned(settings: Settings, job_id: str, missing: set[int], timeout: float 
     """
     from redis.exceptions import RedisError
 
-    from digitq.broker import client_app
+    from digitq.bus.broker import client_app
 
     if not missing:
         return False

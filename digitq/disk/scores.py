@@ -49,9 +49,9 @@ def digest(data: bytes) -> str:
 
 
 def index_path(data_dir: Path) -> Path:
-    """The index file. Its name changes with what its entries mean: ``scores.sqlite3``, written before
-    2026-12, holds rows of the int8 graph and rows keyed by a hash the scan took before the worker read
-    the file, so it is never read again (delete it at will)."""
+    """The index file. Its name changes with what its entries mean: ``scores.sqlite3`` holds rows of the int8
+    graph and rows keyed by a hash the scan took before the worker read the file, so it is never read (delete
+    it at will)."""
     return Path(data_dir) / "index" / "scores-2.sqlite3"
 
 

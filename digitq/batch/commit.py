@@ -4,7 +4,10 @@ A batch's :class:`Outcome` (its rows, the version that scored them, what to free
 committed by a process that sees the job's data dir: the worker that predicted it, when
 it sees that dir, or else a worker consuming the data dir's ``collect.<id>`` queue, to
 which a worker without it hands the outcome in through Redis (:func:`hand_in`).
-Either way :func:`commit` runs the same steps, in an order that keeps every guarantee:
+Every commit goes through :func:`commit`: the predicting worker's (``worker/inference.py``), a collect
+message's (:func:`collect`, in a worker or in the waiting producer) and the producer's own, for a batch whose
+every file the content-hash index has scored (``producer/dispatch.py``). It runs the same steps, in an
+order that keeps every guarantee:
 
 1. the result file is created atomically, once: the first commit of a batch wins, and a later
    outcome of it (a duplicate message, a lost ack, a sweeper's re-send, before the merge or
@@ -12,7 +15,7 @@ Either way :func:`commit` runs the same steps, in an order that keeps every guar
 2. the content-hash index records the scores (a cache: failures cost nothing; a discarded
    outcome records none);
 3. the caller's ``committed`` hook runs (the delivery count is forgotten);
-4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.outbox`)
+4. the ledger records the batch, the batch's blobs and its message's copy (:mod:`digitq.batch.outbox`)
    are freed, and the job is merged if this may have been its last batch.
 
 A delivery of a batch whose result is committed is discarded before it is predicted where the
@@ -25,68 +28,39 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq import blobs, failover, ledger, outbox, scores
-from digitq.errors import DigitqError, JobError
-from digitq.jobs import Job, Row
+from digitq.batch import blobs, ledger, outbox
+from digitq.batch.message import (
+    DuplicateNotice,
+    Entry,
+    FailureNotice,
+    JobContext,
+    Kind,
+    Outcome,
+    collect_args,
+    collect_payload,
+)
+from digitq.bus import failover
+from digitq.disk import scores
+from digitq.disk.jobs import Job, Row
+from digitq.disk.storage import data_dir_id
+from digitq.errors import DigitqError
 from digitq.settings import Settings
-from digitq.storage import data_dir_id
 
 log = logging.getLogger("digitq.worker")
 #: The task that commits what a stateless worker handed in, on the data dir's ``collect.<id>`` queue.
 COLLECT_TASK = "digitq.collect_batch"
-#: What a row travels as: path, prediction, confidence, error, digest, lasting.
-_ROW_FIELDS = 6
 
 
-@dataclass
-class Outcome:
-    """What predicting one batch produced, as committed (or handed in through Redis)."""
-
-    job_id: str
-    batch: int
-    rows: list[Row]
-    model_version: str
-    started: float
-    #: ``(digest, prediction, confidence, error)`` for the content-hash index (incremental scans).
-    index: list[tuple] = field(default_factory=list)
-    #: The batch's blob keys, freed once it is committed.
-    blobs: list[str] = field(default_factory=list)
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-
-    def to_message(self) -> dict:
-        """A JSON-able payload for the ``collect`` task."""
-        return {"rows": [[r.path, r.prediction, r.confidence, r.error, r.digest, r.lasting] for r in self.rows],
-                "model_version": self.model_version, "started": self.started, "index": [list(i) for i in self.index],
-                "blobs": list(self.blobs), "host": self.host, "pid": self.pid}
-
-    @classmethod
-    def from_message(cls, job_id: str, batch: int, payload: dict) -> Outcome:
-        """The outcome a ``collect`` message carries; a :class:`JobError` for a malformed one."""
-        try:
-            rows = [Row(str(p), None if d is None else int(d), None if c is None else float(c),
-                        None if e is None else str(e), digest=None if h is None else str(h), lasting=bool(lasting))
-                    for p, d, c, e, h, lasting in (r if len(r) == _ROW_FIELDS else () for r in payload["rows"])]
-            return cls(job_id, int(batch), rows, str(payload["model_version"]), float(payload["started"]),
-                       index=[tuple(i) for i in payload.get("index", [])], blobs=[str(k) for k in payload["blobs"]],
-                       host=str(payload.get("host", "?")), pid=int(payload.get("pid", 0)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise JobError(f"job {job_id} batch {batch}: malformed result message ({type(e).__name__}: {e})") from e
-
-
-def index_entries(entries: Sequence[dict], rows: Sequence[Row]) -> list[tuple]:
+def index_entries(entries: Sequence[Entry], rows: Sequence[Row]) -> list[tuple]:
     """What this batch adds to the index: rows of an incremental scan's files that follow from their bytes,
     under the digest of the bytes the worker decoded (the file may have changed since the scan hashed it)."""
     return [(r.digest, r.prediction, r.confidence, r.error) for e, r in zip(entries, rows, strict=True)
-            if e.get("digest") and "scored" not in e and r.lasting and r.digest]
+            if e.digest and e.kind is not Kind.SCORED and r.lasting and r.digest]
 
 
 def commit(settings: Settings, job: Job, outcome: Outcome, committed: Callable[[], None] | None = None) -> bool:
@@ -162,33 +136,33 @@ def collect(settings: Settings, job_id: str, batch: int, payload: dict) -> dict:
     the data host). Raises :class:`digitq.errors.JobNotFound` for a job not under this data dir, and a
     :class:`JobError` for a malformed message (no retry mends either)."""
     job = Job.load(settings.jobs_dir, job_id)
-    if "duplicate" in payload:  # a stateless worker dropped a delivery of a committed batch: count it here
-        job.record_discarded(int(batch), host=str(payload.get("host", "?")), pid=int(payload.get("pid", 0)))
-        _say_discarded(job, int(batch), f"a delivery on {payload.get('host', '?')}")
+    handed = collect_payload(job_id, int(batch), payload)
+    if isinstance(handed, DuplicateNotice):  # a stateless worker dropped a delivery of a committed batch
+        job.record_discarded(int(batch), host=handed.host, pid=handed.pid)
+        _say_discarded(job, int(batch), f"a delivery on {handed.host}")
         return {"job_id": job_id, "batch": batch, "duplicate": True}
-    if "failed" in payload:
-        record_failure(job, int(batch), str(payload["failed"]))
+    if isinstance(handed, FailureNotice):
+        record_failure(job, int(batch), handed.error)
         return {"job_id": job_id, "batch": batch, "failed": True}
-    outcome = Outcome.from_message(job_id, int(batch), payload)
-    done = commit(settings, job, outcome)
-    return {"job_id": job_id, "batch": batch, "rows": len(outcome.rows), "done": done, "pid": os.getpid()}
+    done = commit(settings, job, handed)
+    return {"job_id": job_id, "batch": batch, "rows": len(handed.rows), "done": done, "pid": os.getpid()}
 
 
-def hand_in(send: Callable[[str, list], None], context: dict, outcome: Outcome) -> None:
+def hand_in(send: Callable[[str, list], None], context: JobContext, outcome: Outcome) -> None:
     """Send ``outcome`` to the ``collect`` queue of the data dir the job lives in (``context`` of its message)."""
-    send(str(context["collect"]), [outcome.job_id, outcome.batch, outcome.to_message()])
+    send(context.collect, collect_args(outcome.job_id, outcome.batch, outcome))
 
 
-def hand_in_duplicate(send: Callable[[str, list], None], context: dict, job_id: str, batch: int) -> None:
+def hand_in_duplicate(send: Callable[[str, list], None], context: JobContext, job_id: str, batch: int) -> None:
     """Tell the data dir's ``collect`` queue that a delivery of a committed batch was dropped, to be counted
     there (``duplicates`` in the job's status), where this worker cannot see the job."""
-    send(str(context["collect"]), [job_id, batch, {"duplicate": True, "host": socket.gethostname(),
-                                                   "pid": os.getpid(), "at": time.time()}])
+    send(context.collect, collect_args(job_id, batch, DuplicateNotice()))
 
 
-def hand_in_failure(send: Callable[[str, list], None], context: dict, job_id: str, batch: int, error: str) -> None:
+def hand_in_failure(send: Callable[[str, list], None], context: JobContext, job_id: str, batch: int,
+                    error: str) -> None:
     """Send a failure for good to the data dir's ``collect`` queue, to be recorded there."""
-    send(str(context["collect"]), [job_id, batch, {"failed": error, "at": time.time()}])
+    send(context.collect, collect_args(job_id, batch, FailureNotice(error)))
 
 
 #: data dir -> (what ``stat`` said of its ``.digitq-id``, the id read then).
@@ -196,7 +170,7 @@ _ids: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
 
 
 def local_data_dir(settings: Settings) -> str | None:
-    """This process's data dir id (:func:`digitq.storage.data_dir_id`), or None while the dir has none: such a
+    """This process's data dir id (:func:`digitq.disk.storage.data_dir_id`), or None while the dir has none: such a
     worker serves every job statelessly. It never creates the id (that is the producer's, or ``digitq init``'s):
     an empty mountpoint must not get one of its own before the volume mounts over it.
 
@@ -225,12 +199,12 @@ def local_data_dir(settings: Settings) -> str | None:
     return found
 
 
-def sees(settings: Settings, context: dict | None) -> bool:
-    """Whether this worker commits a batch itself: the job's data dir is its own (or the message predates
-    stateless workers and names none: then the job must be visible here, as before)."""
-    if not context or "data_dir" not in context:
+def sees(settings: Settings, context: JobContext | None) -> bool:
+    """Whether this worker commits a batch itself: the job's data dir is its own (or the message names none:
+    then the job must be visible here)."""
+    if context is None:
         return True
-    return context["data_dir"] == local_data_dir(settings)
+    return context.data_dir == local_data_dir(settings)
 
 
 def outcome_error(e: Exception) -> str:

@@ -28,18 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from digitq import csvfile
+from digitq.disk import csvfile
+from digitq.disk.records import Record, State, Status, new_id, read_json
+from digitq.disk.scores import DIGEST
+from digitq.disk.storage import atomic_open, create_once
 from digitq.errors import JobError, JobNotFound
-from digitq.records import ID_RE, Record, State, Status, new_id, read_json
-from digitq.records import list_ids as list_ids  # imported from here by older callers
-from digitq.scores import DIGEST
-from digitq.storage import atomic_open, create_once
 
 _json_string = json.encoder.encode_basestring_ascii
 _json_decode = json.JSONDecoder().decode
-# The id format is the records' (digitq.records); these names stay for the modules that import them from here.
-JOB_ID_RE = ID_RE
-new_job_id = new_id
 _RESULT_RE = re.compile(r"^([0-9]{6,})\.jsonl\Z")
 FORMAT = 1
 #: A committed batch: a JSON head line, a JSON line of the rows' digests, then the rows as CSV lines.
@@ -48,7 +44,7 @@ RESULT_FORMAT = "csv+digests"
 
 class FileEntry(NamedTuple):
     """One file of a job: its display path, size, any error known at scan time, and (for
-    ``--incremental`` scans) the digest of its bytes (:data:`digitq.scores.DIGEST`). A tuple: a
+    ``--incremental`` scans) the digest of its bytes (:data:`digitq.disk.scores.DIGEST`). A tuple: a
     million are built per scan, at a fifth of a frozen dataclass's cost."""
 
     path: str
@@ -79,7 +75,7 @@ class Row:
     #: Whether the row follows from the file's bytes alone (a prediction, a decode error), so that the
     #: content-hash index may keep it; a read failure or a quarantine does not.
     lasting: bool = field(default=True, compare=False, repr=False)
-    #: The digest (:data:`digitq.scores.DIGEST`) of the bytes this row scored, or that the index entry it
+    #: The digest (:data:`digitq.disk.scores.DIGEST`) of the bytes this row scored, or that the index entry it
     #: came from was recorded under; None when no bytes were read.
     digest: str | None = field(default=None, compare=False, repr=False)
 
@@ -243,7 +239,7 @@ class Job(Record):
         head = {
             "batch": batch,
             # The rows' digests on one line, then the rows as finished CSV lines: the merge only concatenates.
-            # Not "csv", which an older digitq would merge with the digests line as a row.
+            # Not "csv": that format has no digests line (see result_csv).
             "format": RESULT_FORMAT,
             "rows": len(rows),
             "errors": sum(1 for r in rows if r.error),
@@ -305,9 +301,9 @@ class Job(Record):
                 f.readline()  # the digests
                 return f.read()
             body = f.read()
-        if head.get("format") == "csv":  # digitq before 2026-12: no digests line
+        if head.get("format") == "csv":  # CSV lines without a digests line
             return body
-        # Written by digitq 0.1's first releases: JSON lines, rendered here.
+        # The JSON-lines format: rendered here.
         version = head.get("model_version", self.model_version)
         rows = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
         return csvfile.render(({"path": p, "prediction": d, "confidence": c, "model_version": version, "error": e}
@@ -430,6 +426,3 @@ class Job(Record):
             duplicates=self.discarded(),
         )
 
-
-#: Kept for the modules that import it from here.
-check_job_id = Job.check_id

@@ -8,7 +8,7 @@
 - ``run.json``: the host and pid running it, with a heartbeat, rewritten
   every few seconds while it runs (a dead owner means ``interrupted``);
   written only by the delivery that won the claim: an atomic lease in Redis
-  (``SET NX PX``, see :mod:`digitq.holders`), so that two concurrent deliveries
+  (``SET NX PX``, see :mod:`digitq.bus.holders`), so that two concurrent deliveries
   (a duplicate, ``train --retry`` of a message that was not lost) never both train;
   a run that finds its lease taken (or lapsed: Redis silent, the process paused for
   longer than :data:`STALE_AFTER_S`) stops at its next epoch and publishes nothing, or,
@@ -38,9 +38,10 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from digitq.bus import keys
+from digitq.bus.holders import UNKNOWN, Holder, Lease
+from digitq.disk.records import Record, State, Status, new_id
 from digitq.errors import TrainingError, TrainingNotFound
-from digitq.holders import UNKNOWN, Holder, Lease
-from digitq.records import Record, State, Status, new_id
 from digitq.settings import Settings
 
 #: A run whose heartbeat is older than this, on another host, is taken as dead (and its claim lapses).
@@ -69,7 +70,7 @@ class TrainingLost(TrainingError):
 class TrainingUnfinished(TrainingClaimed):
     """The training's version is published, but this run lost its claim before recording the outcome (and,
     maybe, before promoting it): the delivery holding the claim finishes it, or the task, asked again later,
-    does (see :func:`model.training.run_training`)."""
+    does (see :func:`model.training.run.run_training`)."""
 
     def __init__(self, training_id: str, version: str, holder: Holder | None):
         TrainingError.__init__(self, f"training {training_id}: version {version} is published, but this run lost "
@@ -81,7 +82,7 @@ class TrainingUnfinished(TrainingClaimed):
 
 
 def claim_key(training_id: str) -> str:
-    return f"digitq:training:{training_id}:claim"
+    return keys.training_claim(training_id)
 
 ACTIVE_STATES = (State.SCHEDULED, State.QUEUED, State.RUNNING)
 
@@ -171,7 +172,7 @@ class Training(Record):
         if holder is not None:
             if holder.local():
                 return holder.running()
-        elif run.get("host") == socket.gethostname():  # written before run.json named its holder
+        elif run.get("host") == socket.gethostname():  # a run.json that names no holder
             return _pid_alive(int(run.get("pid", 0)))
         return time.time() - float(run.get("heartbeat", 0)) < STALE_AFTER_S
 
@@ -183,7 +184,7 @@ class Training(Record):
         claim over; one on another host is, once its lease lapses (:data:`STALE_AFTER_S`)."""
         from redis.exceptions import RedisError
 
-        from digitq.broker import redact, redis_client
+        from digitq.bus.broker import redact, redis_client
 
         lease = Lease(redis_client(settings), claim_key(self.id), STALE_AFTER_S)
         try:
@@ -369,7 +370,7 @@ class Training(Record):
 
 def _keep(lease: Lease, training_id: str, may_retake=None) -> Holder | None:
     """Refresh the claim: None while it is ours (or Redis cannot say yet, within the lease's TTL), else the
-    holder that took it (:data:`digitq.holders.UNKNOWN` when it lapsed); lost for good from then on."""
+    holder that took it (:data:`digitq.bus.holders.UNKNOWN` when it lapsed); lost for good from then on."""
     from redis.exceptions import RedisError
 
     was_lost = lease.lost.is_set()
@@ -430,8 +431,8 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
     """Send the training's task by name to the ``train`` queue."""
     from datetime import datetime
 
-    from digitq import failover
-    from digitq.broker import TRAIN_TASK, client_app, redact
+    from digitq.bus import failover
+    from digitq.bus.broker import TRAIN_TASK, client_app, redact
     from digitq.errors import BrokerError
 
     options: dict = {"queue": settings.train_queue}
@@ -450,6 +451,3 @@ def send_training(settings: Settings, training: Training, *, countdown: float | 
     finally:
         app.close()
 
-
-#: Kept for the modules that import it from here.
-check_training_id = Training.check_id

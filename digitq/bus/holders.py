@@ -9,8 +9,8 @@ alive exactly while that process runs: a SIGKILLed holder is known dead at once,
 lease to wait out. Elsewhere, only Redis can tell: a holder is alive while its key,
 refreshed as it works, has not expired (Redis's own expiry: no two clocks are compared).
 
-Used by the training claim (:mod:`digitq.trainings`) and the quarantine's markers
-(:mod:`digitq.quarantine`). Needs only Redis, not a shared file system.
+Used by the training claim (:mod:`digitq.disk.training_requests`) and the quarantine's markers
+(:mod:`digitq.batch.quarantine`). Needs only Redis, not a shared file system.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Holder:
             return cls(host, ns, int(pid), start, boot)
         except ValueError:
             pass
-        try:  # written before the boot id was part of the name: never taken for a local holder
+        try:  # a name without a boot id: never taken for a local holder
             host, ns, pid, start = token.rsplit("|", 3)
             return cls(host, ns, int(pid), start)
         except ValueError:

@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from digitq.broker import redis_client
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
 from digitq.settings import Settings
 
 #: As long as a batch's blobs: past it, only ``digitq resume`` (from the files) can send it again.
-TTL_S = 24 * 3600
+TTL_S = keys.OUTBOX_TTL_S
 #: The jobs that may have batches here (the sweeper's list).
-JOBS_KEY = "digitq:outbox:jobs"
+JOBS_KEY = keys.outbox_jobs()
 
 
 def _key(job_id: str) -> str:
-    return f"digitq:outbox:{job_id}"
+    return keys.outbox(job_id)
 
 
 def put(settings: Settings, job_id: str, batch: int, args: list) -> None:

@@ -11,25 +11,26 @@ delivery after that finds them gone and the result already there. Values expire
 after :data:`TTL_S` in any case, so an abandoned job cannot fill Redis; a batch
 whose values are gone is marked failed, and ``digitq resume`` sends it again.
 Behind Sentinel, :func:`put` returns once a replica has them too (a failover would
-otherwise fail the batch), see :mod:`digitq.replication`.
+otherwise fail the batch), see :mod:`digitq.bus.replication`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from digitq.broker import redis_client
-from digitq.replication import durably
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.bus.replication import durably
 from digitq.settings import Settings
 
 #: Files larger than this travel as blobs; smaller ones inline, base64 in the message.
 INLINE_MAX = 16 * 1024
-TTL_S = 24 * 3600
+TTL_S = keys.BLOB_TTL_S
 
 
 def key(job_id: str, batch: int, index: int) -> str:
     """The Redis key of one file of one batch."""
-    return f"digitq:blob:{job_id}:{batch}:{index}"
+    return keys.blob(job_id, batch, index)
 
 
 def put(settings: Settings, blobs: Mapping[str, bytes]) -> None:

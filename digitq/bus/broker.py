@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import ssl
 
+from digitq.bus.urls import is_sentinel, parse_sentinel, redact
 from digitq.errors import BrokerError
-from digitq.redisurl import is_sentinel, parse_sentinel, redact
 from digitq.settings import Settings
 
 PREDICT_TASK = "digitq.predict_batch"
@@ -53,7 +53,7 @@ def celery_config(settings: Settings) -> dict:
         # Unacked messages come back after this long; far above any batch.
         # Bodies are JSON text already: kombu's default base64 around them would cost a
         # third more bytes and an encode/decode per message. Receivers follow each message's
-        # own encoding, so messages from older producers still decode.
+        # own encoding, so base64 bodies decode as well.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout, "body_encoding": "utf-8"},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -166,7 +166,7 @@ def _connect(settings: Settings, timeout: float, retry: bool = True):
 def redis_client(settings: Settings, timeout: float = 10.0, *, retry: bool = True):
     """A Redis client for digitq's own keys (not the queue), one per URL (and master) and process.
 
-    ``retry=False``: one whose commands are never re-sent on another connection (see :mod:`digitq.replication`)."""
+    ``retry=False``: one whose commands are never re-sent on another connection (see :mod:`digitq.bus.replication`)."""
     key = f"{settings.redis_url}|{settings.redis_master}|{retry}"
     client = _clients.get(key)
     if client is None:

@@ -11,7 +11,7 @@ Whatever kills a batch outside any one file is bounded by :data:`MAX_DELIVERIES`
 
 Copies of one batch may run at once (``resume`` re-sends batches that are still
 running), so each careful delivery records its marker under its own name (host, pid
-namespace, boot, pid and process start time: :class:`digitq.holders.Holder`), and keeps
+namespace, boot, pid and process start time: :class:`digitq.bus.holders.Holder`), and keeps
 an *alive* key in Redis while it runs (``SET ... PX``, :data:`ALIVE_TTL_MS`, refreshed
 every :data:`ALIVE_EVERY_S` by a small thread and with each marker, deleted when it ends).
 A marker counts as a death only when its delivery is known dead: on its own host, when
@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from digitq.broker import redis_client
-from digitq.holders import Holder
+from digitq.bus import keys
+from digitq.bus.broker import redis_client
+from digitq.bus.holders import Holder
 from digitq.settings import Settings
 
 #: Careful deliveries a file may kill before it is quarantined.
@@ -44,9 +45,9 @@ DEATHS = 2
 #: Deliveries after which a batch is given up whole (every file an error row).
 MAX_DELIVERIES = 10
 #: The count outlives any redelivery (the visibility timeout is an hour by default).
-TTL_S = 7 * 24 * 3600
+TTL_S = keys.DELIVERIES_TTL_S
 #: A careful delivery's alive key expires this long after its last refresh (Redis's clock) ...
-ALIVE_TTL_MS = 10_000
+ALIVE_TTL_MS = keys.ALIVE_TTL_MS
 #: ... and is refreshed this often while the delivery runs.
 ALIVE_EVERY_S = 2.0
 #: How often a delivery looks at the alive key of a marker from another host it waits on.
@@ -55,11 +56,11 @@ _MARKER = b"at:"
 
 
 def _key(job_id: str, batch: int) -> str:
-    return f"digitq:job:{job_id}:batch:{batch}:deliveries"
+    return keys.deliveries(job_id, batch)
 
 
 def _alive_key(job_id: str, batch: int, token: str) -> str:
-    return f"digitq:job:{job_id}:batch:{batch}:alive:{token}"
+    return keys.alive(job_id, batch, token)
 
 
 def _index_of(value: bytes) -> int | None:

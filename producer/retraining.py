@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import click
 
-from digitq import stalls
+from digitq.batch import stalls
+from digitq.disk.training_requests import Training, create_training, list_trainings, send_training
 from digitq.errors import BrokerError, ConfigError, DataError, TrainingError, WaitTimeout
 from digitq.settings import PROMOTE_CHOICES, Settings
-from digitq.trainings import Training, create_training, list_trainings, send_training
 from producer.console import emit_json, settings_for, when
 
 #: How long a request may sit untaken before ``--wait`` says a training worker may be missing.
@@ -39,7 +39,7 @@ def request_training(settings: Settings, *, sources: list[str], epochs: int, fro
                      holdout: float, seed: int, promote: str, eta: float | None = None, by: str = "digitq train",
                      ) -> Training:
     """Validate, write the request, send it. Paths are made absolute: workers run elsewhere."""
-    from digitq.broker import ping
+    from digitq.bus.broker import ping
     from model.registry import Registry
 
     if not sources:
@@ -63,7 +63,7 @@ def request_training(settings: Settings, *, sources: list[str], epochs: int, fro
 
 
 def _consumers(settings: Settings) -> list[str]:
-    from digitq.broker import live_consumers
+    from digitq.bus.broker import live_consumers
 
     try:
         return live_consumers(settings, settings.train_queue)
@@ -73,7 +73,7 @@ def _consumers(settings: Settings) -> list[str]:
 
 def live_training_status(settings: Settings | None, training: Training) -> dict:
     """The training's status from its files, ``stalled`` (with the cause) while it is queued and a
-    train worker reports that it cannot see it (a wrong DIGITQ_DATA_DIR; see :mod:`digitq.stalls`)."""
+    train worker reports that it cannot see it (a wrong DIGITQ_DATA_DIR; see :mod:`digitq.batch.stalls`)."""
     status = training.status()
     if settings is None or status["state"] != "queued":
         return status
@@ -168,7 +168,7 @@ def train(ctx, sources, epochs, from_version, holdout, seed, promote, countdown,
     publishes it as the next version, and promotes it when the gate allows.
     Prints the training id at once; --wait follows it.
     """
-    from digitq.broker import ping
+    from digitq.bus.broker import ping
 
     settings = settings_for(ctx)
     if countdown is not None and eta:

@@ -1,0 +1,165 @@
+"""The layout holds: each idea has one home, and the packages import only downward.
+
+- every Redis key of digitq is built in ``digitq/bus/keys.py`` (no ``"digitq:..."`` literal elsewhere);
+- a batch entry's kind is read and written only in ``digitq/batch/message.py``;
+- ``digitq/`` imports none of ``producer/``, ``worker/``, ``model/``; ``model/`` neither ``worker/`` nor
+  ``producer/``; ``worker/`` never ``producer/``; ``producer/`` never TensorFlow;
+- no import cycle among the modules of ``digitq/``, ``producer/`` and ``worker/`` (function-level imports count);
+- no module name is used twice across ``digitq/``, ``producer/`` and ``worker/``.
+
+Read from the source (``ast``), so nothing is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("digitq", "producer", "worker", "model")
+KEYS_MODULE = ROOT / "digitq" / "bus" / "keys.py"
+MESSAGE_MODULE = ROOT / "digitq" / "batch" / "message.py"
+#: An entry's kind on the wire (:class:`digitq.batch.message.Kind`).
+ENTRY_KEYS = {"blob", "data", "ref", "scored", "error"}
+#: Words that mean nothing but an entry's kind anywhere in the code.
+ENTRY_ONLY_KEYS = {"blob", "ref", "scored"}
+#: The modules that carry batch messages: there, even "data" and "error" keys would be an entry's.
+MESSAGE_CARRIERS = [ROOT / "producer" / "dispatch.py", *(ROOT / "worker").glob("*.py"),
+                    *(p for p in (ROOT / "digitq" / "batch").glob("*.py") if p.name != "stalls.py")]
+
+
+def _sources(*packages: str) -> Iterator[Path]:
+    for package in packages:
+        yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any level of the file (absolute names)."""
+    found: set[str] = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_every_redis_key_is_built_in_bus_keys():
+    found = []
+    for path in _sources(*PACKAGES):
+        if path == KEYS_MODULE:
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if text.startswith("digitq:") and len(text) > 7 and not text[7].isspace():
+                    found.append(f"{_rel(path)}:{node.lineno}: {text!r}")
+    assert not found, "Redis keys built outside digitq/bus/keys.py:\n" + "\n".join(found)
+
+
+def _key_uses(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """String constants used as a mapping's key: in a dict display, a subscript, an ``in`` test, ``.get()``."""
+    for node in ast.walk(tree):
+        candidates: list[ast.expr] = []
+        if isinstance(node, ast.Dict):
+            candidates = [k for k in node.keys if k is not None]
+        elif isinstance(node, ast.Subscript):
+            candidates = [node.slice]
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+            candidates = [node.left]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("get", "pop", "setdefault") and node.args):
+            candidates = [node.args[0]]
+        for c in candidates:
+            if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                yield c.lineno, c.value
+
+
+def test_an_entry_kind_is_read_and_written_only_in_the_batch_message():
+    found = []
+    for path in _sources("digitq", "producer", "worker"):
+        if path == MESSAGE_MODULE:
+            continue
+        words = ENTRY_KEYS if path in MESSAGE_CARRIERS else ENTRY_ONLY_KEYS
+        found += [f"{_rel(path)}:{line}: {key!r}" for line, key in _key_uses(_tree(path)) if key in words]
+    assert not found, "entry keys outside digitq/batch/message.py:\n" + "\n".join(found)
+
+
+def test_the_guards_see_what_they_guard():
+    """The checks above find what they look for (a guard that finds nothing anywhere guards nothing)."""
+    keys_tree = _tree(KEYS_MODULE)
+    assert any(isinstance(n, ast.Constant) and n.value == "digitq:" for n in ast.walk(keys_tree))
+    kind = next(n for n in ast.walk(_tree(MESSAGE_MODULE)) if isinstance(n, ast.ClassDef) and n.name == "Kind")
+    assert {a.value.value for a in kind.body if isinstance(a, ast.Assign)} == ENTRY_KEYS
+    assert {"blob", "scored"} <= {key for _, key in _key_uses(ast.parse('e["blob"]; "scored" in e; {"ref": 1}'))}
+    assert any(p.name == "inference.py" for p in MESSAGE_CARRIERS)
+
+
+def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{_rel(path)} imports {name}" for path in _sources(package) for name in sorted(_imports(path))
+            if name.split(".")[0] in forbidden]
+
+
+def test_packages_import_only_downward():
+    assert _violations("digitq", ("producer", "worker", "model")) == []
+    assert _violations("model", ("producer", "worker")) == []
+    assert _violations("worker", ("producer",)) == []
+    assert _violations("producer", ("tensorflow", "keras", "tf_keras")) == []
+
+
+def _edges(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules of ``modules`` that ``name`` imports: ``from pkg import mod`` is an edge to ``pkg.mod``. A module's
+    own packages are not edges (Python imports them on the way to it, before its code runs)."""
+    found: set[str] = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+            found.update(subs if subs else {node.module})
+    own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+    return {m for m in found if m in modules and m != name and m not in own}
+
+
+def test_no_import_cycle_in_the_core_the_producer_and_the_worker():
+    modules = {_module(p): p for p in _sources("digitq", "producer", "worker")}
+    graph = {name: _edges(name, path, modules) for name, path in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_name_serves_two_ideas():
+    seen: dict[str, list[str]] = {}
+    for path in _sources("digitq", "producer", "worker"):
+        if path.name != "__init__.py":
+            seen.setdefault(path.stem, []).append(_rel(path))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
