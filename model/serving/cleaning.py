@@ -13,7 +13,8 @@ and background rules apply unchanged. In order:
    and shaded paper all become a flat background;
 4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes) are
    found in a Hough accumulator by the share of their chord that is ink, and removed except where a
-   stroke crosses them; a box drawn round the digit (a form's field) likewise;
+   stroke crosses them or shows through them (ink clearly above the line's own level); a box drawn
+   round the digit (a form's field) likewise;
 5. outlines: hollow strokes (an edge filter's or an outline font's) are filled: paper enclosed by thin
    walls in channels narrower than a loop's hole (:func:`fill_outlines`);
 6. framing: lone specks of paper noise away from the strokes are dropped, so they do not widen the frame.
@@ -337,8 +338,40 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     out = ink
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
-            out = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
+            cleared = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
+            out = _above_line(out, cleared, band, _line_level(out, band, rest))
     return None if out is ink else out
+
+
+#: Ink in a line's band this far (share of the peak) above the line's own level is a stroke over the line.
+ABOVE_LINE = 0.05
+
+
+def _line_level(ink: np.ndarray, band: np.ndarray, rest: np.ndarray | None = None) -> float:
+    """A line's own ink level: its band's ink pixels' upper quartile (its middle, not its soft edges), over paper
+    alone (two pixels clear of the digit's ``rest``) where enough of it is."""
+    peak = float(ink.max())
+    core = band & (ink > LINE_INK * peak)
+    if rest is not None:
+        clear = core & ~_dilate(rest, 2)
+        if np.count_nonzero(clear) >= 8:
+            core = clear
+    return float(np.percentile(ink[core], 75)) if core.any() else peak
+
+
+def _above_line(before: np.ndarray, after: np.ndarray, band: np.ndarray, level: float) -> np.ndarray:
+    """``after`` with the band's pixels that were clearly brighter than the line (``level``) in ``before`` kept as
+    they were: a stroke crossing or running along a line shows through it (a lighter line under darker ink, or
+    two inks over each other), so it is the digit's, whatever the line's geometry."""
+    peak = float(before.max())
+    if peak <= 0:
+        return after
+    b, line = before / peak, level / peak
+    # the ink under the line, were the two inks laid over each other (each passing a share of the light): a
+    # stroke's soft edge beside the line adds little, a stroke's core across it much
+    under = 1.0 - (1.0 - b) / max(1.0 - line, ABOVE_LINE)
+    keep = band & (b > line + ABOVE_LINE) & (under > 0.5) & (before > after)
+    return np.where(keep, before, after) if keep.any() else after
 
 
 #: Directions (degrees from a line's normal) in which a stroke is looked for across a removed line.
@@ -501,10 +534,18 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
     if box is None:
         return None
     ys, xs = np.indices(ink.shape, dtype=np.float32)
-    out = ink
     top, bottom, left, right = box
+    sides = []
     for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
-        out = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
+        rho = xs if t == _VERTICAL else ys
+        sides.append((t, lo, hi, (rho >= lo - 1.5) & (rho <= hi + 1.5)))
+    rest = ink > LINE_INK * float(ink.max())  # the digit: the ink off the box's sides
+    for *_, band in sides:
+        rest &= ~band
+    out = ink
+    for t, lo, hi, band in sides:
+        cleared = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
+        out = _above_line(out, cleared, band, _line_level(out, band, rest))
     return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
 
 
