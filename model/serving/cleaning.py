@@ -339,7 +339,7 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
             cleared = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
-            out = _above_line(out, cleared, band, _line_level(out, band, rest))
+            out = _above_line(out, cleared, band, _line_level(out, band, t))
     return None if out is ink else out
 
 
@@ -347,16 +347,18 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
 ABOVE_LINE = 0.05
 
 
-def _line_level(ink: np.ndarray, band: np.ndarray, rest: np.ndarray | None = None) -> float:
-    """A line's own ink level: its band's ink pixels' upper quartile (its middle, not its soft edges), over paper
-    alone (two pixels clear of the digit's ``rest``) where enough of it is."""
+def _line_level(ink: np.ndarray, band: np.ndarray, t: int) -> float:
+    """A line's own ink level: along the line (angle ``t``), the brightest of its ``band`` across its width at each
+    step, where that is ink; of those, the level that 30% of its length is at or under. The line lies over paper
+    along most of its length and is at least as bright where it crosses a stroke, so the digit does not raise it."""
     peak = float(ink.max())
-    core = band & (ink > LINE_INK * peak)
-    if rest is not None:
-        clear = core & ~_dilate(rest, 2)
-        if np.count_nonzero(clear) >= 8:
-            core = clear
-    return float(np.percentile(ink[core], 75)) if core.any() else peak
+    ys, xs = np.nonzero(band)
+    along = np.rint(-xs * _SIN[t] + ys * _COS[t]).astype(np.intp)
+    along -= along.min()
+    profile = np.zeros(int(along.max()) + 1, np.float32)
+    np.maximum.at(profile, along, ink[ys, xs])
+    profile = profile[profile > LINE_INK * peak]
+    return float(np.percentile(profile, 30)) if len(profile) else peak
 
 
 def _above_line(before: np.ndarray, after: np.ndarray, band: np.ndarray, level: float) -> np.ndarray:
@@ -539,13 +541,10 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
     for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
         rho = xs if t == _VERTICAL else ys
         sides.append((t, lo, hi, (rho >= lo - 1.5) & (rho <= hi + 1.5)))
-    rest = ink > LINE_INK * float(ink.max())  # the digit: the ink off the box's sides
-    for *_, band in sides:
-        rest &= ~band
     out = ink
     for t, lo, hi, band in sides:
         cleared = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
-        out = _above_line(out, cleared, band, _line_level(out, band, rest))
+        out = _above_line(out, cleared, band, _line_level(out, band, t))
     return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
 
 
