@@ -376,16 +376,19 @@ def _above_line(before: np.ndarray, after: np.ndarray, band: np.ndarray, level: 
     return np.where(keep, before, after) if keep.any() else after
 
 
-#: Directions (degrees from a line's normal) in which a stroke is looked for across a removed line.
-_ACROSS = np.deg2rad(np.arange(-45.0, 46.0, 15.0))
+#: A stroke is looked for across a removed line up to this far from square to it (degrees): further, the two
+#: sides' ink that a path would join is more often two strokes beside the line than one crossing it.
+CROSSING = 30.0
+#: Directions (radians from a line's normal) in which a stroke is looked for across a removed line.
+_ACROSS = np.deg2rad(np.arange(-CROSSING, CROSSING + 1.0, 15.0))
 
 
 def _restore(before: np.ndarray, after: np.ndarray, t: int, width: float) -> np.ndarray:
     """``after`` (a line of ``width`` px at angle ``t`` removed from ``before``) with the strokes that the removal
     cut restored: a removed pixel (ink before, paper after) that has ink on both sides across the line, along a
-    straight path within 45 degrees of square to it, within the line's width and a pixel and a half beyond, takes
-    the lesser of the two sides' ink (never more than it had). Paper the line ran over stays paper: only a
-    stroke reaching the line from both sides bridges it."""
+    straight path within :data:`CROSSING` degrees of square to it, within the line's width and a pixel and a half
+    beyond, takes the lesser of the two sides' ink (never more than it had). Paper the line ran over stays paper:
+    only a stroke reaching the line from both sides bridges it."""
     peak = float(before.max())
     removed = (before - after > LINE_INK * peak) & (after < LINE_INK * peak)
     if peak <= 0 or not removed.any():
@@ -464,15 +467,16 @@ def _beyond_digit(rest: np.ndarray, band: np.ndarray, t: int, xs: np.ndarray, ys
 
 def _cut(ink: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """``ink`` with a line's band bridged: each band pixel takes the best pair of ink values just beyond the
-    band on either side that a straight stroke through it would join (crossing at up to 45 degrees from
-    square), the lesser of the pair. Where a stroke crosses the line it stays; elsewhere the band becomes paper."""
+    band on either side that a straight stroke through it would join (crossing at up to :data:`CROSSING` degrees
+    from square), the lesser of the pair. Where a stroke crosses the line it stays; elsewhere the band becomes
+    paper."""
     h, w = ink.shape
     c, s = _COS[t], _SIN[t]
     rho = xs * c + ys * s
     band = (rho >= lo - 1.0) & (rho <= hi + 1.0)
     centre, reach = (lo + hi) / 2, (hi - lo) / 2 + 1.5
     by, bx, br = ys[band], xs[band], rho[band]
-    k = int(np.ceil(reach))
+    k = int(np.ceil(reach * np.tan(np.deg2rad(CROSSING))))
     slides = np.arange(-k, k + 1, dtype=np.float32)[:, None]
     pad = 2 * k + 4  # beyond any sample's reach: paper outside the image
     sheet = np.pad(ink, pad)
