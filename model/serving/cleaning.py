@@ -343,8 +343,10 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     return None if out is ink else out
 
 
-#: Ink in a line's band this far (share of the peak) above the line's own level is a stroke over the line.
-ABOVE_LINE = 0.05
+#: Ink in a line's band above the line's own level by this share of the peak may be a stroke over the line...
+ABOVE_LINE = 0.01
+#: ...if the ink under the line, unmixed from it, is at least this share of the peak: a stroke's core.
+UNDER_LINE = 0.5
 
 
 def _line_level(ink: np.ndarray, band: np.ndarray, t: int) -> float:
@@ -362,17 +364,19 @@ def _line_level(ink: np.ndarray, band: np.ndarray, t: int) -> float:
 
 
 def _above_line(before: np.ndarray, after: np.ndarray, band: np.ndarray, level: float) -> np.ndarray:
-    """``after`` with the band's pixels that were clearly brighter than the line (``level``) in ``before`` kept as
-    they were: a stroke crossing or running along a line shows through it (a lighter line under darker ink, or
-    two inks over each other), so it is the digit's, whatever the line's geometry."""
+    """``after`` with the band's pixels kept as they were in ``before`` where they are brighter than the line's own
+    ``level`` and what lies under the line there is a stroke's core (:data:`ABOVE_LINE`, :data:`UNDER_LINE`): a
+    stroke crossing or running along a line shows through it (a lighter line under darker ink, or two inks over
+    each other), so it is the digit's, whatever the line's geometry."""
     peak = float(before.max())
     if peak <= 0:
         return after
     b, line = before / peak, level / peak
     # the ink under the line, were the two inks laid over each other (each passing a share of the light): a
     # stroke's soft edge beside the line adds little, a stroke's core across it much
-    under = 1.0 - (1.0 - b) / max(1.0 - line, ABOVE_LINE)
-    keep = band & (b > line + ABOVE_LINE) & (under > 0.5) & (before > after)
+    # (a line within 5% of the peak is taken at 95%: below that, no stroke under it can be told from it)
+    under = 1.0 - (1.0 - b) / max(1.0 - line, 0.05)
+    keep = band & (b > line + ABOVE_LINE) & (under > UNDER_LINE) & (before > after)
     return np.where(keep, before, after) if keep.any() else after
 
 
