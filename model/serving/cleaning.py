@@ -339,7 +339,7 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
             cleared = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
-            out = _above_line(out, cleared, band, _line_level(out, band, t))
+            out = _above_line(out, cleared, band, _line_level(out, [(t, band)]))
     return None if out is ink else out
 
 
@@ -349,17 +349,21 @@ ABOVE_LINE = 0.01
 UNDER_LINE = 0.5
 
 
-def _line_level(ink: np.ndarray, band: np.ndarray, t: int) -> float:
-    """A line's own ink level: along the line (angle ``t``), the brightest of its ``band`` across its width at each
-    step, where that is ink; of those, the level that 30% of its length is at or under. The line lies over paper
-    along most of its length and is at least as bright where it crosses a stroke, so the digit does not raise it."""
+def _line_level(ink: np.ndarray, lines: list[tuple[int, np.ndarray]]) -> float:
+    """The ink level of ``lines`` ((angle, band) pairs drawn with one pen): along each line, the brightest of its
+    band across its width at each step, where that is ink; of those, the level that 30% of their length is at or
+    under. A line lies over paper along most of its length and is at least as bright where it crosses a stroke, so
+    the digit does not raise it."""
     peak = float(ink.max())
-    ys, xs = np.nonzero(band)
-    along = np.rint(-xs * _SIN[t] + ys * _COS[t]).astype(np.intp)
-    along -= along.min()
-    profile = np.zeros(int(along.max()) + 1, np.float32)
-    np.maximum.at(profile, along, ink[ys, xs])
-    profile = profile[profile > LINE_INK * peak]
+    profiles = []
+    for t, band in lines:
+        ys, xs = np.nonzero(band)
+        along = np.rint(-xs * _SIN[t] + ys * _COS[t]).astype(np.intp)
+        along -= along.min()
+        profile = np.zeros(int(along.max()) + 1, np.float32)
+        np.maximum.at(profile, along, ink[ys, xs])
+        profiles.append(profile[profile > LINE_INK * peak])
+    profile = np.concatenate(profiles)
     return float(np.percentile(profile, 30)) if len(profile) else peak
 
 
@@ -550,10 +554,12 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
     for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
         rho = xs if t == _VERTICAL else ys
         sides.append((t, lo, hi, (rho >= lo - 1.5) & (rho <= hi + 1.5)))
+    # one pen drew the box: the digit may lie along one of its sides, not along all four
+    level = _line_level(ink, [(t, band) for t, _, _, band in sides])
     out = ink
     for t, lo, hi, band in sides:
         cleared = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
-        out = _above_line(out, cleared, band, _line_level(out, band, t))
+        out = _above_line(out, cleared, band, level)
     return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
 
 
