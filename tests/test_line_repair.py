@@ -1,5 +1,6 @@
 """Line removal restores the strokes it cut: a stroke that reaches a removed line from both sides is bridged
-across it, paper the line ran over stays paper, and a clean digit is never touched."""
+across it, a stroke that shows through a line (brighter than it) is kept, paper the line ran over stays paper,
+and a clean digit is never touched."""
 
 import io
 
@@ -94,3 +95,50 @@ def test_a_clean_digit_is_not_touched():
     """A clean 28x28 stroke (and the stem drawn here): no line is found, nothing is cleaned."""
     assert clean_ink(_stem()) is None
     np.testing.assert_array_equal(decode_image(_png(_stem())), _stem())
+
+
+def test_a_stroke_under_a_lighter_stripe_along_it_shows_through():
+    """A stripe lighter than the ink lying along a 7's stem (a 28x28 file): the stem is brighter than the stripe, so
+    it is kept whole where the stripe lies on it, and the stripe is gone beyond the digit."""
+    seven = _line([(7.0, 6.0), (20.0, 6.0), (12.0, 24.0)], 2.5)
+    stripe = _line([(24.6, -2.0), (10.3, 30.0)], 2.5)  # the stem's own slant, a pixel beside its centre line
+    crossed = np.maximum(seven, (stripe.astype(np.float32) * 0.65).astype(np.uint8))
+    out = clean_ink(crossed)
+    assert out is not None
+    for row in range(9, 24):  # the stem, clear of the bar
+        assert out[row][seven[row] > 200].max() >= 0.4 * out.max()
+    beyond = (stripe > 100) & ((np.arange(28) < 3) | (np.arange(28) > 26))[:, None]
+    assert beyond.sum() > 6 and out[beyond].max() < 0.15 * out.max()
+
+
+@pytest.mark.parametrize("left, right", [(8, 49), (12, 44)])
+def test_a_bar_under_a_box_side_is_kept(left, right):
+    """A 2x scan of a 7 in a form's box whose top side lies on the 7's bar (dark ink over dark ink is darker), the
+    box wide or as narrow as the bar, so that the bar runs along most of the side: the bar stays, and the box's
+    other sides, over paper, are gone."""
+    seven = _line([(7.0, 6.0), (20.0, 6.0), (12.0, 24.0)], 2.5)
+    seven = np.asarray(Image.fromarray(seven).resize((56, 56), Image.Resampling.BICUBIC)).astype(np.float32) / 255.0
+    box = np.zeros((56, 56), np.float32)
+    box[11:14, left:right] = box[49:52, left:right] = 1.0  # the top on the bar (rows 10-14), the bottom below the stem
+    box[11:52, left : left + 3] = box[11:52, right - 3 : right] = 1.0
+    page = 245.0 * (1.0 - 0.9 * seven) * (1.0 - 0.9 * box)
+    out = clean_ink(np.clip(page, 0, 255).astype(np.uint8))
+    assert out is not None
+    bar = out[10:15, 16:38].max(axis=0)  # the bar, clear of the box's corners
+    assert (bar > 0.4 * out.max()).all()
+    sides = out[20:45, left : left + 3].max(), out[20:45, right - 3 : right].max()
+    assert max(sides) < 0.15 * out.max()
+
+
+@pytest.mark.parametrize("y", [18.0, 19.0])
+def test_a_stripe_beside_a_round_digit_for_most_of_its_length_is_removed(y):
+    """A 0 filling a 28x28 file, a bright stripe crossing its lower part at a shallow angle: the ring's wall runs
+    beside the stripe for most of its length, and the stripe is still found and gone beyond the ring."""
+    big = Image.new("L", (112, 112), 0)
+    ImageDraw.Draw(big).ellipse((16, 8, 96, 104), outline=255, width=12)
+    ring = np.asarray(big.resize((28, 28), Image.Resampling.BOX))
+    stripe = _line([(-2.0, y), (30.0, y + 3.0)], 2.0)
+    out = clean_ink(np.maximum(ring, stripe))
+    assert out is not None
+    beyond = (stripe > 100) & ((np.arange(28) < 3) | (np.arange(28) > 25))[None, :]
+    assert beyond.sum() > 6 and out[beyond].max() < 0.15 * out.max()

@@ -13,7 +13,8 @@ and background rules apply unchanged. In order:
    and shaded paper all become a flat background;
 4. lines: thin straight lines that cross the whole image beyond the digit (ruled lines, stripes) are
    found in a Hough accumulator by the share of their chord that is ink, and removed except where a
-   stroke crosses them; a box drawn round the digit (a form's field) likewise;
+   stroke crosses them or shows through them (ink clearly above the line's own level); a box drawn
+   round the digit (a form's field) likewise;
 5. outlines: hollow strokes (an edge filter's or an outline font's) are filled: paper enclosed by thin
    walls in channels narrower than a loop's hole (:func:`fill_outlines`);
 6. framing: lone specks of paper noise away from the strokes are dropped, so they do not widen the frame.
@@ -337,20 +338,65 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     out = ink
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
-            out = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
+            cleared = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
+            out = _above_line(out, cleared, band, _line_level(out, [(t, band)]))
     return None if out is ink else out
 
 
-#: Directions (degrees from a line's normal) in which a stroke is looked for across a removed line.
-_ACROSS = np.deg2rad(np.arange(-45.0, 46.0, 15.0))
+#: Ink in a line's band above the line's own level by this share of the peak may be a stroke over the line...
+ABOVE_LINE = 0.01
+#: ...if the ink under the line, unmixed from it, is at least this share of the peak: a stroke's core.
+UNDER_LINE = 0.5
+
+
+def _line_level(ink: np.ndarray, lines: list[tuple[int, np.ndarray]]) -> float:
+    """The ink level of ``lines`` ((angle, band) pairs drawn with one pen): along each line, the brightest of its
+    band across its width at each step, where that is ink; of those, the level that 30% of their length is at or
+    under. A line lies over paper along most of its length and is at least as bright where it crosses a stroke, so
+    the digit does not raise it."""
+    peak = float(ink.max())
+    profiles = []
+    for t, band in lines:
+        ys, xs = np.nonzero(band)
+        along = np.rint(-xs * _SIN[t] + ys * _COS[t]).astype(np.intp)
+        along -= along.min()
+        profile = np.zeros(int(along.max()) + 1, np.float32)
+        np.maximum.at(profile, along, ink[ys, xs])
+        profiles.append(profile[profile > LINE_INK * peak])
+    profile = np.concatenate(profiles)
+    return float(np.percentile(profile, 30)) if len(profile) else peak
+
+
+def _above_line(before: np.ndarray, after: np.ndarray, band: np.ndarray, level: float) -> np.ndarray:
+    """``after`` with the band's pixels kept as they were in ``before`` where they are brighter than the line's own
+    ``level`` and what lies under the line there is a stroke's core (:data:`ABOVE_LINE`, :data:`UNDER_LINE`): a
+    stroke crossing or running along a line shows through it (a lighter line under darker ink, or two inks over
+    each other), so it is the digit's, whatever the line's geometry."""
+    peak = float(before.max())
+    if peak <= 0:
+        return after
+    b, line = before / peak, level / peak
+    # the ink under the line, were the two inks laid over each other (each passing a share of the light): a
+    # stroke's soft edge beside the line adds little, a stroke's core across it much
+    # (a line within 5% of the peak is taken at 95%: below that, no stroke under it can be told from it)
+    under = 1.0 - (1.0 - b) / max(1.0 - line, 0.05)
+    keep = band & (b > line + ABOVE_LINE) & (under > UNDER_LINE) & (before > after)
+    return np.where(keep, before, after) if keep.any() else after
+
+
+#: A stroke is looked for across a removed line up to this far from square to it (degrees): further, the two
+#: sides' ink that a path would join is more often two strokes beside the line than one crossing it.
+CROSSING = 30.0
+#: Directions (radians from a line's normal) in which a stroke is looked for across a removed line.
+_ACROSS = np.deg2rad(np.arange(-CROSSING, CROSSING + 1.0, 15.0))
 
 
 def _restore(before: np.ndarray, after: np.ndarray, t: int, width: float) -> np.ndarray:
     """``after`` (a line of ``width`` px at angle ``t`` removed from ``before``) with the strokes that the removal
     cut restored: a removed pixel (ink before, paper after) that has ink on both sides across the line, along a
-    straight path within 45 degrees of square to it, within the line's width and a pixel and a half beyond, takes
-    the lesser of the two sides' ink (never more than it had). Paper the line ran over stays paper: only a
-    stroke reaching the line from both sides bridges it."""
+    straight path within :data:`CROSSING` degrees of square to it, within the line's width and a pixel and a half
+    beyond, takes the lesser of the two sides' ink (never more than it had). Paper the line ran over stays paper:
+    only a stroke reaching the line from both sides bridges it."""
     peak = float(before.max())
     removed = (before - after > LINE_INK * peak) & (after < LINE_INK * peak)
     if peak <= 0 or not removed.any():
@@ -399,7 +445,8 @@ def _bridge_or_clear(ink: np.ndarray, rest: np.ndarray, t: int, lo: float, hi: f
 
 
 def _thin(mask: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> bool:
-    """Whether the band is a thin line along most of its length: paper just beyond it on both sides."""
+    """Whether the band is a thin line: paper just beyond it on both sides along at least 30% of its length (a
+    line across a small image may run beside the digit's strokes for the rest)."""
     h, w = mask.shape
     c, s = _COS[t], _SIN[t]
     centre, reach = (lo + hi) / 2, (hi - lo) / 2 + 2.0
@@ -412,7 +459,7 @@ def _thin(mask: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np
         qx, qy = np.rint(px + d * c).astype(int), np.rint(py + d * s).astype(int)
         ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
         clear &= ~np.where(ok, mask[np.clip(qy, 0, h - 1), np.clip(qx, 0, w - 1)], False)
-    return len(clear) > 0 and float(clear.mean()) >= 0.5
+    return len(clear) > 0 and float(clear.mean()) >= 0.3
 
 
 def _beyond_digit(rest: np.ndarray, band: np.ndarray, t: int, xs: np.ndarray, ys: np.ndarray) -> bool:
@@ -428,15 +475,16 @@ def _beyond_digit(rest: np.ndarray, band: np.ndarray, t: int, xs: np.ndarray, ys
 
 def _cut(ink: np.ndarray, t: int, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """``ink`` with a line's band bridged: each band pixel takes the best pair of ink values just beyond the
-    band on either side that a straight stroke through it would join (crossing at up to 45 degrees from
-    square), the lesser of the pair. Where a stroke crosses the line it stays; elsewhere the band becomes paper."""
+    band on either side that a straight stroke through it would join (crossing at up to :data:`CROSSING` degrees
+    from square), the lesser of the pair. Where a stroke crosses the line it stays; elsewhere the band becomes
+    paper."""
     h, w = ink.shape
     c, s = _COS[t], _SIN[t]
     rho = xs * c + ys * s
     band = (rho >= lo - 1.0) & (rho <= hi + 1.0)
     centre, reach = (lo + hi) / 2, (hi - lo) / 2 + 1.5
     by, bx, br = ys[band], xs[band], rho[band]
-    k = int(np.ceil(reach))
+    k = int(np.ceil(reach * np.tan(np.deg2rad(CROSSING))))
     slides = np.arange(-k, k + 1, dtype=np.float32)[:, None]
     pad = 2 * k + 4  # beyond any sample's reach: paper outside the image
     sheet = np.pad(ink, pad)
@@ -501,10 +549,17 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
     if box is None:
         return None
     ys, xs = np.indices(ink.shape, dtype=np.float32)
-    out = ink
     top, bottom, left, right = box
+    sides = []
     for t, (lo, hi) in ((_HORIZONTAL, top), (_HORIZONTAL, bottom), (_VERTICAL, left), (_VERTICAL, right)):
-        out = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
+        rho = xs if t == _VERTICAL else ys
+        sides.append((t, lo, hi, (rho >= lo - 1.5) & (rho <= hi + 1.5)))
+    # one pen drew the box: the digit may lie along one of its sides, not along all four
+    level = _line_level(ink, [(t, band) for t, _, _, band in sides])
+    out = ink
+    for t, lo, hi, band in sides:
+        cleared = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
+        out = _above_line(out, cleared, band, level)
     return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
 
 
