@@ -430,31 +430,34 @@ def test_crontab_parsing():
             parse_crontab(bad)
 
 
-def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
+def test_beat_enqueues_a_training_on_its_schedule_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
     import redis
 
     url = db_url(redis_server.url, 3)  # no train worker listens here: the first training stays queued
     data_dir = tmp_path / "beat-data"
-    env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir),
-           "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_RETRAIN_DATA": str(labelled),
-           "DIGITQ_RETRAIN_EPOCHS": "1"}
+    # A real beat process (tests/seconds_beat.py): digitq's scheduler, its entry due every 2 s, not every minute.
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir), "PYTHONPATH": path,
+           "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_TEST_RETRAIN_EVERY_S": "2",
+           "DIGITQ_RETRAIN_DATA": str(labelled), "DIGITQ_RETRAIN_EPOCHS": "1"}
     log = tmp_path / "beat.log"
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "info", "-f", str(log)],
-                            env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
+    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "seconds_beat", "beat", "-l", "info", "-f",
+                             str(log)], env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         settings = Settings.from_env(redis_url=url, data_dir=str(data_dir))
         from digitq.trainings import list_trainings
 
-        first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.5,
+        first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.2,
                            what="beat to request a training")
         status = Training.load(settings.trainings_dir, first[0]).status()
         assert status["state"] == "queued" and status["by"] == "schedule" and status["epochs"] == 1
         # The request is written before the message is sent: the message follows within moments.
         wait_until(lambda: redis.Redis.from_url(url).llen("train") == 1, timeout=10, what="the training message")
-        wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.5,
+        wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.2,
                    what="beat to skip the next run")
         assert len(list_trainings(settings.trainings_dir)) == 1 and redis.Redis.from_url(url).llen("train") == 1
         assert first[0] in log.read_text().split("periodic retraining skipped", 1)[1]
+        assert "periodic retraining on '* * * * *' (UTC)" in log.read_text()  # digitq's scheduler read the crontab
     finally:
         os.killpg(beat.pid, signal.SIGTERM)
         beat.wait(20)
