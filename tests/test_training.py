@@ -313,18 +313,28 @@ def test_duplicate_delivery_publishes_once(trainer, tsettings, labelled):
     assert len(published) == 1 and training.status()["attempt"] == 1
 
 
-def test_training_killed_mid_way_runs_again_and_publishes_once(trainer, tsettings, tmp_path, mnist):
+def test_training_killed_mid_way_runs_again_and_publishes_once(redis_server, tmp_path, mnist):
+    # Its own trainer (tests/halting_training.py): the first attempt halts after epoch 3 of 8, where it is killed.
+    settings = Settings.from_env(redis_url=db_url(redis_server.url, 10), data_dir=str(tmp_path / "data"))
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**worker_env(settings), "PYTHONPATH": path, "DIGITQ_TEST_HALT_AFTER_EPOCH": "3",
+           "DIGITQ_SUITE_LIMIT": "50"}
     folder = tmp_path / "bigger"
-    write_image_folder(folder, mnist.x_train[:3000], mnist.y_train[:3000])
-    training = request_training(tsettings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
-                                seed=2, promote="never")
-    wait_until(lambda: training.status()["epoch"] >= 1, timeout=120, what="the first epoch")
-    run = training.run_record()
-    os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
-    status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
-                        what="the redelivered training to finish")
+    write_image_folder(folder, mnist.x_train[:300], mnist.y_train[:300])
+    with WorkerProcess(env, tmp_path / "trainer.log", queues="train", app="halting_training", name="halting"):
+        training = request_training(settings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
+                                    seed=2, promote="never")
+        wait_until(lambda: training.status()["epoch"] >= 3, timeout=120, what="the third epoch")
+        run = training.run_record()
+        assert run["attempt"] == 1 and training.status()["state"] == "running"
+        os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
+        status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
+                            what="the redelivered training to finish")
     assert status["attempt"] == 2 and status["version"]
-    published = [ref for ref in registry(tsettings).versions() if ref.meta.get("training_id") == training.id]
+    lines = (training.dir / "progress.jsonl").read_text().splitlines()  # every attempt's epochs
+    progress = [(p["attempt"], p["epoch"]) for p in map(json.loads, lines)]
+    assert progress == [(1, 1), (1, 2), (1, 3), *((2, n) for n in range(1, 9))]  # killed at epoch 3, then all 8
+    published = [ref for ref in Registry(settings.models_dir).versions() if ref.meta.get("training_id") == training.id]
     assert len(published) == 1 and published[0].meta["epochs"] == 8
 
 
