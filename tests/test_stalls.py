@@ -48,13 +48,15 @@ def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collect
     assert other.log().count("'stateless': True") == 3 and good.log().count("Task digitq.collect_batch") >= 3
 
 
-def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist):
+def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist,
+                                                                         monkeypatch):
     url = db_url(redis_server.url, 5)  # no worker listens on this database
+    monkeypatch.setattr("producer.follow.NO_WORKER_AFTER_S", 1.0)  # said after a second here, not ten
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
-    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "16"]
+    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "5"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 3 and "not done after 16s" in result.stderr
+    assert result.exit_code == 3 and "not done after 5s" in result.stderr
     assert result.stderr.count("no worker is consuming the `predict` queue") == 1
     assert "celery -A worker worker" in result.stderr
 
@@ -66,14 +68,15 @@ def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
     assert live_consumers(settings, "train") == []
 
 
-def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist):
+def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist, monkeypatch):
     url = db_url(redis_server.url, 6)  # no train worker listens here
+    monkeypatch.setattr("producer.training.QUEUED_HINT_S", 1.0)  # said after a second here, not fifteen
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
     args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "train", "--data", str(folder),
-            "--epochs", "1", "--wait", "--timeout", "20"]
+            "--epochs", "1", "--wait", "--timeout", "5"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 3 and "not finished after 20s" in result.stderr
+    assert result.exit_code == 3 and "not finished after 5s" in result.stderr
     assert "no worker consumes the `train` queue" in result.stderr and "-Q train -c 1" in result.stderr
 
 
