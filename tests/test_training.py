@@ -3,7 +3,6 @@ on a few hundred real MNIST digits, the registry, the promotion gate, hot swap, 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -313,31 +312,6 @@ def test_duplicate_delivery_publishes_once(trainer, tsettings, labelled):
     assert len(published) == 1 and training.status()["attempt"] == 1
 
 
-def test_training_killed_mid_way_runs_again_and_publishes_once(redis_server, tmp_path, mnist):
-    # Its own trainer (tests/halting_training.py): the first attempt halts after epoch 3 of 8, where it is killed.
-    settings = Settings.from_env(redis_url=db_url(redis_server.url, 10), data_dir=str(tmp_path / "data"))
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-    env = {**worker_env(settings), "PYTHONPATH": path, "DIGITQ_TEST_HALT_AFTER_EPOCH": "3",
-           "DIGITQ_SUITE_LIMIT": "50"}
-    folder = tmp_path / "bigger"
-    write_image_folder(folder, mnist.x_train[:300], mnist.y_train[:300])
-    with WorkerProcess(env, tmp_path / "trainer.log", queues="train", app="halting_training", name="halting"):
-        training = request_training(settings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
-                                    seed=2, promote="never")
-        wait_until(lambda: training.status()["epoch"] >= 3, timeout=120, what="the third epoch")
-        run = training.run_record()
-        assert run["attempt"] == 1 and training.status()["state"] == "running"
-        os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
-        status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
-                            what="the redelivered training to finish")
-    assert status["attempt"] == 2 and status["version"]
-    lines = (training.dir / "progress.jsonl").read_text().splitlines()  # every attempt's epochs
-    progress = [(p["attempt"], p["epoch"]) for p in map(json.loads, lines)]
-    assert progress == [(1, 1), (1, 2), (1, 3), *((2, n) for n in range(1, 9))]  # killed at epoch 3, then all 8
-    published = [ref for ref in Registry(settings.models_dir).versions() if ref.meta.get("training_id") == training.id]
-    assert len(published) == 1 and published[0].meta["epochs"] == 8
-
-
 def test_countdown_schedules_a_training(trainer, tsettings, labelled):
     result = cli(tsettings, "train", "--data", str(labelled), "--epochs", "1", "--promote", "never",
                  "--countdown", "3", "--json")
@@ -428,67 +402,3 @@ def test_gate_unit():
     ok, reason = gate("auto", 0.988, 0.990, "3", 0.1, 1000)
     assert ok is False and "0.20 points below" in reason and "98.80%" in reason and "99.00%" in reason
     assert gate("never", 1.0, 0.5, "3", 0.1, 10)[0] is False and gate("always", 0.1, 0.9, "3", 0.1, 10)[0] is True
-
-
-def test_crontab_parsing():
-    from digitq.errors import ConfigError
-    from worker.beat import parse_crontab
-
-    assert parse_crontab("0 3 * * 0").hour == {3}
-    for bad in ("0 3 * *", "61 * * * *", "a b c d e"):
-        with pytest.raises(ConfigError, match="DIGITQ_RETRAIN_SCHEDULE"):
-            parse_crontab(bad)
-
-
-def test_beat_enqueues_a_training_on_its_schedule_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
-    import redis
-
-    url = db_url(redis_server.url, 3)  # no train worker listens here: the first training stays queued
-    data_dir = tmp_path / "beat-data"
-    # A real beat process (tests/seconds_beat.py): digitq's scheduler, its entry due every 2 s, not every minute.
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir), "PYTHONPATH": path,
-           "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_TEST_RETRAIN_EVERY_S": "2",
-           "DIGITQ_RETRAIN_DATA": str(labelled), "DIGITQ_RETRAIN_EPOCHS": "1"}
-    log = tmp_path / "beat.log"
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "seconds_beat", "beat", "-l", "info", "-f",
-                             str(log)], env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
-    try:
-        settings = Settings.from_env(redis_url=url, data_dir=str(data_dir))
-        from digitq.trainings import list_trainings
-
-        first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.2,
-                           what="beat to request a training")
-        status = Training.load(settings.trainings_dir, first[0]).status()
-        assert status["state"] == "queued" and status["by"] == "schedule" and status["epochs"] == 1
-        # The request is written before the message is sent: the message follows within moments.
-        wait_until(lambda: redis.Redis.from_url(url).llen("train") == 1, timeout=10, what="the training message")
-        wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.2,
-                   what="beat to skip the next run")
-        assert len(list_trainings(settings.trainings_dir)) == 1 and redis.Redis.from_url(url).llen("train") == 1
-        assert first[0] in log.read_text().split("periodic retraining skipped", 1)[1]
-        assert "periodic retraining on '* * * * *' (UTC)" in log.read_text()  # digitq's scheduler read the crontab
-    finally:
-        os.killpg(beat.pid, signal.SIGTERM)
-        beat.wait(20)
-
-
-def test_periodic_run_is_skipped_while_a_training_runs(tmp_path, caplog):
-    import logging
-    import socket
-
-    from digitq.storage import atomic_write_json
-    from digitq.trainings import create_training, list_trainings
-    from worker.beat import scheduled_training
-
-    # Redis is unreachable here: a run that tried to send would fail loudly instead of skipping.
-    settings = Settings.from_env(redis_url="redis://127.0.0.1:1/0", data_dir=str(tmp_path))
-    running = create_training(settings.trainings_dir, sources=[str(tmp_path)], epochs=1, from_version=None,
-                              holdout=0.2, seed=0, promote="auto", by="schedule")
-    atomic_write_json(running.dir / "run.json", {"host": socket.gethostname(), "pid": os.getpid(), "attempt": 1,
-                                                 "started": time.time(), "heartbeat": time.time()})
-    assert running.status()["state"] == "running"
-    with caplog.at_level(logging.WARNING, logger="digitq.beat"):
-        assert scheduled_training(settings) is None
-    assert f"training {running.id} is still running" in caplog.text
-    assert list_trainings(settings.trainings_dir) == [running.id]
