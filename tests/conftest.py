@@ -16,6 +16,18 @@ from .pipeline_helpers import DATABASES
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Test files that take longest, started first: with the files spread over processes (scripts/test.sh runs
+#: pytest-xdist's ``--dist loadfile``), a long file started last would finish alone.
+LONG_FIRST = ("test_training.py", "test_training_recovery.py", "test_sentinel.py", "test_races.py", "test_stalls.py",
+              "test_review.py", "test_sweeper.py", "test_fleet.py", "test_collecting.py", "test_model.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of :data:`LONG_FIRST` first, in its order; each file's tests keep theirs."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep collection order
+
+
 def mnist_source() -> str | None:
     """``DIGITQ_MNIST``, else ``../shared/mnist`` beside the checkout, else None (Keras download)."""
     env = os.environ.get("DIGITQ_MNIST")
