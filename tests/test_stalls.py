@@ -19,10 +19,11 @@ from .pipeline_helpers import MODES, cli_for, db_url, last_json, start_workers, 
 
 
 def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collector_is_said(redis_server, tmp_path,
-                                                                                          mnist):
+                                                                                          mnist, monkeypatch):
     """A worker that cannot see the job's data dir (another host, a typo) now predicts it statelessly; while no
     worker sees the data dir to commit its results, the job shows stalled with the cause. Nothing is lost."""
     url = db_url(redis_server.url, 4)  # this test's own queue
+    monkeypatch.setattr("producer.follow.NO_WORKER_AFTER_S", 1.0)  # results wait unclaimed 1 s here, not 10
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "in"
@@ -31,6 +32,9 @@ def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collect
 
     with WorkerProcess(worker_env(wrong), tmp_path / "wrong.log", name="wrong") as other:
         job_id = last_json(cli("scan", str(folder), "--batch-size", "8", "--json"))["job_id"]
+        queue = redis.Redis.from_url(url)
+        wait_until(lambda: queue.llen(stalls.collect_queue(settings)) == 3, timeout=60, poll=0.2,
+                   what="the three results handed in")
         stalled = wait_until(lambda: (st := json.loads(cli("status", job_id, "--json").stdout))["state"] == "stalled"
                              and st, timeout=60, poll=0.5, what="the job to show stalled")
         assert stalled["stalled"]["uncollected"] == 3 and stalled["done"] == 0
