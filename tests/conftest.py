@@ -11,15 +11,16 @@ from digitq.redisserver import RedisServer
 from digitq.settings import Settings
 from worker.process import WorkerProcess
 
-from .pipeline_helpers import DATABASES
+from .pipeline_helpers import DATABASES, db_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 #: Test files that take longest, started first: with the files spread over processes (scripts/test.sh runs
 #: pytest-xdist's ``--dist loadfile``), a long file started last would finish alone.
-LONG_FIRST = ("test_training.py", "test_training_recovery.py", "test_sentinel.py", "test_races.py", "test_stalls.py",
-              "test_review.py", "test_sweeper.py", "test_fleet.py", "test_collecting.py", "test_model.py")
+LONG_FIRST = ("test_training.py", "test_training_requests.py", "test_training_recovery.py", "test_sentinel.py",
+              "test_races.py", "test_stalls.py", "test_review.py", "test_sweeper.py", "test_fleet.py",
+              "test_collecting.py", "test_model.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,5 +82,22 @@ def worker_env(settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def worker(settings, data_dir):
     proc = WorkerProcess(worker_env(settings), data_dir / "worker.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tsettings(redis_server, tmp_path_factory) -> Settings:
+    """A training test module's settings: its own Redis database and data dir (the session's predict worker
+    must not take these batches)."""
+    url = db_url(redis_server.url, 2)
+    return Settings.from_env(redis_url=url, data_dir=str(tmp_path_factory.mktemp("training-data")))
+
+
+@pytest.fixture(scope="module")
+def trainer(tsettings):
+    """A training test module's trainer: a real worker on the ``train`` queue of :func:`tsettings`."""
+    proc = WorkerProcess(worker_env(tsettings), tsettings.data_dir / "trainer.log", queues="train",
+                         name="trainer").start()
     yield proc
     proc.stop()
