@@ -138,7 +138,7 @@ def check_bookkeeping(loop: Loop) -> dict:
     return meta
 
 
-def test_review_export_corrections_and_a_training_records_them(redis_server, tmp_path, mnist):
+def test_review_export_corrections_and_retraining_on_them(redis_server, tmp_path, mnist):
     """The bookkeeping of the loop, on 1,000 MNIST training digits (a fifth held out) and one epoch."""
     digits = tmp_path / "digits"
     write_image_folder(digits, mnist.x_train[:1000], mnist.y_train[:1000])
