@@ -16,11 +16,12 @@ from .pipeline_helpers import DATABASES, db_url
 ROOT = Path(__file__).resolve().parent.parent
 
 
-#: Test files that take longest, started first: with the files spread over processes (scripts/test.sh runs
-#: pytest-xdist's ``--dist loadfile``), a long file started last would finish alone.
-LONG_FIRST = ("test_training.py", "test_training_requests.py", "test_training_recovery.py", "test_sentinel.py",
-              "test_races.py", "test_stalls.py", "test_review.py", "test_sweeper.py", "test_fleet.py",
-              "test_collecting.py", "test_model.py")
+#: Test files that take longest (each over 20 s in all on 2 cores), started first: with the files spread over
+#: processes (scripts/test.sh runs pytest-xdist's ``--dist loadfile``), a long file started last would finish alone.
+LONG_FIRST = ("test_sentinel.py", "test_stalls.py", "test_training_recovery.py", "test_index_race.py",
+              "test_pipeline.py", "test_training_requests.py", "test_sweeper.py", "test_training.py", "test_fleet.py",
+              "test_gate.py", "test_model.py", "test_failing_jobs.py", "test_collecting.py", "test_duplicates.py",
+              "test_races.py", "test_review.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
