@@ -21,4 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# Three processes (pytest-xdist), each with its own redis-server and workers, take whole test files (a file's
+# module fixtures and order hold); most tests wait on real workers, so three keep two cores busy.
+# `-n 0` runs in one process; `-m slow` runs the long MNIST runs instead of the normal suite.
+exec .venv/bin/python -m pytest -n "${DIGITQ_TEST_PROCESSES:-3}" --dist loadfile "$@"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from digitq.settings import Settings
+from model.registry import Registry
 from producer.dispatch import submit
 
 #: The session's redis-server keeps this many databases (conftest); 0-15 stay for fixed uses.
@@ -15,6 +16,9 @@ DATABASES = 4096
 _next_db = itertools.count(16)
 _dbs: dict[tuple[str, str, int], int] = {}
 
+
+#: The version production names until something is promoted (read from the shipped model.json only).
+BUNDLED = Registry("unused").bundled().version
 
 def db_url(url: str, key: int) -> str:
     """``url`` on a database of its own for the running test: the same ``key`` names the same database

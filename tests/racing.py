@@ -11,6 +11,9 @@ Only tests start it (with ``tests/`` on PYTHONPATH). Real barriers (files), no s
 - ``DIGITQ_TEST_KILL_AFTER_PUBLISH`` (a dir): the first process to publish a version records itself there
   (``killed-<pid>``) and SIGKILLs itself the moment the version is published, before anything else runs:
   a training that dies between publishing and promoting.
+- ``DIGITQ_TEST_HALT_AFTER_EPOCH`` (a number): the first attempt of a training, once that epoch's progress is
+  recorded, waits there with its claim alive until the test kills it; later attempts run on. However fast the
+  epochs of a small training are, a kill "mid-way" lands at that epoch.
 """
 
 import os
@@ -30,10 +33,12 @@ _BLOCK_DIR = os.environ.get("DIGITQ_TEST_BLOCK_DIR")
 _CLAIM_DIR = os.environ.get("DIGITQ_TEST_CLAIM_BARRIER")
 _PARTIES = int(os.environ.get("DIGITQ_TEST_CLAIM_PARTIES", "2"))
 _KILL_DIR = os.environ.get("DIGITQ_TEST_KILL_AFTER_PUBLISH")
+_HALT_EPOCH = int(os.environ.get("DIGITQ_TEST_HALT_AFTER_EPOCH", "0"))
 _WAIT_S = 120.0
 _decode = inference.decode_image
 _run_record = trainings.Training.run_record
 _publish = Registry.publish
+_add_progress = trainings.Training.add_progress
 _waited: set[int] = set()
 
 
@@ -69,6 +74,13 @@ def _publish_then_die(self, *args, **kwargs):
     return published
 
 
+def _add_progress_then_halt(self, epoch: dict) -> None:
+    _add_progress(self, epoch)
+    if _HALT_EPOCH and epoch.get("attempt") == 1 and epoch.get("epoch") == _HALT_EPOCH:
+        _wait_for(lambda: False)  # until killed
+
+
 inference.decode_image = _blocking_decode
 Registry.publish = _publish_then_die
 trainings.Training.run_record = _run_record_after_barrier
+trainings.Training.add_progress = _add_progress_then_halt

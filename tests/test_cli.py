@@ -1,8 +1,10 @@
 """The command line: fast help, no TensorFlow in the producer, clear errors instead of tracebacks."""
 
 import json
+import os
 import subprocess
 import sys
+import uuid
 
 from click.testing import CliRunner
 
@@ -109,9 +111,11 @@ def test_redis_lost_while_sending_keeps_the_manifest(tmp_path, mnist):
 
 
 def test_demo_runs_and_stops_what_it_started(tmp_path):
-    before = _processes()
+    # Every process the demo starts inherits this mark: its leftovers are told from other tests' processes.
+    mark = f"DIGITQ_TEST_DEMO={uuid.uuid4().hex}"
     proc = subprocess.run([sys.executable, "-m", "producer.cli", "demo", "--demo-dir", str(tmp_path / "demo")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "DIGITQ_TEST_DEMO": mark.split("=", 1)[1]})
     assert proc.returncode == 0, proc.stderr[-3000:]
     csv_line = [line for line in proc.stdout.splitlines() if line.startswith("CSV: ")]
     assert csv_line, proc.stdout
@@ -123,16 +127,18 @@ def test_demo_runs_and_stops_what_it_started(tmp_path):
     right = sum(r["prediction"] == r["path"].rsplit("/", 1)[1][0] for r in rows)
     assert right >= 34
     assert "36 images, 0 errors" in proc.stdout
-    leftover = {cmd for pid, cmd in _processes().items() if pid not in before}
+    leftover = set(_processes(mark).values())
     assert not [c for c in leftover if "redis-server" in c or "celery" in c], leftover
 
 
-def _processes() -> dict[int, str]:
-    import os
-
+def _processes(mark: str) -> dict[int, str]:
+    """The command lines of the processes whose environment holds ``mark`` (``NAME=value``), by pid."""
     out = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark.encode() not in f.read().split(b"\0"):
+                    continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 out[int(pid)] = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:

@@ -79,8 +79,9 @@ def test_scan_wait_completes_with_only_stateless_workers(redis_server, tmp_path,
     assert "digitq.collect_batch" not in log and redis.Redis.from_url(settings.redis_url).llen(collect) == 0
 
 
-def test_status_names_uncollected_results_and_wait_collects_them(redis_server, tmp_path, mnist):
+def test_status_names_uncollected_results_and_wait_collects_them(redis_server, tmp_path, mnist, monkeypatch):
     settings = _settings(redis_server, tmp_path, 12)
+    monkeypatch.setattr("producer.follow.NO_WORKER_AFTER_S", 1.0)  # results wait unclaimed 1 s here, not 10
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:60], mnist.y_test[:60])
     collect = settings.collect_route(data_dir_id(settings.data_dir))

@@ -23,12 +23,11 @@ from PIL import Image
 
 from digitq.disk import csvfile
 from model.dataset import write_image_folder
-from model.registry import Registry
 
 from .conftest import ROOT
+from .pipeline_helpers import BUNDLED
 
 #: The version production names until something is promoted.
-BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
 
 pytestmark = pytest.mark.docker
 COMPOSE = ROOT / "docker" / "compose.yaml"

@@ -1,4 +1,4 @@
-"""The one rule every role rides a Redis failover with (digitq/failover.py), without Redis: a fake clock.
+"""The one rule every role rides a Redis failover with (digitq/bus/failover.py), without Redis: a fake clock.
 
 The real thing (a Sentinel topology, its master SIGKILLed while the producer sends, 5 s down-after) is
 tests/test_sentinel.py."""

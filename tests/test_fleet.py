@@ -7,17 +7,15 @@ from click.testing import CliRunner
 
 from digitq.settings import Settings
 from model.dataset import write_image_folder
-from model.registry import Registry
 from producer.cli import main
 from producer.dispatch import submit
 from producer.follow import wait_for
 from worker.process import WorkerProcess
 
 from .conftest import worker_env
-from .pipeline_helpers import db_url, wait_until
+from .pipeline_helpers import BUNDLED, db_url, wait_until
 
 #: The version production names until something is promoted.
-BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
 
 
 def test_workers_lists_every_live_worker_and_flags_a_foreign_data_dir(redis_server, tmp_path, mnist):

@@ -20,10 +20,11 @@ from .pipeline_helpers import MODES, cli_for, db_url, last_json, start_workers, 
 
 
 def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collector_is_said(redis_server, tmp_path,
-                                                                                          mnist):
+                                                                                          mnist, monkeypatch):
     """A worker that cannot see the job's data dir (another host, a typo) now predicts it statelessly; while no
     worker sees the data dir to commit its results, the job shows stalled with the cause. Nothing is lost."""
     url = db_url(redis_server.url, 4)  # this test's own queue
+    monkeypatch.setattr("producer.follow.NO_WORKER_AFTER_S", 1.0)  # results wait unclaimed 1 s here, not 10
     settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
     wrong = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "elsewhere"))
     folder = tmp_path / "in"
@@ -32,6 +33,9 @@ def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collect
 
     with WorkerProcess(worker_env(wrong), tmp_path / "wrong.log", name="wrong") as other:
         job_id = last_json(cli("scan", str(folder), "--batch-size", "8", "--json"))["job_id"]
+        queue = redis.Redis.from_url(url)
+        wait_until(lambda: queue.llen(stalls.collect_queue(settings)) == 3, timeout=60, poll=0.2,
+                   what="the three results handed in")
         stalled = wait_until(lambda: (st := json.loads(cli("status", job_id, "--json").stdout))["state"] == "stalled"
                              and st, timeout=60, poll=0.5, what="the job to show stalled")
         assert stalled["stalled"]["uncollected"] == 3 and stalled["done"] == 0
@@ -49,13 +53,15 @@ def test_a_worker_with_another_data_dir_serves_statelessly_and_a_missing_collect
     assert other.log().count("'stateless': True") == 3 and good.log().count("Task digitq.collect_batch") >= 3
 
 
-def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist):
+def test_no_worker_at_all_is_said_once_with_the_command_that_starts_one(redis_server, tmp_path, mnist,
+                                                                         monkeypatch):
     url = db_url(redis_server.url, 5)  # no worker listens on this database
+    monkeypatch.setattr("producer.follow.NO_WORKER_AFTER_S", 1.0)  # said after a second here, not ten
     folder = tmp_path / "in"
     write_image_folder(folder, mnist.x_test[:5], mnist.y_test[:5])
-    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "16"]
+    args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "scan", str(folder), "--wait", "--timeout", "5"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 3 and "not done after 16s" in result.stderr
+    assert result.exit_code == 3 and "not done after 5s" in result.stderr
     assert result.stderr.count("no worker is consuming the `predict` queue") == 1
     assert "celery -A worker worker" in result.stderr
 
@@ -67,14 +73,15 @@ def test_live_consumers_lists_the_workers_of_a_queue(settings, worker):
     assert live_consumers(settings, "train") == []
 
 
-def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist):
+def test_a_training_nobody_takes_says_how_to_start_a_training_worker(redis_server, tmp_path, mnist, monkeypatch):
     url = db_url(redis_server.url, 6)  # no train worker listens here
+    monkeypatch.setattr("producer.retraining.QUEUED_HINT_S", 1.0)  # said after a second here, not fifteen
     folder = tmp_path / "labelled"
     write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
     args = ["--redis-url", url, "--data-dir", str(tmp_path / "data"), "train", "--data", str(folder),
-            "--epochs", "1", "--wait", "--timeout", "20"]
+            "--epochs", "1", "--wait", "--timeout", "5"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 3 and "not finished after 20s" in result.stderr
+    assert result.exit_code == 3 and "not finished after 5s" in result.stderr
     assert "no worker consumes the `train` queue" in result.stderr and "-Q train -c 1" in result.stderr
 
 

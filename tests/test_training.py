@@ -1,51 +1,30 @@
 """Retraining on the queue, end to end: a real redis-server, real train and predict workers, real training
-on a few hundred real MNIST digits, the registry, the promotion gate, hot swap, duplicates and kills."""
+on a few hundred real MNIST digits, the registry, the promotion gate, hot swap and concurrent publishes.
+Requests that fail, wait, get lost or come twice: test_training_requests.py; kills: test_training_recovery.py."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from digitq.disk import csvfile
-from digitq.disk.training_requests import Training, send_training
+from digitq import csvfile
+from digitq.disk.training_requests import Training
 from digitq.errors import ModelError
-from digitq.settings import Settings
 from model.dataset import write_image_folder
 from model.quality.robustness import HELD_OUT_FAMILIES, SHIFTS
 from model.registry import Registry, sha256_file
 from model.serving.runtime import load_predictor
-from producer.cli import main
 from producer.dispatch import enqueue
 from producer.follow import wait_for
-from producer.retraining import request_training
 from worker.process import WorkerProcess
 
 from .conftest import ROOT, worker_env
-from .pipeline_helpers import db_url, last_json, make_job, wait_until
-
-#: The version production names until something is promoted.
-BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
-
-
-@pytest.fixture(scope="module")
-def tsettings(redis_server, tmp_path_factory) -> Settings:
-    # Its own Redis database and data dir: the session's predict worker must not take these batches.
-    url = db_url(redis_server.url, 2)
-    return Settings.from_env(redis_url=url, data_dir=str(tmp_path_factory.mktemp("training-data")))
-
-
-@pytest.fixture(scope="module")
-def trainer(tsettings):
-    proc = WorkerProcess(worker_env(tsettings), tsettings.data_dir / "trainer.log", queues="train",
-                         name="trainer").start()
-    yield proc
-    proc.stop()
+from .pipeline_helpers import BUNDLED, last_json, make_job, wait_until
+from .training_helpers import cli, registry, train_json
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +49,6 @@ def scan_folder(tmp_path_factory, mnist):
     folder = tmp_path_factory.mktemp("scan")
     write_image_folder(folder, mnist.x_test[:40], mnist.y_test[:40])
     return folder
-
-
-def cli(settings: Settings, *args: str):
-    return CliRunner().invoke(main, ["--redis-url", settings.redis_url, "--data-dir", str(settings.data_dir), *args],
-                              catch_exceptions=False)
-
-
-def train_json(settings: Settings, *args: str) -> dict:
-    result = cli(settings, "train", *args, "--wait", "--timeout", "240", "--json")
-    assert result.exit_code in (0, 1), result.output
-    return last_json(result)
-
-
-def registry(settings: Settings) -> Registry:
-    return Registry(settings.models_dir)
 
 
 def test_train_publishes_a_version_with_metadata_checksums_and_plots(trainer, tsettings, labelled):
@@ -231,116 +195,6 @@ def test_the_gate_refuses_a_deliberately_worse_model(trainer, tsettings, mnist, 
     assert listed[out["version"]]["production"] is False
 
 
-@pytest.mark.parametrize("case", ["empty", "garbage", "twelve"])
-def test_bad_training_input_publishes_nothing_and_says_why(trainer, tsettings, tmp_path, case, mnist):
-    folder = tmp_path / case
-    folder.mkdir()
-    if case == "garbage":
-        for digit in (1, 2):
-            (folder / str(digit)).mkdir()
-            for i in range(3):
-                (folder / str(digit) / f"{i}.png").write_bytes(os.urandom(200))
-        expected = "none of its 6 image file(s) could be decoded"
-    elif case == "twelve":
-        write_image_folder(folder, mnist.x_train[:20], mnist.y_train[:20])
-        (folder / "12").mkdir()
-        Image.fromarray(mnist.x_train[0]).save(folder / "12" / "a.png")
-        expected = "'12' are not digits 0-9"
-    else:
-        expected = "has no images in digit folders"
-    before = registry(tsettings).published()
-    production = registry(tsettings).current()
-    result = cli(tsettings, "train", "--data", str(folder), "--epochs", "1", "--wait", "--timeout", "120", "--json")
-    out = last_json(result)
-    assert result.exit_code == 1 and out["state"] == "failed" and out["version"] is None
-    assert expected in out["reason"], out["reason"]
-    assert registry(tsettings).published() == before and registry(tsettings).current() == production
-    human = cli(tsettings, "training", out["training_id"])
-    assert "failed" in human.stdout and expected in human.stdout
-
-
-def test_a_missing_source_is_refused_before_anything_is_sent(tsettings, tmp_path):
-    result = cli(tsettings, "train", "--data", str(tmp_path / "nope"))
-    assert result.exit_code == 1 and "does not exist" in result.stderr and "Traceback" not in result.output
-
-
-def test_failed_training_can_be_retried(trainer, tsettings, tmp_path, mnist):
-    folder = tmp_path / "later"
-    folder.mkdir()
-    failed = train_json(tsettings, "--data", str(folder), "--epochs", "1", "--promote", "never")
-    assert failed["state"] == "failed"
-    write_image_folder(folder, mnist.x_train[:60], mnist.y_train[:60])
-    again = train_json(tsettings, "--retry", failed["training_id"])
-    assert again["training_id"] == failed["training_id"] and again["state"] == "done" and again["attempt"] == 2
-    assert again["promoted"] is False and "--promote never" in again["reason"]
-    refused = cli(tsettings, "train", "--retry", failed["training_id"])
-    assert refused.exit_code == 1 and "already published" in refused.stderr
-
-
-def test_a_request_redis_lost_stays_queued_and_can_be_resent(trainer, tsettings, labelled, tmp_path):
-    import redis
-
-    queue = redis.Redis.from_url(tsettings.redis_url)
-    # The trainer is busy with another training, so the next request waits in the `train` queue...
-    busy = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2, seed=4,
-                            promote="never")
-    wait_until(lambda: busy.status()["state"] == "running", timeout=120, what="the trainer to be busy")
-    lost = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2, seed=3,
-                            promote="never")
-    (tmp_path / "empty").mkdir()
-    after = request_training(tsettings, sources=[str(tmp_path / "empty")], epochs=1, from_version=None, holdout=0.2,
-                             seed=0, promote="never")  # fails at once: it only shows the trainer went on
-    messages = queue.lrange(tsettings.train_queue, 0, -1)
-    mine = [m for m in messages if lost.id.encode() in m]
-    assert len(messages) == 2 and len(mine) == 1, "the trainer took the request before Redis could lose it"
-    # ...where Redis loses it (as a restart without persistence would).
-    assert queue.lrem(tsettings.train_queue, 1, mine[0]) == 1
-    # The trainer had its chance: it finished the busy training, then took the queue in order, up to `after`.
-    wait_until(lambda: after.status()["state"] == "failed", timeout=180, what="the trainer to reach the next request")
-    assert json.loads(cli(tsettings, "training", lost.id, "--json").stdout)["state"] == "queued"
-    listed = json.loads(cli(tsettings, "trainings", "--json").stdout)
-    assert next(t for t in listed if t["training_id"] == lost.id)["state"] == "queued"
-    out = train_json(tsettings, "--retry", lost.id)
-    assert out["state"] == "done" and out["version"] and out["attempt"] == 1
-    mixed = cli(tsettings, "train", "--retry", lost.id, "--data", str(labelled))
-    assert mixed.exit_code == 2 and "--retry" in mixed.stderr
-
-
-def test_duplicate_delivery_publishes_once(trainer, tsettings, labelled):
-    training = request_training(tsettings, sources=[str(labelled)], epochs=1, from_version=None, holdout=0.2,
-                                seed=1, promote="never")
-    send_training(tsettings, training)  # the same training id, delivered twice
-    wait_until(lambda: "already ended" in trainer.log().split(training.id, 1)[-1], timeout=180,
-               what="the duplicate delivery to be handled")
-    published = [ref for ref in registry(tsettings).versions() if ref.meta.get("training_id") == training.id]
-    assert len(published) == 1 and training.status()["attempt"] == 1
-
-
-def test_training_killed_mid_way_runs_again_and_publishes_once(trainer, tsettings, tmp_path, mnist):
-    folder = tmp_path / "bigger"
-    write_image_folder(folder, mnist.x_train[:3000], mnist.y_train[:3000])
-    training = request_training(tsettings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
-                                seed=2, promote="never")
-    wait_until(lambda: training.status()["epoch"] >= 1, timeout=120, what="the first epoch")
-    run = training.run_record()
-    os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
-    status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
-                        what="the redelivered training to finish")
-    assert status["attempt"] == 2 and status["version"]
-    published = [ref for ref in registry(tsettings).versions() if ref.meta.get("training_id") == training.id]
-    assert len(published) == 1 and published[0].meta["epochs"] == 8
-
-
-def test_countdown_schedules_a_training(trainer, tsettings, labelled):
-    result = cli(tsettings, "train", "--data", str(labelled), "--epochs", "1", "--promote", "never",
-                 "--countdown", "3", "--json")
-    out = last_json(result)
-    assert result.exit_code == 0 and out["state"] == "scheduled" and out["eta"] > out["created"]
-    training = Training.load(tsettings.trainings_dir, out["training_id"])
-    status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=180, what="training")
-    assert status["started"] >= out["eta"] - 0.5
-
-
 def _publish_copy(models_dir: str, source: str, training_id: str, barrier_path: str) -> None:
     # Runs in a separate process: stage a copy of a version, wait for the others, publish at once.
     import shutil
@@ -421,64 +275,3 @@ def test_gate_unit():
     ok, reason = gate("auto", 0.988, 0.990, "3", 0.1, 1000)
     assert ok is False and "0.20 points below" in reason and "98.80%" in reason and "99.00%" in reason
     assert gate("never", 1.0, 0.5, "3", 0.1, 10)[0] is False and gate("always", 0.1, 0.9, "3", 0.1, 10)[0] is True
-
-
-def test_crontab_parsing():
-    from digitq.errors import ConfigError
-    from worker.beat import parse_crontab
-
-    assert parse_crontab("0 3 * * 0").hour == {3}
-    for bad in ("0 3 * *", "61 * * * *", "a b c d e"):
-        with pytest.raises(ConfigError, match="DIGITQ_RETRAIN_SCHEDULE"):
-            parse_crontab(bad)
-
-
-def test_beat_enqueues_a_training_every_minute_and_skips_while_one_is_pending(redis_server, tmp_path, labelled):
-    import redis
-
-    url = db_url(redis_server.url, 3)  # no train worker listens here: the first training stays queued
-    data_dir = tmp_path / "beat-data"
-    env = {**os.environ, "DIGITQ_REDIS_URL": url, "DIGITQ_DATA_DIR": str(data_dir),
-           "DIGITQ_RETRAIN_SCHEDULE": "* * * * *", "DIGITQ_RETRAIN_DATA": str(labelled),
-           "DIGITQ_RETRAIN_EPOCHS": "1"}
-    log = tmp_path / "beat.log"
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "info", "-f", str(log)],
-                            env=env, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL)
-    try:
-        settings = Settings.from_env(redis_url=url, data_dir=str(data_dir))
-        from digitq.disk.training_requests import list_trainings
-
-        first = wait_until(lambda: list_trainings(settings.trainings_dir), timeout=90, poll=0.5,
-                           what="beat to request a training")
-        status = Training.load(settings.trainings_dir, first[0]).status()
-        assert status["state"] == "queued" and status["by"] == "schedule" and status["epochs"] == 1
-        # The request is written before the message is sent: the message follows within moments.
-        wait_until(lambda: redis.Redis.from_url(url).llen("train") == 1, timeout=10, what="the training message")
-        wait_until(lambda: "periodic retraining skipped" in log.read_text(), timeout=75, poll=0.5,
-                   what="beat to skip the next run")
-        assert len(list_trainings(settings.trainings_dir)) == 1 and redis.Redis.from_url(url).llen("train") == 1
-        assert first[0] in log.read_text().split("periodic retraining skipped", 1)[1]
-    finally:
-        os.killpg(beat.pid, signal.SIGTERM)
-        beat.wait(20)
-
-
-def test_periodic_run_is_skipped_while_a_training_runs(tmp_path, caplog):
-    import logging
-    import socket
-
-    from digitq.disk.storage import atomic_write_json
-    from digitq.disk.training_requests import create_training, list_trainings
-    from worker.beat import scheduled_training
-
-    # Redis is unreachable here: a run that tried to send would fail loudly instead of skipping.
-    settings = Settings.from_env(redis_url="redis://127.0.0.1:1/0", data_dir=str(tmp_path))
-    running = create_training(settings.trainings_dir, sources=[str(tmp_path)], epochs=1, from_version=None,
-                              holdout=0.2, seed=0, promote="auto", by="schedule")
-    atomic_write_json(running.dir / "run.json", {"host": socket.gethostname(), "pid": os.getpid(), "attempt": 1,
-                                                 "started": time.time(), "heartbeat": time.time()})
-    assert running.status()["state"] == "running"
-    with caplog.at_level(logging.WARNING, logger="digitq.beat"):
-        assert scheduled_training(settings) is None
-    assert f"training {running.id} is still running" in caplog.text
-    assert list_trainings(settings.trainings_dir) == [running.id]

@@ -1,10 +1,12 @@
 """A training whose version is published but not promoted (its run was killed, or lost its claim, in between)
 is finished by the next delivery: promoted exactly once if its gate decided so, never over a newer move of
-production. Real redis-server; a real Celery worker SIGKILLed between publish and promote; real trainings on
-60 MNIST digits, one epoch."""
+production. A training killed mid-way runs again and publishes once. Real redis-server; real Celery workers
+SIGKILLed mid-training or between publish and promote; real trainings on a few hundred MNIST digits at most."""
 
 import json
+import os
 import shutil
+import signal
 
 from digitq.disk.training_requests import Training, TrainingClaimed, create_training
 from digitq.settings import Settings
@@ -14,15 +16,38 @@ from model.training.run import run_training
 from producer.retraining import request_training
 from worker.process import WorkerProcess
 
-from .pipeline_helpers import db_url, wait_until
+from .pipeline_helpers import BUNDLED, db_url, wait_until
 from .test_races import claim_contest, racing_env
 
 #: The version production names until something is promoted.
-BUNDLED = Registry("unused").bundled().version  # reads only the shipped model.json
 
 
 def _moves(reg: Registry) -> list[tuple[str, str, str]]:
     return [(h["action"], h["from"], h["to"]) for h in reg.history()]
+
+
+def test_training_killed_mid_way_runs_again_and_publishes_once(redis_server, tmp_path, mnist):
+    url = db_url(redis_server.url, 10)
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    folder = tmp_path / "bigger"
+    write_image_folder(folder, mnist.x_train[:300], mnist.y_train[:300])
+    # The first attempt halts after epoch 3 of 8 (tests/racing.py), where it is killed.
+    env = racing_env(settings, DIGITQ_TEST_HALT_AFTER_EPOCH="3", DIGITQ_SUITE_LIMIT="50")
+    with WorkerProcess(env, tmp_path / "trainer.log", queues="train", app="racing", name="halting"):
+        training = request_training(settings, sources=[str(folder)], epochs=8, from_version=None, holdout=0.1,
+                                    seed=2, promote="never")
+        wait_until(lambda: training.status()["epoch"] >= 3, timeout=120, what="the third epoch")
+        run = training.run_record()
+        assert run["attempt"] == 1 and training.status()["state"] == "running"
+        os.kill(run["pid"], signal.SIGKILL)  # the pool process training it; the message goes back to the queue
+        status = wait_until(lambda: (s := training.status())["state"] == "done" and s, timeout=300,
+                            what="the redelivered training to finish")
+    assert status["attempt"] == 2 and status["version"]
+    lines = (training.dir / "progress.jsonl").read_text().splitlines()  # every attempt's epochs
+    progress = [(p["attempt"], p["epoch"]) for p in map(json.loads, lines)]
+    assert progress == [(1, 1), (1, 2), (1, 3), *((2, n) for n in range(1, 9))]  # killed at epoch 3, then all 8
+    published = [ref for ref in Registry(settings.models_dir).versions() if ref.meta.get("training_id") == training.id]
+    assert len(published) == 1 and published[0].meta["epochs"] == 8
 
 
 def test_a_training_killed_between_publish_and_promote_is_promoted_by_its_redelivery(redis_server, tmp_path, mnist):
