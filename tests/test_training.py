@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from digitq import csvfile
+from digitq.disk import csvfile
 from digitq.disk.training_requests import Training
 from digitq.errors import ModelError
 from model.dataset import write_image_folder
