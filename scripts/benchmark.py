@@ -18,7 +18,7 @@ On one generated folder of N MNIST digits as PNG files it measures, side by side
   (f) worker memory (RSS) per process;
   (g) 12-megapixel phone photos through the pipeline, in both modes; and one A4 600-dpi page scan decoded alone;
   (h) an incremental rescan of the unchanged MNIST folder (after one that fills the index);
-  and the cost model (issue 16): around each run of (c) and (g), what its Redis paid per image (INFO deltas:
+  and the cost model: around each run of (c) and (g), what its Redis paid per image (INFO deltas:
   commands, bytes in and out, CPU, peak memory) and the CPU of each process, and from those the rate at which
   one Redis core saturates and how many hosts that is.
 Model loading is excluded on both sides of (b)/(c); (c) and (g) are the best of five runs per mode, (b) of two,
@@ -115,7 +115,7 @@ def fidelity() -> None:
         predictor = load_predictor(ref, runtime)
         out[runtime] = {**confidence_fidelity(reference, predictor.predict(data.x_test), data.y_test),
                         "served": f"{predictor.runtime}, {predictor.artifact}"}
-    # The int8 graph served before issue 14 (and still on disk in versions published then), for comparison.
+    # The int8 graph (still on disk in versions published with one), for comparison.
     retired = to_int8((ref.directory / ONNX_FILE).read_bytes(), data.x_train[:CALIBRATION_IMAGES])
     out["int8 graph (retired)"] = {**confidence_fidelity(reference, OnnxPredictor(ref, retired).predict(data.x_test),
                                                          data.y_test), "served": "no longer served"}
@@ -291,7 +291,7 @@ def _accuracy(csv_path: str) -> float:
     return sum(hits) / max(1, len(hits))
 
 
-# -- what one Redis pays per image (issue 16's cost model) ------------------------------------------
+# -- what one Redis pays per image (the cost model) --------------------------------------------------
 
 class RedisProbe:
     """``INFO`` of one redis-server around a run: command counts, network bytes, CPU seconds, and (sampled

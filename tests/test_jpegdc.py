@@ -136,7 +136,7 @@ def test_phone_photos_decode_the_same_with_or_without_the_reader(mnist, monkeypa
     assert not np.array_equal(fast[2], fast[0])  # the orientation was applied
 
 
-#: The five files of the outside fuzzing run (issue 14): what libjpeg says of each through Pillow.
+#: The five files of an outside fuzzing run: what libjpeg says of each through Pillow.
 LIBJPEG_REFUSES = {
     "diff_all_ones_code.jpg": True,  # Bogus Huffman table definition
     "diff_chroma_qtable_undefined.jpg": True,  # Quantization table 0x03 was not defined

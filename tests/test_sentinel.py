@@ -1,4 +1,4 @@
-"""Redis behind Sentinel (issue 16): the URL form, every role through it, and a job that survives the
+"""Redis behind Sentinel: the URL form, every role through it, and a job that survives the
 SIGKILL of its master mid-job with no human command: one master, one replica, three sentinels, two
 workers (one sees the data dir, one serves statelessly from a private empty one)."""
 

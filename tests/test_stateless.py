@@ -1,4 +1,4 @@
-"""Workers that need only Redis: no data dir, or a private one, and no shared files (issue 16).
+"""Workers that need only Redis: no data dir, or a private one, and no shared files.
 
 The guarantee tests (duplicates, SIGKILL, resume, poison files, dead hosts, incremental rescans) run for
 both kinds of worker through ``pipeline_helpers.MODES``; these cover what only the stateless path has."""
