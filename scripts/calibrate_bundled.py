@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     from digitq.disk.storage import atomic_write
     from model.dataset import load_dataset
     from model.quality.calibration import CALIBRATION_SEED, calibration_images, fit
-    from model.quality.evaluation import held_out_of, score_shifts
+    from model.quality.evaluation import held_out_of, score_shifts, suite_record
     from model.quality.metrics import expected_calibration_error, profile, score
-    from model.quality.robustness import SEED, build_suite
+    from model.quality.robustness import build_suite
     from model.registry import ONNX_FILE, read_version
     from model.serving.runtime import OnnxPredictor
     from model.serving.temperature import apply_temperature
@@ -69,15 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     record["test_ece_after"] = round(expected_calibration_error(clean, data.y_test), 6)
     record["suite_ece_before"] = {r["name"]: r["ece"] for r in before["shifts"]}
     record["suite_ece_before"]["average"] = before["average"]["ece"]
-    keep = ("name", "family", "held_out", "examples", "accuracy", "ece", "mean_confidence")
     meta = dict(ref.meta)
     meta["calibration"] = record
     meta["held_out_families"] = list(held_out)
-    meta["robustness"] = {"suite": "robustness", "set": "MNIST test split", "seed": SEED, "limit": limit,
-                          "ece_bins": 15, "calibrated": True,
-                          "shifts": [{k: r[k] for k in keep} for r in after["shifts"]], "average": after["average"],
-                          "held_out_families": list(held_out), "held_out": after["held_out"],
-                          "trained": after["trained"]}
+    meta["robustness"] = suite_record(after, "MNIST test split", limit, calibrated=True)
     # What the version serves on the test split, calibrated: the profile a job's report compares with.
     accuracy, loss = score(clean, data.y_test)
     meta["evaluation"] = {**meta.get("evaluation", {}), "set": "MNIST test split", "examples": int(len(data.y_test)),

@@ -86,6 +86,20 @@ def _mean_of(rows: Sequence[dict]) -> dict:
             "ece": round(float(np.mean([r["ece"] for r in rows])), 6) if rows else None}
 
 
+#: What ``model.json`` keeps of each shift's row.
+RECORDED_FIELDS = ("name", "family", "held_out", "examples", "accuracy", "ece", "mean_confidence")
+
+
+def suite_record(scores: dict, set_description: str, limit: int | None, **extra) -> dict:
+    """The suite's table as a version's ``model.json`` keeps it (``robustness``): per shift the
+    :data:`RECORDED_FIELDS`, the averages, and which families were held out; ``extra`` (the build's
+    seconds, whether it was calibrated) after the build's parameters."""
+    return {"suite": "robustness", "set": set_description, "seed": SEED, "limit": limit, "ece_bins": ECE_BINS,
+            **extra, "shifts": [{k: row[k] for k in RECORDED_FIELDS} for row in scores["shifts"]],
+            "average": scores["average"], "held_out_families": scores["held_out_families"],
+            "held_out": scores["held_out"], "trained": scores["trained"]}
+
+
 def held_out_of(meta: dict) -> tuple[str, ...]:
     """The families a version never trained on, as its ``model.json`` records them; a version that records
     none is taken to have trained on none of the suite's held-out families."""

@@ -24,9 +24,9 @@ from digitq.errors import DigitqError
 from digitq.settings import Settings
 from model.extras import require_train
 from model.quality import calibration
-from model.quality.evaluation import score_shifts
+from model.quality.evaluation import score_shifts, suite_record
 from model.quality.metrics import expected_calibration_error, profile, score
-from model.quality.robustness import HELD_OUT_FAMILIES, SEED, build_suite
+from model.quality.robustness import HELD_OUT_FAMILIES, build_suite
 from model.registry import MODEL_FILE, ONNX_FILE, ModelRef, Registry, sha256_file
 from model.serving.runtime import KerasPredictor, OnnxPredictor, load_keras, load_predictor
 from model.serving.temperature import apply_temperature
@@ -338,14 +338,16 @@ def _stage_and_publish(settings: Settings, staging: Path, registry: Registry, tr
     log.info("robustness suite (%d images): average accuracy %.2f%% vs production %.2f%%, in %.1f s",
              sum(len(s.labels) for s in suite), mine["average"]["accuracy"] * 100,
              theirs["average"]["accuracy"] * 100, suite_seconds)
+    described = data.evaluation["description"]
     figures = {"training_seconds": round(seconds, 1), "ema_used": ema, "accuracy": round(accuracy, 6),
                "loss": round(loss, 6), "ece": round(expected_calibration_error(probs, data.y_eval), 6),
                "calibration": fitted,
-               "robustness": _robustness_record(settings, data, mine, suite_seconds),
+               "robustness": suite_record(mine, described, settings.suite_limit, seconds=suite_seconds),
                "baseline": {"version": baseline.version, "accuracy": round(base_acc, 6),
                             "loss": round(base_loss, 6),
                             "ece": round(expected_calibration_error(base_probs, data.y_eval), 6),
-                            "robustness": _robustness_record(settings, data, theirs, suite_seconds)}}
+                            "robustness": suite_record(theirs, described, settings.suite_limit,
+                                                         seconds=suite_seconds)}}
     meta = _metadata(training, data, recipe, parent, model, history, probs, figures)
     meta["onnx_agreement"] = agreement
     # The float graph only: no int8 graph kept every probability within 0.005 of Keras (BENCHMARKS.md).
@@ -394,16 +396,6 @@ def _calibrate(settings: Settings, data: TrainingData, candidate: KerasPredictor
 def _suite(settings: Settings, data: TrainingData) -> list:
     """The robustness suite on the evaluation set, the same build for both versions."""
     return build_suite(data.x_eval, data.y_eval, limit=settings.suite_limit)
-
-
-def _robustness_record(settings: Settings, data: TrainingData, scores: dict, seconds: float) -> dict:
-    """The suite's table as ``model.json`` keeps it: accuracy, ECE and mean confidence per shift, the average."""
-    keep = ("name", "family", "held_out", "examples", "accuracy", "ece", "mean_confidence")
-    return {"suite": "robustness", "set": data.evaluation["description"], "seed": SEED,
-            "limit": settings.suite_limit, "ece_bins": 15, "seconds": seconds,
-            "shifts": [{k: row[k] for k in keep} for row in scores["shifts"]], "average": scores["average"],
-            "held_out_families": scores["held_out_families"], "held_out": scores["held_out"],
-            "trained": scores["trained"]}
 
 
 def _compare_shifts(candidate: dict, production: dict) -> dict:
