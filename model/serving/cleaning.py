@@ -338,8 +338,8 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
     out = ink
     for t, lo, hi, band in bands:
         if _beyond_digit(rest, band, t, xx, yy):
-            cleared = _restore(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, hi - lo + 2.0)
-            out = _above_line(out, cleared, band, _line_level(out, [(t, band)]))
+            out = _taken_out(out, _bridge_or_clear(out, rest, t, lo, hi, band, xx, yy), t, lo, hi, band,
+                             _line_level(out, [(t, band)]))
     return None if out is ink else out
 
 
@@ -347,6 +347,14 @@ def _remove_lines(ink: np.ndarray) -> np.ndarray | None:
 ABOVE_LINE = 0.01
 #: ...if the ink under the line, unmixed from it, is at least this share of the peak: a stroke's core.
 UNDER_LINE = 0.5
+
+
+def _taken_out(before: np.ndarray, cleared: np.ndarray, t: int, lo: float, hi: float, band: np.ndarray,
+               level: float) -> np.ndarray:
+    """``before`` with the line at angle ``t`` between ``lo`` and ``hi`` taken out, ``cleared`` being the ink with
+    the line's pixels removed: the strokes the removal cut are restored (:func:`_restore`), and ink brighter than
+    the line's own ``level`` shows through it (:func:`_above_line`)."""
+    return _above_line(before, _restore(before, cleared, t, hi - lo + 2.0), band, level)
 
 
 def _line_level(ink: np.ndarray, lines: list[tuple[int, np.ndarray]]) -> float:
@@ -558,8 +566,7 @@ def _remove_box(ink: np.ndarray) -> np.ndarray | None:
     level = _line_level(ink, [(t, band) for t, _, _, band in sides])
     out = ink
     for t, lo, hi, band in sides:
-        cleared = _restore(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, hi - lo + 2.0)
-        out = _above_line(out, cleared, band, level)
+        out = _taken_out(out, _cut(out, t, lo - 0.5, hi + 0.5, xs, ys), t, lo, hi, band, level)
     return out if float(out.sum()) >= 0.15 * float(ink.sum()) else None
 
 
