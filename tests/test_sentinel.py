@@ -15,6 +15,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from digitq.batch import outbox, stalls
 from digitq.bus import keys
 from digitq.bus.broker import redis_client
 from digitq.bus.replication import confirm_replicated
@@ -282,7 +283,12 @@ def _lost(stack: dict, job: Job, killed: float) -> dict:
             if job.id in line and any(f"'batch': {b}," in line or f", {b}, " in line or f"batch {b}:" in line
                                       or f"batch {b} " in line for b in missing):
                 said.setdefault(w.logfile.name, []).append(line[:300])
-    report = {"missing": missing, "killed": killed, "unacked": [_describe(r) for r in client.hvals("unacked")],
+    settings = stack["settings"]
+    report = {"missing": missing, "killed": killed, "now": time.time(),
+              "outbox": sorted(outbox.pending(settings, job.id, missing)),
+              "outbox_jobs": outbox.jobs(settings), "idle_s": round(stalls.idle_s(job), 1),
+              "unclaimed": stalls.unclaimed(settings, job.id, set(missing)),
+              "unacked": [_describe(r) for r in client.hvals("unacked")],
               "queued": client.llen("predict"), "said": said,
               "ledger": sorted(int(b) for b in client.smembers(keys.committed(job.id))),
               "warnings": [ln[:300] for w in stack["workers"] for ln in w.log().splitlines()

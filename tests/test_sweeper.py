@@ -129,3 +129,28 @@ def test_a_batch_waiting_for_its_retry_countdown_is_held_not_lost(redis_server, 
         wait_until(lambda: "received" in worker.log(), timeout=30, what="the worker to schedule it")
         orphaned = stalls.unclaimed(settings, job.id, {0})
     assert orphaned is False and job.committed() == set()
+
+
+def test_the_sweeper_outlives_a_lost_broker_connection(redis_server, tmp_path, mnist):
+    """Celery stops and restarts a worker's consumer steps whenever its broker connection drops (a failover, a
+    restarted Redis); the sweeper must still run afterwards, since a failover is when batches get lost."""
+    url = db_url(redis_server.url, 3)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    settings = Settings.from_env(redis_url=url, data_dir=str(tmp_path / "data"))
+    settings.data_dir.mkdir()
+    collect = settings.collect_route(data_dir_id(settings.data_dir))
+    env = {**worker_env(settings), "DIGITQ_STALL_AFTER": "2"}
+    with WorkerProcess(env, tmp_path / "w.log", name="restarted", queues=collect) as worker:
+        wait_until(lambda: "ready." in worker.log(), timeout=30, what="the worker to be ready")
+        # Every connection but this one dropped, as a dying master drops them: the consumer restarts.
+        client.client_kill_filter(_type="normal", skipme=True)
+        wait_until(lambda: "Connection to broker lost" in worker.log(), timeout=30, what="the consumer to notice")
+        wait_until(lambda: worker.log().count("Connected to") >= 2, timeout=30, what="the consumer to reconnect")
+        write_image_folder(tmp_path / "in", mnist.x_test[:1], mnist.y_test[:1])
+        job = make_job(settings, tmp_path / "in", batch_size=1)
+        client.delete(settings.predict_queue)  # the failover lost the message; its copy is in the outbox
+        wait_until(lambda: client.llen(settings.predict_queue) == 1, timeout=60, poll=0.2,
+                   what="the lost batch to be sent again, by the sweeper")
+    assert job.id.encode() in client.lindex(settings.predict_queue, 0)
+    assert "sent them again" in worker.log()

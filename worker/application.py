@@ -78,9 +78,15 @@ class Collector(bootsteps.StartStopStep):
         self.timer = consumer.timer.call_repeatedly(self.every_s, self._look, (consumer,), priority=10)
 
     def stop(self, consumer) -> None:
+        # Celery stops and starts the consumer's steps again on every lost broker connection (a failover, a
+        # restarted Redis): the sweeper lives on through that, when a lost batch needs it most; only the
+        # worker's shutdown ends it.
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def shutdown(self, consumer) -> None:
+        self.stop(consumer)
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
@@ -89,6 +95,9 @@ class Collector(bootsteps.StartStopStep):
         settings = Settings.from_env()
         dir_id = local_data_dir(settings)
         route = settings.collect_route(dir_id) if dir_id else None
+        if route is not None and self.sweeper is None:  # the stack's own stall handling (worker/sweeper.py)
+            self.sweeper = Sweeper(settings, _resend)  # each pass reads the data dir's id anew
+            self.sweeper.start()
         if route == _pool.get("collect"):
             return
         if self.added is not None:  # the data dir this worker collected for is gone from its path
@@ -108,9 +117,6 @@ class Collector(bootsteps.StartStopStep):
             log.warning("data dir %s now has id %s (another volume?): commits its batches, and what stateless "
                         "workers hand in (queue %s)", settings.data_dir.resolve(), dir_id, route)
         _pool["collect"] = route
-        if self.sweeper is None:  # the stack's own stall handling for this data dir's jobs (worker/sweeper.py)
-            self.sweeper = Sweeper(settings, _resend)  # each pass reads the data dir's id anew
-            self.sweeper.start()
 
 
 class TrainingGuard(bootsteps.StartStopStep):
