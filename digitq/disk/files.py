@@ -45,9 +45,9 @@ def read_file(path: bytes | str, limit: int, expected: int = 0) -> bytes:
         raise NotRegularFile(path, file_kind(mode))
     fd = os.open(path, _FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(path, file_kind(mode))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(path, file_kind(info.st_mode))
         chunks = []
         want = min(limit, expected + 1 if expected else 1 << 20)
         while limit > 0:
@@ -56,6 +56,8 @@ def read_file(path: bytes | str, limit: int, expected: int = 0) -> bytes:
                 break
             chunks.append(chunk)
             limit -= len(chunk)
+            if len(chunk) < want and limit > 0 and len(chunks) == 1 and len(chunk) == info.st_size:
+                break  # the whole file, as fstat sized it: the read that would say so costs a system call
             want = min(limit, 1 << 20)  # the file grew since the walk, or no size was given
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
