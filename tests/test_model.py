@@ -229,13 +229,15 @@ def test_a_version_published_with_an_int8_graph_stays_loadable_and_is_served_flo
 
 def test_int8_graphs_are_refused_at_publication(mnist, keras_probs, old_int8_graph):
     """New versions get the float graph only: the publication check refuses the int8 one, on its probabilities
-    (it agrees on 99.96% of the predictions, which the check alone let through before)."""
+    whatever the CPU (it agrees on 99.96% of the predictions on a VNNI CPU, which a check of the predictions alone
+    let through before; 99.79% on an AVX2 one, where int8 arithmetic saturates)."""
     from model.serving.runtime import OnnxPredictor
-    from model.training.export import check_agreement
+    from model.training.export import MAX_PROBABILITY_DIFF, check_agreement
 
     ref = Registry(ROOT / "nowhere").bundled()
     probs = OnnxPredictor(ref, old_int8_graph).predict(mnist.x_test)
-    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.999
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.99  # nearly every prediction agrees...
+    assert np.abs(probs - keras_probs).max() > MAX_PROBABILITY_DIFF  # ...but its probabilities do not
     with pytest.raises(ModelError, match="every probability within 0.005"):
         check_agreement(keras_probs, probs, mnist.y_test)
 
