@@ -22,8 +22,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from redis.exceptions import RedisError
-
 #: Replace the holder only if it is still the one we judged dead (atomic compare-and-set).
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -226,8 +224,12 @@ class Lease:
                 holder = self.acquire()
                 if holder is None:
                     return None
-        except RedisError:
-            if not self._could_have_lapsed():
+        except Exception as e:
+            # Imported here, not with this module: the CLI loads this module (through training requests), and
+            # `import redis` (0.07 s) would then delay the fork of a scan's walk.
+            from redis.exceptions import RedisError
+
+            if not isinstance(e, RedisError) or not self._could_have_lapsed():
                 raise
             holder = UNKNOWN
         self.taker = holder
