@@ -32,9 +32,11 @@ def _scan(url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _tree(root: Path) -> Path:
-    """Names a walk must get right: bad UTF-8, a newline, a backslash, hidden, not an image, a loop."""
+    """Names a walk must get right: bad UTF-8, a newline, a carriage return, a backslash, hidden, not an image, a
+    loop."""
     (root / "a" / "deep").mkdir(parents=True)
-    for name in (b"plain.png", b"bad-\xff.png", b"new\nline.png", b"back\\slash.jpg", b".hidden.png", b"notes.txt"):
+    for name in (b"plain.png", b"bad-\xff.png", b"new\nline.png", b"carriage\rreturn.png", b"back\\slash.jpg",
+                 b".hidden.png", b"notes.txt"):
         (Path(os.fsdecode(bytes(root / "a"))) / os.fsdecode(name)).write_bytes(b"x" * len(name))
     (root / "a" / "deep" / "d.webp").write_bytes(b"y")
     (root / "a" / "deep" / "loop").symlink_to(root / "a")
@@ -58,8 +60,45 @@ def test_forked_walk_finds_exactly_what_the_walk_here_finds(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["forked"] and result["same"]
-    assert len(result["files"]) == 5 and result["skipped"] == 3  # .hidden, notes.txt, the loop
-    assert any("\\xff" in path for path, _ in result["files"]) and result["counts"][-1] == 5
+    assert len(result["files"]) == 6 and result["skipped"] == 3  # .hidden, notes.txt, the loop
+    assert any("\\xff" in path for path, _ in result["files"]) and result["counts"][-1] == 6
+    assert any("\r" in path for path, _ in result["files"]) and any("\n" in path for path, _ in result["files"])
+
+
+def test_the_forked_walk_reads_its_list_across_any_chunk_boundary(tmp_path):
+    """The list of files crosses the pipe in chunks: a chunk may end inside a path, a size or a separator."""
+    folder = _tree(tmp_path)
+    out = _python(f"""
+        import producer.scan as scan
+        here = scan.find_images([{str(folder)!r}])
+        for chunk, per_write in ((1, 1), (3, 2), (7, 3), (64, 5)):
+            scan._CHUNK, scan._FILES_PER_WRITE = chunk, per_write
+            assert scan.ForkedWalk([{str(folder)!r}]).result() == here, (chunk, per_write)
+        print(len(here.files))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "6"
+
+
+def test_a_list_of_files_cut_short_is_an_error(tmp_path):
+    out = _python(f"""
+        import producer.scan as scan
+        from digitq.errors import DataError
+
+        class Unwritable(int):
+            def __format__(self, spec):
+                raise OSError("the pipe broke")
+
+        found = scan.ScanResult([scan.Found("a.png", 1), scan.Found("b.png", Unwritable(2))])
+        scan.find_images = lambda paths, on_file=None: found
+        scan._FILES_PER_WRITE = 1
+        try:
+            scan.ForkedWalk([{str(tmp_path)!r}]).result()
+        except DataError as e:
+            print("error:", e)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "error: walking" in out.stdout and "cut short" in out.stdout
 
 
 def test_a_walk_that_dies_is_an_error_and_cancel_reaps_it(tmp_path):
