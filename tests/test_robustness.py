@@ -397,3 +397,34 @@ def test_evaluate_limit_needs_the_suite(tmp_path):
 
     result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "evaluate", "--limit", "5"])
     assert result.exit_code == 2 and "--limit applies to --suite robustness" in result.output
+
+
+def test_the_robustness_table_script_builds_once_and_scores_every_version(tmp_path, mnist):
+    """scripts/robustness_table.py: every shift built (the model alone beside it) and kept, every version
+    split by the suite's held-out families, and a second run scores from the kept build."""
+    source = mnist_source()
+    assert source, "the script reads MNIST's IDX files from a directory: set DIGITQ_MNIST"
+    out, cache = tmp_path / "table.json", tmp_path / "cache"
+    args = [sys.executable, "scripts/robustness_table.py", source, "a=model/bundled", "b=model/bundled",
+            "--limit", "3", "--jobs", "2", "--cache", str(cache), "--json", str(out)]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert f"{len(SHIFTS)} shifts built" in first.stdout
+    table = json.loads(out.read_text())
+    assert table["limit"] == 3 and list(table["versions"]) == ["a", "b"]
+    a = table["versions"]["a"]
+    assert [r["name"] for r in a["shifts"]] == list(SHIFTS) and all(r["examples"] == 3 for r in a["shifts"])
+    assert {r["family"] for r in a["shifts"] if r["held_out"]} == set(HELD_OUT_FAMILIES)
+    assert all(0 <= r["naive_accuracy"] <= 1 for r in a["shifts"])
+    assert a["shifts"] == table["versions"]["b"]["shifts"]  # one build: the same version scores the same
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "0 shifts built" in again.stdout, again.stderr
+    assert json.loads(out.read_text())["versions"]["a"]["shifts"] == a["shifts"]
+
+
+def test_the_recipe_trial_refuses_a_model_that_saw_the_hold_out():
+    """scripts/recipe_trial.py scores only runs trained with the same --holdout: the bundled model trained
+    on every training digit, so scoring it on the last 5,000 would flatter it."""
+    proc = subprocess.run([sys.executable, "scripts/recipe_trial.py", mnist_source() or ".", "model/bundled"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "was trained with --holdout 0" in proc.stderr, proc.stderr
