@@ -1,11 +1,12 @@
 """Score trained model directories on the recipe's hold-out: how a training recipe is chosen.
 
-    .venv/bin/python scripts/recipe_trial.py MNIST DIR [DIR ...] [--holdout 5000] [--limit 2000] [--json]
+    .venv/bin/python -m model.training --data MNIST --out runs/a --holdout 5000 [--seed 1] ...
+    .venv/bin/python scripts/recipe_trial.py MNIST runs/a [runs/b ...] [--holdout 5000] [--limit N] [--json]
 
 Each ``DIR`` is ``python -m model.training --holdout N`` output (``model.keras``). They are scored on the
 last ``N`` MNIST training digits (never the test split), clean and under the robustness suite made from
-them with seed :data:`TRIAL_SEED` (the test split's suite uses :data:`model.quality.robustness.SEED`), at
-most ``LIMIT`` images per shift. The suite is built once and every directory is scored on that build,
+them with seed :data:`TRIAL_SEED` (the test split's suite uses :data:`model.quality.robustness.SEED`), every
+digit or at most ``LIMIT`` images per shift. The suite is built once and every directory is scored on that build,
 so the figures compare like with like. The held-out families' mean is reported, never chosen on: a
 recipe is chosen on hold-out clean accuracy and the trained families' mean (docs/model.md, "How the
 recipe was chosen").
@@ -31,11 +32,11 @@ TRIAL_SEED = 2015
 @click.argument("mnist", type=click.Path(exists=True))
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--holdout", default=5000, show_default=True, help="The last N training digits the runs held out.")
-@click.option("--limit", default=2000, show_default=True, help="Images per shift at most.")
+@click.option("--limit", type=int, help="Images per shift at most (default: every hold-out digit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 @click.option("--cache", type=click.Path(dir_okay=False),
               help="An .npz of the built suite: read when it exists (and was built alike), else written.")
-def main(mnist: str, dirs: tuple[str, ...], holdout: int, limit: int, as_json: bool, cache: str | None) -> None:
+def main(mnist: str, dirs: tuple[str, ...], holdout: int, limit: int | None, as_json: bool, cache: str | None) -> None:
     """Build the hold-out suite once, score every directory on it, print a table (or JSON)."""
     import keras
 
@@ -46,17 +47,20 @@ def main(mnist: str, dirs: tuple[str, ...], holdout: int, limit: int, as_json: b
 
     for d in dirs:
         meta = json.loads((Path(d) / "model.json").read_text())
-        if meta.get("recipe", {}).get("holdout") != holdout:
-            raise click.UsageError(f"{d} was trained with --holdout {meta.get('recipe', {}).get('holdout')}, "
-                                   f"not {holdout}: it saw these digits; train it with --holdout {holdout}")
+        recipe = meta.get("recipe", {})
+        if recipe.get("holdout") != holdout or recipe.get("limit"):
+            raise click.UsageError(f"{d} was trained with --holdout {recipe.get('holdout')} and --limit "
+                                   f"{recipe.get('limit')}, not --holdout {holdout} on every training digit: "
+                                   f"these are not the digits it held out; train it with --holdout {holdout}")
     data = load_dataset(mnist)
     x, y = data.x_train[-holdout:], data.y_train[-holdout:]
     started = time.monotonic()
-    sets = _cached(cache, (holdout, limit)) if cache else None
+    built_as = (holdout, -1 if limit is None else limit)
+    sets = _cached(cache, built_as) if cache else None
     if sets is None:
         sets = build_suite(x, y, limit=limit, seed=TRIAL_SEED)
         if cache:
-            _save(cache, sets, (holdout, limit))
+            _save(cache, sets, built_as)
     built = time.monotonic() - started
     results = {}
     for d in dirs:
@@ -71,7 +75,7 @@ def main(mnist: str, dirs: tuple[str, ...], holdout: int, limit: int, as_json: b
                                "build_seconds": round(built, 1), "runs": results}, indent=1))
         return
     names = list(next(iter(results.values()))["shifts"])
-    click.echo(f"hold-out: last {holdout} training digits, suite seed {TRIAL_SEED}, {limit} per shift "
+    click.echo(f"hold-out: last {holdout} training digits, suite seed {TRIAL_SEED}, {limit or 'every digit'} per shift "
                f"(built in {built:.0f} s)")
     click.echo(f"{'shift':24}" + "".join(f"{Path(d).name[-12:]:>13}" for d in dirs))
     for label, key in (("clean", None), ("trained mean", "trained"), ("held-out mean", "held_out")):

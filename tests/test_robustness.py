@@ -427,4 +427,4 @@ def test_the_recipe_trial_refuses_a_model_that_saw_the_hold_out():
     on every training digit, so scoring it on the last 5,000 would flatter it."""
     proc = subprocess.run([sys.executable, "scripts/recipe_trial.py", mnist_source() or ".", "model/bundled"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "was trained with --holdout 0" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "was trained with --holdout 0 and --limit 0" in proc.stderr, proc.stderr
